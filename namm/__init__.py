@@ -1,0 +1,1 @@
+"""NAMM framework: memory-managed inference on transformers and evolved attention memory models."""

@@ -1,0 +1,109 @@
+"""The attention function the engine registers with transformers, and attention-row recomputation.
+
+Registering a function through `AttentionInterface` (instead of patching model classes) lets every
+decoder that uses the standard attention interface run on the evictable cache. When every cached slot
+is live the fast path is one SDPA call (flash-eligible: bottom-right causal alignment for chunks);
+otherwise a boolean mask built from slot validity and absolute positions hides evicted or padded slots.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+from transformers import AttentionInterface
+
+from namm.cache import MemoryCache, MemoryCacheLayer
+
+ATTENTION_NAME = "namm_memory"
+MASK_ELEMENTS_PER_BLOCK = 1 << 26  # bounds the boolean mask of the masked path (64M elements)
+ROW_ELEMENTS_PER_BLOCK = 1 << 25  # bounds the fp32 logits when recomputing attention rows
+
+
+def visible_mask(layer: MemoryCacheLayer, query_positions: torch.Tensor, rows: torch.Tensor | None = None):
+    """(B, H, L, S) bool: which cached slots each query may attend to (live and not in its future)."""
+    valid = layer.valid[:, :, : layer.length]
+    positions = layer.positions[:, :, : layer.length]
+    if rows is not None:
+        valid, positions = valid[rows], positions[rows]
+    return valid[:, :, None, :] & (positions[:, :, None, :] <= query_positions[:, None, :, None])
+
+
+def memory_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    memory_cache: MemoryCache | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention over the evictable cache; returns (batch, q_len, q_heads, head_dim) like transformers'."""
+    if memory_cache is None:
+        raise RuntimeError(
+            f"attention '{ATTENTION_NAME}' needs the engine's cache; run the model through namm.MemoryEngine."
+        )
+    layer = memory_cache.layers[module.layer_idx]
+    layer.scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    layer.record(query)
+    batch, q_heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    group = q_heads // kv_heads
+    if layer.all_valid:
+        mask = None if q_len == 1 else causal_lower_right(q_len, key.shape[2])
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=group > 1)
+        return out.transpose(1, 2), None
+
+    # Masked path: fold each GQA group into the query axis so the per-KV-head mask needs no repeat of K/V.
+    visible = visible_mask(layer, memory_cache.chunk.positions)  # (B, H, L, S)
+    visible = visible | ~visible.any(dim=-1, keepdim=True)  # padding queries: avoid all-masked rows (NaN)
+    grouped = query.reshape(batch, kv_heads, group, q_len, head_dim)
+    step = max(1, MASK_ELEMENTS_PER_BLOCK // max(1, batch * kv_heads * group * key.shape[2]))
+    outputs = []
+    for start in range(0, q_len, step):
+        stop = min(q_len, start + step)
+        block_mask = visible[:, :, None, start:stop].expand(-1, -1, group, -1, -1)
+        block_query = grouped[:, :, :, start:stop]
+        block_out = F.scaled_dot_product_attention(
+            block_query.reshape(batch, kv_heads, group * (stop - start), head_dim),
+            key,
+            value,
+            attn_mask=block_mask.reshape(batch, kv_heads, group * (stop - start), -1),
+            scale=scaling,
+        )
+        outputs.append(block_out.view(batch, kv_heads, group, stop - start, -1))
+    out = torch.cat(outputs, dim=3).reshape(batch, q_heads, q_len, -1)
+    return out.transpose(1, 2), None
+
+
+def register_memory_attention() -> str:
+    """Register the function once under ATTENTION_NAME and return the name."""
+    if ATTENTION_NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTENTION_NAME, memory_attention)
+    return ATTENTION_NAME
+
+
+def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: torch.Tensor, count: int) -> torch.Tensor:
+    """(R, H, count, S) float32 softmax rows of the newest `count` queries, averaged over each GQA group.
+
+    Recomputed from the recorded queries against the current cache, so they equal the probabilities
+    eager attention produced (no eviction happens between updates), with zeros for invisible slots.
+    """
+    queries = layer.recent_queries(rows, count)  # (R, Hq, n, D)
+    keys = layer.keys[rows, :, : layer.length]
+    num_rows, q_heads, _, head_dim = queries.shape
+    kv_heads = keys.shape[1]
+    group = q_heads // kv_heads
+    query_positions = tokens_seen[:, None] - count + torch.arange(count, device=tokens_seen.device)
+    visible = visible_mask(layer, query_positions, rows)  # (R, H, n, S)
+    out = torch.empty(num_rows, kv_heads, count, layer.length, dtype=torch.float32, device=keys.device)
+    grouped = queries.reshape(num_rows, kv_heads, group, count, head_dim)
+    step = max(1, ROW_ELEMENTS_PER_BLOCK // max(1, num_rows * q_heads * layer.length))
+    for start in range(0, count, step):
+        stop = min(count, start + step)
+        logits = torch.einsum("rhgqd,rhsd->rhgqs", grouped[:, :, :, start:stop].float(), keys.float()) * layer.scaling
+        logits = logits.masked_fill(~visible[:, :, None, start:stop], float("-inf"))
+        out[:, :, start:stop] = torch.softmax(logits, dim=-1).nan_to_num_(0.0).mean(dim=2)
+    return out

@@ -1,0 +1,147 @@
+"""The memory-policy interface: at each update a policy scores one layer's cached tokens per KV head.
+
+The engine owns storage, scheduling and compaction; a policy only says which slots are worth keeping.
+That split keeps every baseline a page of code and lets the NAMM plug into the same schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, ClassVar
+
+import torch
+
+
+@dataclass
+class LayerView:
+    """One layer's cache as a policy sees it at an update, restricted to the batch rows being updated.
+
+    Shapes use R = rows updated now, H = KV heads, S = cache slots, D = head dim, n = queries since the
+    previous update of these rows (the update interval).
+    """
+
+    layer_idx: int
+    rows: torch.Tensor  # (R,) int64 batch-row indices into the engine's batch
+    keys: torch.Tensor  # (R, H, S, D) post-RoPE keys
+    values: torch.Tensor  # (R, H, S, D)
+    valid: torch.Tensor  # (R, H, S) bool: the slot holds a live token
+    positions: torch.Tensor  # (R, H, S) int64 absolute token positions, -1 where invalid
+    tokens_seen: torch.Tensor  # (R,) int64 real tokens processed so far by each row
+    num_new_tokens: int  # n
+    attention_fn: Callable[[], torch.Tensor] | None = None
+
+    @cached_property
+    def attention(self) -> torch.Tensor:
+        """(R, H, n, S) float32 softmax rows of the n newest queries, averaged over each GQA group.
+
+        Zero for slots a query could not see (invalid or newer keys). Computed on first access only.
+        """
+        if self.attention_fn is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: attention rows were not recorded; set `needs_attention = True` "
+                "on the policy class that reads them."
+            )
+        return self.attention_fn()
+
+    @property
+    def newest_mask(self) -> torch.Tensor:
+        """(R, H, S) bool: the slot holding each row's newest token."""
+        newest = (self.tokens_seen - 1).view(-1, 1, 1)
+        return self.positions == newest
+
+
+@dataclass
+class Selection:
+    """A policy's decision for one layer: per-slot scores and the slots it wants kept.
+
+    `scores` also ranks slots when the engine's `per_layer_max` mode tops every head up to the layer's
+    largest keep count.
+    """
+
+    scores: torch.Tensor  # (R, H, S) float, higher = more worth keeping, -inf on invalid slots
+    keep: torch.Tensor  # (R, H, S) bool, never True on invalid slots
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many tokens a budgeted policy keeps per head: a ratio of tokens seen or a fixed count."""
+
+    ratio: float | None = 0.5
+    tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ratio is None) == (self.tokens is None):
+            raise ValueError("Budget: give exactly one of `ratio` (0 < ratio <= 1) or `tokens` (> 0).")
+        if self.ratio is not None and not (0.0 < self.ratio <= 1.0) or (
+            self.ratio is not None and math.isnan(self.ratio)
+        ):
+            raise ValueError(f"Budget ratio must be in (0, 1], got {self.ratio}; e.g. policy.budget=0.5.")
+        if self.tokens is not None and self.tokens <= 0:
+            raise ValueError(f"Budget token count must be positive, got {self.tokens}.")
+
+    def keep_counts(self, tokens_seen: torch.Tensor) -> torch.Tensor:
+        """(R,) int64 number of tokens each row may keep per head."""
+        if self.tokens is not None:
+            return torch.full_like(tokens_seen, self.tokens)
+        return torch.ceil(tokens_seen.double() * self.ratio).long().clamp(min=1)
+
+
+def top_k_keep(scores: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(R, H, S) bool keeping the `counts[r]` best-scoring valid slots of every head (ties: lower slot)."""
+    masked = scores.masked_fill(~valid, float("-inf"))
+    order = masked.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return (rank < counts.view(-1, 1, 1)) & valid
+
+
+class MemoryPolicy(ABC):
+    """Base class of every memory policy.
+
+    Subclasses implement `select`. Policies with per-token state keep it in slot order and re-gather it
+    in `reindex`, which the engine calls after it compacts a layer.
+    """
+
+    #: whether the engine must buffer queries so `LayerView.attention` can be computed
+    needs_attention: ClassVar[bool] = False
+    #: registry name used in configs and result files
+    name: ClassVar[str] = "policy"
+
+    def reset(self, batch_size: int, num_layers: int, num_kv_heads: int, device: torch.device) -> None:
+        """Forget all per-sequence state before a new batch."""
+
+    @abstractmethod
+    def select(self, view: LayerView) -> Selection:
+        """Score the view's slots and say which to keep."""
+
+    def reindex(self, layer_idx: int, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> None:
+        """Re-gather per-token state after compaction.
+
+        `index` (R, H, K) gives, for each new slot, the pre-eviction slot it came from; `valid` (R, H, K)
+        marks the new slots that hold a live token (the others are padding of the compacted storage).
+        """
+
+    def set_row_parameters(self, parameters: torch.Tensor | None) -> None:
+        """Give each batch row its own parameter vector (B, P); only learned policies use it."""
+        if parameters is not None:
+            raise ValueError(f"Policy '{self.name}' has no parameters; row_parameters must be None.")
+
+
+class BudgetPolicy(MemoryPolicy):
+    """A policy that ranks slots by a score and keeps a fixed budget per head, newest token always kept."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+
+    @abstractmethod
+    def score(self, view: LayerView) -> torch.Tensor:
+        """(R, H, S) float: higher means more worth keeping."""
+
+    def select(self, view: LayerView) -> Selection:
+        scores = self.score(view).float()
+        scores = scores.masked_fill(view.newest_mask, float("inf")).masked_fill(~view.valid, float("-inf"))
+        keep = top_k_keep(scores, view.valid, self.budget.keep_counts(view.tokens_seen))
+        return Selection(scores=scores, keep=keep)

@@ -1,0 +1,24 @@
+"""Full cache: keeps every token (the reference every other policy is compared with)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from namm.policies.base import LayerView, MemoryPolicy, Selection
+from namm.policies.registry import register_policy
+
+
+@register_policy
+class FullCachePolicy(MemoryPolicy):
+    name: ClassVar[str] = "full"
+    #: the engine skips updates (and query recording) entirely for a policy that never evicts
+    evicts: ClassVar[bool] = False
+
+    def __init__(self, **unused: object) -> None:
+        pass
+
+    def select(self, view: LayerView) -> Selection:
+        scores = torch.zeros(view.valid.shape, device=view.valid.device).masked_fill(~view.valid, float("-inf"))
+        return Selection(scores=scores, keep=view.valid.clone())

@@ -1,0 +1,47 @@
+"""H2O (Zhang et al. 2023): keep the heavy hitters, the tokens that received the most attention so far.
+
+Attention received is accumulated over every query since the token arrived (the rows recorded since
+each update), per KV head, and re-gathered when tokens are evicted.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from namm.policies.base import Budget, BudgetPolicy, LayerView
+from namm.policies.registry import register_policy
+
+
+@register_policy
+class H2OPolicy(BudgetPolicy):
+    name: ClassVar[str] = "h2o"
+    needs_attention: ClassVar[bool] = True
+
+    def __init__(self, budget: Budget) -> None:
+        super().__init__(budget)
+        self.received: dict[int, torch.Tensor] = {}
+
+    def reset(self, batch_size: int, num_layers: int, num_kv_heads: int, device: torch.device) -> None:
+        self.received = {}
+        self.batch_size = batch_size
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        slots = view.valid.shape[-1]
+        state = self.received.get(view.layer_idx)
+        if state is None:
+            state = torch.zeros(self.batch_size, view.valid.shape[1], slots, dtype=torch.float32, device=view.valid.device)
+        if state.shape[-1] < slots:
+            state = torch.nn.functional.pad(state, (0, slots - state.shape[-1]))
+        self.received[view.layer_idx] = state
+        total = state[view.rows, :, :slots] + view.attention.sum(dim=2)
+        state[view.rows, :, :slots] = total
+        return total
+
+    def reindex(self, layer_idx: int, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> None:
+        state = self.received[layer_idx]
+        moved = state[rows].gather(2, index).masked_fill(~valid, 0.0)
+        block = torch.zeros_like(state[rows])
+        block[:, :, : moved.shape[-1]] = moved
+        state[rows] = block

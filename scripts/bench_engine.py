@@ -1,0 +1,112 @@
+"""Prefill cost of the memory-managed engine vs one plain forward, measured side by side in one run.
+
+    python scripts/bench_engine.py                       # CPU: SmolLM2-135M at 2k and 4k tokens
+    python scripts/bench_engine.py --preset llama3-8b    # GPU: random Llama-3-8B shapes at 8k and 32k
+
+Prints a table and, as its last line, one JSON object with every ratio and peak KV memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
+from namm.models import ModelConfig, load_model
+from namm.policies import PolicyConfig, build_policy
+
+BASELINES = ["streaming", "h2o", "snapkv", "knorm", "random"]
+
+
+def llama3_8b_shaped(device: str) -> torch.nn.Module:
+    """Random weights, real Llama-3-8B shapes: enough to measure speed without any download."""
+    config = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+    )
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    return model.eval()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int) -> float:
+    """Best of `repeats` after one warm-up (the minimum is the least noisy estimate of cost)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def kv_bytes_full(model: torch.nn.Module, tokens: int) -> int:
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = next(model.parameters()).element_size()
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * tokens * element
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=["smollm2", "llama3-8b"], default="smollm2")
+    parser.add_argument("--lengths", type=int, nargs="*", help="context lengths (default: preset's)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--budget", type=float, default=0.5)
+    parser.add_argument("--update-interval", type=int, default=512)
+    args = parser.parse_args()
+
+    if args.preset == "llama3-8b":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = llama3_8b_shaped(str(device))
+        lengths = args.lengths or [8192, 32768]
+    else:
+        model = load_model(ModelConfig(name="smollm2-135m")).model
+        device = next(model.parameters()).device
+        lengths = args.lengths or [2048, 4096]
+    vocab = model.config.vocab_size
+    settings = GenerationSettings(max_new_tokens=1, stop_on_eos=False)
+    engine_config = EngineConfig(update_interval=args.update_interval)
+    report: dict = {"preset": args.preset, "device": str(device), "budget": args.budget, "lengths": {}}
+    print(f"{'tokens':>7} {'policy':>10} {'seconds':>9} {'x plain':>8} {'peak KV / full':>15}")
+    for length in lengths:
+        prompt = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(length))
+        with torch.inference_mode():
+            plain = timed(lambda: model(input_ids=prompt.to(device), logits_to_keep=1), device, args.repeats)
+        entry = {"plain_seconds": plain}
+        print(f"{length:>7} {'plain':>10} {plain:>9.3f} {1.0:>8.2f} {'-':>15}")
+        for name in ["full", *BASELINES]:
+            policy = build_policy(PolicyConfig(name=name, budget=args.budget))
+            engine = MemoryEngine(model, policy, engine_config)
+            peak = {}
+
+            def run() -> None:
+                peak["bytes"] = engine.generate(prompt.tolist(), settings)[0].peak_kv_bytes
+
+            seconds = timed(run, device, args.repeats)
+            memory = peak["bytes"] / kv_bytes_full(model, length + 1)
+            entry[name] = {"seconds": seconds, "over_plain": seconds / plain, "peak_kv_over_full": memory}
+            print(f"{length:>7} {name:>10} {seconds:>9.3f} {seconds / plain:>8.2f} {memory:>15.2f}")
+        report["lengths"][str(length)] = entry
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

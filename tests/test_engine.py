@@ -1,0 +1,226 @@
+"""The engine against independent references: plain transformers generation and physical removal."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from transformers import AttentionInterface, DynamicCache
+
+from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
+from namm.models import ModelConfig, load_model
+from namm.policies import Budget, LayerView, MemoryPolicy, PolicyConfig, Selection, build_policy
+
+TINY_MODELS = ["tiny-llama", "tiny-qwen2", "tiny-mistral"]
+
+
+@pytest.fixture(scope="module", params=TINY_MODELS)
+def tiny(request):
+    return load_model(ModelConfig(name=request.param, attn_implementation="sdpa"))
+
+
+def random_prompts(lengths, vocab, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+def plain_generate(model, prompts, max_new_tokens):
+    """transformers' own greedy generation on a left-padded batch: the independent reference."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    out = model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    return out.sequences[:, width:], torch.stack(out.logits, dim=1)
+
+
+def test_full_cache_matches_plain_generate(tiny):
+    model = tiny.model
+    prompts = random_prompts([70, 45, 100], model.config.vocab_size)
+    engine = MemoryEngine(model, build_policy(PolicyConfig(name="full")), EngineConfig(update_interval=32))
+    results = engine.generate(prompts, GenerationSettings(max_new_tokens=40, stop_on_eos=False, return_logits=True))
+    sequences, logits = plain_generate(model, prompts, 40)
+    for row, result in enumerate(results):
+        assert result.token_ids == sequences[row].tolist()
+        torch.testing.assert_close(result.logits, logits[row].float(), atol=1e-4, rtol=1e-4)
+        assert result.retained_ratio == 1.0
+
+
+@pytest.mark.parametrize("mode", ["per_head", "per_layer_max"])
+def test_baselines_run_batched_equal_to_one_by_one(tiny, mode):
+    """Each row follows its own schedule, so a batched run equals the rows run alone."""
+    model = tiny.model
+    prompts = random_prompts([70, 45, 100], model.config.vocab_size, seed=1)
+    settings = GenerationSettings(max_new_tokens=20, stop_on_eos=False)
+    for name in ["streaming", "h2o", "snapkv", "knorm"]:
+        engine = MemoryEngine(model, build_policy(PolicyConfig(name=name, budget=0.5)), EngineConfig(32, mode))
+        batched = engine.generate(prompts, settings)
+        for prompt, result in zip(prompts, batched):
+            alone = engine.generate([prompt], settings)[0]
+            assert result.token_ids == alone.token_ids, name
+            assert result.retained_ratio == pytest.approx(alone.retained_ratio), name
+            assert result.update_positions == alone.update_positions
+            assert result.retained_ratio < 1.0
+
+
+class EvictFixedPositions(MemoryPolicy):
+    """Hand-built policy: at the first update drop given positions per KV head, keep everything else."""
+
+    name = "evict-fixed"
+
+    def __init__(self, evicted_per_head: list[list[int]]) -> None:
+        self.evicted_per_head = evicted_per_head
+
+    def select(self, view: LayerView) -> Selection:
+        keep = view.valid.clone()
+        for head, positions in enumerate(self.evicted_per_head):
+            for position in positions:
+                keep[:, head] &= view.positions[:, head] != position
+        scores = keep.float().masked_fill(~view.valid, float("-inf"))
+        return Selection(scores=scores, keep=keep)
+
+
+def physically_removed_generate(model, prompt, update_at, evicted_per_head, max_new_tokens, absolute_positions=True):
+    """Reference: plain forwards on a DynamicCache; after `update_at` tokens each head's evicted tokens are
+    cut out of its own key/value list (per-head lengths differ) and attention runs on what remains."""
+    kept_per_layer: dict[int, list[torch.Tensor]] = {}
+
+    def removed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        group = query.shape[1] // key.shape[1]
+        outputs = []
+        for q_head in range(query.shape[1]):
+            head = q_head // group
+            keep = kept_per_layer.get(module.layer_idx)
+            index = torch.arange(key.shape[2]) if keep is None else torch.cat(
+                [keep[head], torch.arange(update_at, key.shape[2])]
+            )
+            k, v = key[0, head, index], value[0, head, index]
+            logits = query[0, q_head] @ k.T * scaling
+            q_len = query.shape[2]
+            causal = torch.arange(k.shape[0])[None, :] <= (k.shape[0] - q_len + torch.arange(q_len))[:, None]
+            logits = logits.masked_fill(~causal, float("-inf"))
+            outputs.append(torch.softmax(logits, dim=-1) @ v)
+        return torch.stack(outputs)[None].transpose(1, 2), None
+
+    AttentionInterface.register("test_removed", removed_attention)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("test_removed")
+    try:
+        cache = DynamicCache(config=model.config)
+        keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            model(input_ids=ids[:, :update_at], position_ids=torch.arange(update_at)[None], **{keyword: cache})
+            for layer in range(model.config.num_hidden_layers):
+                kept_per_layer[layer] = [
+                    torch.tensor([p for p in range(update_at) if p not in evicted]) for evicted in evicted_per_head
+                ]
+            removed = min(len(e) for e in evicted_per_head)
+            offset = 0 if absolute_positions else removed
+            rest = ids[:, update_at:]
+            positions = torch.arange(update_at, len(prompt))[None] - offset
+            logits = model(input_ids=rest, position_ids=positions, **{keyword: cache}).logits[:, -1]
+            generated, step_logits = [], []
+            for step in range(max_new_tokens):
+                token = int(logits.argmax())
+                generated.append(token)
+                step_logits.append(logits[0])
+                position = torch.tensor([[len(prompt) + step - offset]])
+                logits = model(input_ids=torch.tensor([[token]]), position_ids=position, **{keyword: cache}).logits[
+                    :, -1
+                ]
+        return generated, torch.stack(step_logits)
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def test_per_head_eviction_equals_physical_removal(tiny):
+    model = tiny.model
+    prompt = random_prompts([45], model.config.vocab_size, seed=2)[0]
+    evicted = [[1, 4, 9, 20, 30], [2, 3]]  # unequal per head: storage keeps masked gaps
+    engine = MemoryEngine(model, EvictFixedPositions(evicted), EngineConfig(update_interval=32, eviction_mode="per_head"))
+    result = engine.generate([prompt], GenerationSettings(max_new_tokens=12, stop_on_eos=False))[0]
+    reference, _ = physically_removed_generate(model, prompt, 32, evicted, 12)
+    assert result.token_ids == reference
+    assert result.update_positions == [32]
+
+
+def test_positions_stay_absolute_after_eviction(tiny):
+    """Through RoPE: the engine matches removal with absolute positions and not with compacted ones."""
+    model = tiny.model
+    prompt = random_prompts([40], model.config.vocab_size, seed=3)[0]
+    evicted = [list(range(0, 24)), list(range(0, 24))]
+    engine = MemoryEngine(model, EvictFixedPositions(evicted), EngineConfig(update_interval=32))
+    settings = GenerationSettings(max_new_tokens=8, stop_on_eos=False, return_logits=True)
+    result = engine.generate([prompt], settings)[0]
+    absolute_ids, absolute = physically_removed_generate(model, prompt, 32, evicted, 8)
+    _, shifted = physically_removed_generate(model, prompt, 32, evicted, 8, absolute_positions=False)
+    assert result.token_ids == absolute_ids
+    torch.testing.assert_close(result.logits[0], absolute[0], atol=1e-4, rtol=1e-4)
+    assert (result.logits[0] - shifted[0]).abs().max() > 1e-3  # 10x the agreement tolerance
+
+
+def test_retained_ratio_matches_hand_count(tiny):
+    # interval 16, budget 10 tokens, prompt 40, 5 new tokens (4 fed back):
+    # update at 16: keep 10; at 32: 10 + 16 -> keep 10; then 8 prompt + 4 generated appended -> 22 of 44.
+    model = tiny.model
+    prompt = random_prompts([40], model.config.vocab_size, seed=4)[0]
+    policy = build_policy(PolicyConfig(name="streaming", budget_tokens=10))
+    engine = MemoryEngine(model, policy, EngineConfig(update_interval=16))
+    result = engine.generate([prompt], GenerationSettings(max_new_tokens=5, stop_on_eos=False))[0]
+    assert result.tokens_seen == 44
+    assert result.update_positions == [16, 32]
+    assert [entry["cache_sizes"] for entry in result.cache_sizes] == [[10.0] * 2, [10.0] * 2]
+    assert result.retained_ratio == pytest.approx(22 / 44)
+    assert result.retained_ratio_per_layer == pytest.approx([0.5, 0.5])
+
+
+def test_decoding_updates_fire_on_schedule(tiny):
+    model = tiny.model
+    prompt = random_prompts([20], model.config.vocab_size, seed=5)[0]
+    engine = MemoryEngine(model, build_policy(PolicyConfig(name="knorm", budget=0.5)), EngineConfig(update_interval=16))
+    result = engine.generate([prompt], GenerationSettings(max_new_tokens=30, stop_on_eos=False))[0]
+    assert result.update_positions == [16, 32, 48]  # 20 prompt + 29 fed back = 49 tokens seen
+
+
+def test_eos_stops_each_row(tiny):
+    model = tiny.model
+    prompts = random_prompts([30, 50], model.config.vocab_size, seed=6)
+    engine = MemoryEngine(model, build_policy(PolicyConfig(name="full")), EngineConfig(update_interval=16))
+    free = engine.generate(prompts, GenerationSettings(max_new_tokens=10, stop_on_eos=False))
+    stop = free[0].token_ids[3]
+    stopped = engine.generate(prompts, GenerationSettings(max_new_tokens=10, eos_token_ids=(stop,)))
+    first = free[0].token_ids.index(stop)
+    assert stopped[0].token_ids == free[0].token_ids[: first + 1]
+    if stop in free[1].token_ids:
+        assert stopped[1].token_ids == free[1].token_ids[: free[1].token_ids.index(stop) + 1]
+    else:
+        assert stopped[1].token_ids == free[1].token_ids
+
+
+def test_bad_input_is_rejected_with_clear_errors(tiny):
+    engine = MemoryEngine(tiny.model, build_policy(PolicyConfig(name="full")))
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate([[]], GenerationSettings())
+    too_long = [1] * tiny.model.config.max_position_embeddings
+    with pytest.raises(ValueError, match="maximum"):
+        engine.generate([too_long], GenerationSettings(max_new_tokens=4))
+    for ratio in (0.0, 1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="ratio"):
+            build_policy(PolicyConfig(name="h2o", budget=ratio))
+    with pytest.raises(ValueError, match="positive"):
+        Budget(ratio=None, tokens=0)
+    with pytest.raises(ValueError, match="unknown policy"):
+        build_policy(PolicyConfig(name="nope"))
