@@ -24,7 +24,7 @@ def hand_view(attention: torch.Tensor | None = None, keys: torch.Tensor | None =
         positions=positions,
         tokens_seen=torch.tensor([SLOTS]),
         num_new_tokens=4,
-        attention_fn=(lambda: attention) if attention is not None else None,
+        attention_fn=(lambda count: attention[:, :, -count:]) if attention is not None else None,
     )
 
 

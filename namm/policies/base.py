@@ -31,7 +31,7 @@ class LayerView:
     positions: torch.Tensor  # (R, H, S) int64 absolute token positions, -1 where invalid
     tokens_seen: torch.Tensor  # (R,) int64 real tokens processed so far by each row
     num_new_tokens: int  # n
-    attention_fn: Callable[[], torch.Tensor] | None = None
+    attention_fn: Callable[[int], torch.Tensor] | None = None
 
     @cached_property
     def attention(self) -> torch.Tensor:
@@ -39,12 +39,17 @@ class LayerView:
 
         Zero for slots a query could not see (invalid or newer keys). Computed on first access only.
         """
+        return self.recent_attention(self.num_new_tokens)
+
+    def recent_attention(self, count: int) -> torch.Tensor:
+        """(R, H, count, S): the rows of only the newest `count` queries (cheaper when that is all a policy needs)."""
         if self.attention_fn is None:
             raise RuntimeError(
-                f"{type(self).__name__}: attention rows were not recorded; set `needs_attention = True` "
-                "on the policy class that reads them."
+                "attention rows were not recorded; set `needs_attention = True` on the policy class that reads them."
             )
-        return self.attention_fn()
+        if "attention" in self.__dict__:
+            return self.__dict__["attention"][:, :, self.num_new_tokens - count :]
+        return self.attention_fn(count)
 
     @property
     def newest_mask(self) -> torch.Tensor:

@@ -7,10 +7,15 @@ its keep decision. The engine applies its eviction mode (`per_head` or the refer
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from namm.engine import EngineConfig, MemoryEngine
+from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM, NAMMOutput
 from namm.network.spectrogram import SpectrogramState
@@ -43,6 +48,7 @@ class NAMMPolicy(MemoryPolicy):
         if parameters is not None:
             self.namm.set_parameters(parameters)
         self.observer = observer
+        self.row_parameters: torch.Tensor | None = None
         self.states: dict[int, SpectrogramState] = {}
         self.batch_size: int | None = None
 
@@ -55,9 +61,10 @@ class NAMMPolicy(MemoryPolicy):
         self.batch_size = batch_size
 
     def set_row_parameters(self, parameters: torch.Tensor | None) -> None:
-        """(B, P): one vector per batch row; (P,): one for all rows; None: keep the current parameters."""
+        """(B, P): one vector per batch row; (P,): one for all rows; None: the NAMM's own parameters."""
         if parameters is not None:
-            self.namm.set_parameters(parameters)
+            self.namm.layout.check(parameters)
+        self.row_parameters = parameters
 
     def select(self, view: LayerView) -> Selection:
         output = self.namm(
@@ -66,6 +73,7 @@ class NAMMPolicy(MemoryPolicy):
             view.valid,
             state=self._rows_state(view.layer_idx, view.rows),
             rows=view.rows,
+            parameters=self.row_parameters,
         )
         self._store_rows(view.layer_idx, view.rows, output.state)
         if self.observer is not None:
@@ -103,3 +111,34 @@ class NAMMPolicy(MemoryPolicy):
         state.ema[index] = update.ema
         state.carry[index] = update.carry
         self.states[layer_idx] = state
+
+
+@dataclass
+class NAMMTransformer:
+    """A causal LM whose KV cache a NAMM manages: `engine.generate(...)`; `tokenizer` is None for a
+    model built from a bare config."""
+
+    engine: MemoryEngine
+    tokenizer: PreTrainedTokenizerBase | None
+
+    @property
+    def policy(self) -> NAMMPolicy:
+        return self.engine.policy  # type: ignore[return-value]
+
+
+def namm_transformer(
+    model: str | ModelConfig | PretrainedConfig | PreTrainedModel = "smollm2-135m",
+    namm: NAMM | NAMMConfig | None = None,
+    parameters: torch.Tensor | None = None,
+    engine_config: EngineConfig | None = None,
+) -> NAMMTransformer:
+    """One call from a model name (or ModelConfig), a fresh transformers config (random weights) or a
+    loaded model to a NAMM-managed transformer. Zero parameters (the default) keep every token."""
+    tokenizer = None
+    if isinstance(model, (str, ModelConfig)):
+        loaded = load_model(model if isinstance(model, ModelConfig) else ModelConfig(name=model))
+        model, tokenizer = loaded.model, loaded.tokenizer
+    elif isinstance(model, PretrainedConfig):
+        model = AutoModelForCausalLM.from_config(model).eval()
+    policy = NAMMPolicy(namm, parameters)
+    return NAMMTransformer(MemoryEngine(model, policy, engine_config), tokenizer)

@@ -28,10 +28,12 @@ class SnapKVPolicy(BudgetPolicy):
 
     def score(self, view: LayerView) -> torch.Tensor:
         window = min(self.window, view.num_new_tokens)
-        votes = view.attention[:, :, -window:].sum(dim=2)
+        votes = view.recent_attention(window).sum(dim=2)
         rows, heads, slots = votes.shape
-        pooled = F.max_pool1d(
-            votes.view(rows * heads, 1, slots), self.kernel_size, stride=1, padding=self.kernel_size // 2
-        ).view(rows, heads, slots)
+        # pool over live tokens in positional order, so gaps left by eviction do not separate neighbours
+        order = torch.argsort((~view.valid).to(torch.int8), dim=-1, stable=True)
+        compact = votes.gather(-1, order).view(rows * heads, 1, slots)
+        pooled_compact = F.max_pool1d(compact, self.kernel_size, stride=1, padding=self.kernel_size // 2)
+        pooled = torch.empty_like(votes).scatter_(-1, order, pooled_compact.view(rows, heads, slots))
         in_window = view.positions >= (view.tokens_seen - window).view(-1, 1, 1)
         return pooled.masked_fill(in_window, float("inf"))

@@ -1,0 +1,22 @@
+"""The NAMM network on raw tensors: config, parameter layout, features, scorers, selection."""
+
+from namm.network.config import NAMMConfig
+from namm.network.namm import NAMM, NAMMOutput
+from namm.network.normalization import FeatureNormalizer, NormalizationStats
+from namm.network.parameters import ParameterLayout, param_count, parameter_layout
+from namm.network.spectrogram import SpectrogramState
+from namm.network.standalone import CacheUpdate, KVCacheManager
+
+__all__ = [
+    "NAMM",
+    "CacheUpdate",
+    "FeatureNormalizer",
+    "KVCacheManager",
+    "NAMMConfig",
+    "NAMMOutput",
+    "NormalizationStats",
+    "ParameterLayout",
+    "SpectrogramState",
+    "param_count",
+    "parameter_layout",
+]

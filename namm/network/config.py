@@ -1,0 +1,99 @@
+"""Every hyper-parameter of a NAMM, as one plain dataclass (mirrored by the Hydra group `conf/namm/`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from namm.policies.base import Budget
+
+ScorerKind = Literal["bam", "mlp"]
+
+
+@dataclass(frozen=True)
+class NAMMConfig:
+    """Feature extraction, scorer and selection settings. Defaults are the reference's stage-1 values."""
+
+    # attention spectrogram
+    n_fft: int = 32
+    hop: int = 16
+    ema_coeff: float = 0.99  # per token; frames are `hop` tokens apart, so a frame decays by ema_coeff**hop
+    normalise: bool = True  # z-score the spectrogram with frozen statistics once they are calibrated
+    norm_eps: float = 1e-7  # lower bound of the standard deviation
+    # recency code
+    recency_dims: int = 8
+    max_freq: float = 50000.0
+    start_recency_from: int = 0
+    # scorer
+    scorer: ScorerKind = "bam"
+    hidden: int = 32
+    heads: int = 1
+    bias: bool = True  # biases of the BAM attention projections (the read-out always has one)
+    # selection
+    threshold: float = 0.0  # keep a token when its score >= threshold
+    keep_newest: bool = True  # the newest token is always kept
+    budget_ratio: float | None = None  # hard top-k per head (fraction of tokens seen), for matched budgets
+    budget_tokens: int | None = None  # hard top-k per head (token count); at most one budget field
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.n_fft < 2 or not 0 < self.hop <= self.n_fft:
+            problems.append(f"need n_fft >= 2 and 0 < hop <= n_fft (got n_fft={self.n_fft}, hop={self.hop})")
+        if not 0.0 < self.ema_coeff < 1.0:
+            problems.append(f"ema_coeff must be in (0, 1), got {self.ema_coeff}")
+        if not self.norm_eps > 0:
+            problems.append(f"norm_eps must be positive, got {self.norm_eps}")
+        if self.recency_dims < 0 or self.recency_dims % 2:
+            problems.append(f"recency_dims must be an even number >= 0, got {self.recency_dims}")
+        if not (self.max_freq > 1 and math.isfinite(self.max_freq)):
+            problems.append(f"max_freq must be a finite number > 1, got {self.max_freq}")
+        if self.start_recency_from < 0:
+            problems.append(f"start_recency_from must be >= 0, got {self.start_recency_from}")
+        if self.scorer not in ("bam", "mlp"):
+            problems.append(f"scorer must be 'bam' or 'mlp', got {self.scorer!r}")
+        if self.hidden <= 0 or self.heads <= 0 or self.hidden % self.heads:
+            problems.append(
+                f"hidden must be a positive multiple of heads (got hidden={self.hidden}, heads={self.heads})"
+            )
+        if not math.isfinite(self.threshold):
+            problems.append(f"threshold must be finite, got {self.threshold}")
+        if self.budget_ratio is not None and self.budget_tokens is not None:
+            problems.append("give at most one of budget_ratio and budget_tokens")
+        if problems:
+            raise ValueError("NAMMConfig: " + "; ".join(problems) + ".")
+        self.budget  # validates the budget values  # noqa: B018
+
+    @property
+    def bins(self) -> int:
+        """Frequency bins of the one-sided spectrogram."""
+        return self.n_fft // 2 + 1
+
+    @property
+    def carry_over(self) -> int:
+        """Attention columns of the previous update prepended to each token's signal."""
+        return self.n_fft - self.hop
+
+    @property
+    def feature_dim(self) -> int:
+        """Per-token scorer input: recency code then spectrogram bins."""
+        return self.recency_dims + self.bins
+
+    @property
+    def budget(self) -> Budget | None:
+        """The hard top-k budget, or None for the threshold rule."""
+        if self.budget_ratio is None and self.budget_tokens is None:
+            return None
+        return Budget(ratio=self.budget_ratio, tokens=self.budget_tokens)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> NAMMConfig:
+        """Build from a plain mapping (e.g. a resolved Hydra node); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"NAMMConfig: unknown field(s) {unknown}; known fields are {sorted(known)}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,41 @@
+"""Which tokens a NAMM keeps: score >= threshold (or a hard top-k budget), newest token always kept."""
+
+from __future__ import annotations
+
+import torch
+
+from namm.network.config import NAMMConfig
+from namm.policies.base import top_k_keep
+
+
+def newest_positions(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(R, H, 1) the newest cached position of each row and head (-1 if the head holds nothing)."""
+    return positions.masked_fill(~valid, -1).amax(dim=-1, keepdim=True)
+
+
+def ranking_scores(
+    scores: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, config: NAMMConfig
+) -> torch.Tensor:
+    """Scores with the newest token forced to +inf (when `keep_newest`) and invalid slots at -inf."""
+    ranked = scores.float()
+    if config.keep_newest:
+        ranked = ranked.masked_fill(valid & (positions == newest_positions(positions, valid)), float("inf"))
+    return ranked.masked_fill(~valid, float("-inf"))
+
+
+def keep_mask(ranked: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, config: NAMMConfig) -> torch.Tensor:
+    """(R, H, S) bool from `ranking_scores`: the threshold rule, or each head's top-k under a budget."""
+    budget = config.budget
+    if budget is None:
+        return (ranked >= config.threshold) & valid
+    tokens_seen = newest_positions(positions, valid).amax(dim=1).view(-1) + 1
+    return top_k_keep(ranked, valid, budget.keep_counts(tokens_seen))
+
+
+def per_layer_max_keep(ranked: torch.Tensor, keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The reference's layer rule: every head keeps its own top-K, K = the largest keep count of any head.
+
+    K is also the maximum over rows, as in the reference, so the kept cache stays one dense tensor.
+    """
+    count = keep.sum(dim=-1).amax()
+    return top_k_keep(ranked, valid, count.expand(ranked.shape[0]))

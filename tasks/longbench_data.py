@@ -1,0 +1,127 @@
+"""LongBench records from unzipped jsonl files, or from the hub's `data.zip` downloaded once and cached.
+
+The sample index is the jsonl line order (reference scores are keyed by it), so every line must parse:
+a malformed line, a blank line or a missing field is an error naming the file and line, never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+HUB_REPO = "THUDM/LongBench"
+HUB_ARCHIVE = "data.zip"
+RECORD_FIELDS = ("input", "context", "answers", "length", "dataset", "language", "all_classes", "_id")
+
+
+@dataclass(frozen=True)
+class LongBenchRecord:
+    """One jsonl line, all 8 fields."""
+
+    input: str
+    context: str
+    answers: tuple[str, ...]
+    length: int
+    dataset: str
+    language: str
+    all_classes: tuple[str, ...] | None
+    id: str
+
+
+def default_cache_dir() -> Path:
+    """Where the unzipped hub data lives: $NAMM_DATA_CACHE, else ~/.cache/namm/longbench."""
+    return Path(os.environ.get("NAMM_DATA_CACHE", Path.home() / ".cache" / "namm" / "longbench"))
+
+
+def download_longbench(cache_dir: str | Path | None = None, revision: str = "main") -> Path:
+    """Fetch THUDM/LongBench's data.zip through the hub client (as `datasets` does) and unzip it once.
+
+    Returns the folder holding `<task>.jsonl` / `<task>_e.jsonl`, named by the dataset commit.
+    """
+    from huggingface_hub import hf_hub_download  # imported here: only this path needs the network
+
+    archive = Path(hf_hub_download(HUB_REPO, HUB_ARCHIVE, repo_type="dataset", revision=revision))
+    commit = archive.parent.name  # hub cache layout: .../snapshots/<commit>/data.zip
+    target = Path(cache_dir or default_cache_dir()) / commit
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent))
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(staging)
+        inner = staging / "data" if (staging / "data").is_dir() else staging
+        inner.rename(target)  # atomic: a half-extracted folder is never seen as complete
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def task_file(task: str, data_dir: str | Path) -> Path:
+    path = Path(data_dir) / f"{task}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"LongBench file {path} not found. Point data_dir at the folder of unzipped jsonl files from "
+            f"{HUB_REPO}'s {HUB_ARCHIVE}, or set data_dir=null to download it from the hub."
+        )
+    return path
+
+
+def _record(raw: object, where: str) -> LongBenchRecord:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}.")
+    missing = [name for name in RECORD_FIELDS if name not in raw]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}; a LongBench record has {list(RECORD_FIELDS)}.")
+    answers, classes = raw["answers"], raw["all_classes"]
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+        raise ValueError(f"{where}: 'answers' must be a non-empty list of strings, got {answers!r}.")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise ValueError(f"{where}: 'all_classes' must be null or a list of strings, got {classes!r}.")
+    for name in ("input", "context", "dataset", "language", "_id"):
+        if not isinstance(raw[name], str):
+            raise ValueError(f"{where}: field {name!r} must be a string, got {type(raw[name]).__name__}.")
+    if not isinstance(raw["length"], int):
+        raise ValueError(f"{where}: field 'length' must be an integer, got {raw['length']!r}.")
+    return LongBenchRecord(
+        input=raw["input"],
+        context=raw["context"],
+        answers=tuple(answers),
+        length=raw["length"],
+        dataset=raw["dataset"],
+        language=raw["language"],
+        all_classes=None if classes is None else tuple(classes),
+        id=raw["_id"],
+    )
+
+
+def read_records(path: str | Path) -> list[LongBenchRecord]:
+    """Every line of a LongBench jsonl file, in order."""
+    records = []
+    with Path(path).open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            where = f"{path}, line {number}"
+            if not line.strip():
+                raise ValueError(f"{where}: blank line (sample indices follow line order; remove it).")
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: malformed JSON ({error.msg} at column {error.colno}).") from None
+            records.append(_record(raw, where))
+    if not records:
+        raise ValueError(f"{path} holds no records.")
+    return records
+
+
+def load_longbench(
+    task: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None
+) -> tuple[list[LongBenchRecord], str]:
+    """The records of `task` (e.g. "qasper", "qasper_e") and a description of where they came from."""
+    if data_dir is None:
+        data_dir = download_longbench(cache_dir)
+        source = f"hub:{HUB_REPO}@{Path(data_dir).name}"
+    else:
+        source = str(Path(data_dir).resolve())
+    return read_records(task_file(task, data_dir)), source

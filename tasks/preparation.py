@@ -1,0 +1,139 @@
+"""Config + model -> prepared tasks: records loaded or generated, prompts built, settings recorded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+from tasks.config import TaskConfig
+from tasks.longbench import LONGBENCH_TASKS, PROMPT_TEMPLATES, base_task
+from tasks.longbench_data import load_longbench
+from tasks.prompts import PromptBuilder, Tokenizer, tokenizer_adds_bos
+from tasks.runner import PreparedTask
+from tasks.settings import TaskSettings
+from tasks.spec import Sample, TaskSpec
+from tasks.synthetic import SYNTHETIC_TASKS, SyntheticParams, generate_samples
+
+
+class ModelLike(Protocol):
+    """What preparation needs of a loaded model (namm.models.LoadedModel has it)."""
+
+    name: str
+    tokenizer: Tokenizer
+    max_context: int | None
+    chat_template: bool  # whether the model uses its chat template by default
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A plain ModelLike, for callers without a LoadedModel."""
+
+    name: str
+    tokenizer: Tokenizer
+    max_context: int | None = None
+    chat_template: bool = False
+
+
+def newline_token_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """The official samsum stop id: the last token of "\\n" encoded alone."""
+    return (tokenizer.encode("\n", add_special_tokens=False)[-1],)
+
+
+def prepare_tasks(
+    config: TaskConfig, model: ModelLike, eos_token_ids: Sequence[int] | None = None
+) -> list[PreparedTask]:
+    """Every task of `config`, tokenized for `model`; eos ids default to the tokenizer's EOS."""
+    tokenizer = model.tokenizer
+    if eos_token_ids is None:
+        eos_token_ids = () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
+    use_chat = model.chat_template if config.use_chat_template is None else config.use_chat_template
+    add_bos = tokenizer_adds_bos(tokenizer) if config.add_bos is None else config.add_bos
+    builder = PromptBuilder(tokenizer, use_chat_template=use_chat, add_bos=add_bos)
+    shared = dict(
+        model=model.name,
+        code_sim_backend=config.code_sim_backend,
+        eos_token_ids=tuple(eos_token_ids),
+        newline_token_ids=newline_token_ids(tokenizer),
+    )
+
+    def settings(spec: TaskSpec, **specific) -> TaskSettings:
+        chat = builder.chat_applies(spec.chat_template_allowed)
+        return TaskSettings(
+            task=spec.name,
+            use_chat_template=chat,
+            add_bos=add_bos and not chat,
+            max_new_tokens=spec.max_new_tokens,
+            stop_on_newline=spec.stop_on_newline,
+            first_line_cut=spec.first_line_cut,
+            metric=spec.metric,
+            **shared,
+            **specific,
+        )
+
+    prepared = []
+    for name in config.tasks:
+        if name in SYNTHETIC_TASKS:
+            prepared.append(_prepare_synthetic(name, config, model, builder, settings))
+        else:
+            prepared.append(_prepare_longbench(name, config, model, builder, settings))
+    return prepared
+
+
+SettingsFor = Callable[..., TaskSettings]
+
+
+def _prepare_longbench(
+    name: str, config: TaskConfig, model: ModelLike, builder: PromptBuilder, settings: SettingsFor
+) -> PreparedTask:
+    spec = LONGBENCH_TASKS[name]
+    budget = config.max_prompt_tokens
+    if budget is None:
+        if model.max_context is None:
+            raise ValueError(f"{name}: set task.max_prompt_tokens; model {model.name!r} has no known max_context.")
+        budget = model.max_context - spec.max_new_tokens
+    limit = None if model.max_context is None else model.max_context - spec.max_new_tokens
+    records, source = load_longbench(name, config.data_dir, config.cache_dir)
+    template = PROMPT_TEMPLATES[base_task(name)]
+    samples = []
+    for index, record in enumerate(records[: config.num_samples]):
+        text = template.format(context=record.context, input=record.input)
+        ids, truncated = _build_within(builder, text, spec.chat_template_allowed, budget, limit)
+        samples.append(
+            Sample(index, tuple(ids), record.answers, record.all_classes, length=record.length, truncated=truncated)
+        )
+    return PreparedTask(spec, settings(spec, data_source=source, max_prompt_tokens=budget), tuple(samples))
+
+
+def _build_within(
+    builder: PromptBuilder, text: str, chat_template_allowed: bool, budget: int, limit: int | None
+) -> tuple[list[int], bool]:
+    """Build with `budget`; if the chat wrapper or re-tokenizing the joined halves pushes the prompt past
+    what the model can take with its new tokens (`limit`), truncate further by the excess."""
+    ids, truncated = builder.build(text, chat_template_allowed=chat_template_allowed, budget=budget)
+    while limit is not None and len(ids) > limit:
+        budget -= len(ids) - limit
+        ids, truncated = builder.build(text, chat_template_allowed=chat_template_allowed, budget=budget)
+    return ids, truncated
+
+
+def _prepare_synthetic(
+    name: str, config: TaskConfig, model: ModelLike, builder: PromptBuilder, settings: SettingsFor
+) -> PreparedTask:
+    task = SYNTHETIC_TASKS[name]
+    if model.max_context is not None and config.context_length + task.spec.max_new_tokens > model.max_context:
+        raise ValueError(
+            f"{name}: context_length {config.context_length} + {task.spec.max_new_tokens} new tokens exceeds "
+            f"{model.name}'s max_context {model.max_context}; lower task.context_length."
+        )
+    params = SyntheticParams(config.context_length, config.needle_depth, config.seed, config.haystack)
+    samples = generate_samples(task, builder, params, config.num_samples)
+    record = settings(
+        task.spec,
+        data_source="synthetic",
+        max_prompt_tokens=None,
+        context_length=params.context_length,
+        needle_depth=params.needle_depth,
+        seed=params.seed,
+        haystack=params.haystack or getattr(task.draft, "haystack", None),  # effective niah haystack
+    )
+    return PreparedTask(task.spec, record, tuple(samples))

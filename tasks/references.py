@@ -1,0 +1,124 @@
+"""Full-cache reference scores per sample, in evo-memory's JSON shape `{"lb/<task>": {"<index>": score}}`.
+
+Fitness divides a candidate's task score by the full-cache score of the same samples, so references must
+come from the identical pipeline: the on-disk cache is keyed by model and by the hash of the task's
+settings record, which is stored next to it. A published file of the same shape can be read directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+from typing import Iterable, Sequence
+
+from tqdm.auto import tqdm
+
+from tasks.prompts import Tokenizer
+from tasks.runner import Generator, PreparedTask, run_task
+from tasks.settings import TaskSettings
+
+PREFIX = "lb/"
+
+
+def default_reference_dir() -> Path:
+    """$NAMM_REFERENCE_CACHE, else ~/.cache/namm/references."""
+    return Path(os.environ.get("NAMM_REFERENCE_CACHE", Path.home() / ".cache" / "namm" / "references"))
+
+
+def _write_json(path: Path, payload: object) -> None:
+    """Atomic write: a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(payload, out, indent=1, sort_keys=True)
+    os.replace(staging, path)
+
+
+@dataclass
+class ReferenceScores:
+    """Per-sample scores in [0, 1] by task and sample index."""
+
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReferenceScores:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Reference score file {path} not found.")
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if (
+            isinstance(raw, list) and len(raw) == 1
+        ):  # evo-memory's aggregate form: [{..., "performance_per_request": ...}]
+            raw = raw[0].get("performance_per_request", raw[0])
+        if not isinstance(raw, dict) or not all(isinstance(v, dict) for k, v in raw.items() if k.startswith(PREFIX)):
+            raise ValueError(f'{path}: expected {{"lb/<task>": {{"<index>": score}}}}.')
+        return cls({k: {i: float(s) for i, s in v.items()} for k, v in raw.items() if k.startswith(PREFIX)})
+
+    def save(self, path: str | Path) -> None:
+        _write_json(Path(path), self.scores)
+
+    def get(self, task: str, index: int) -> float | None:
+        return self.scores.get(PREFIX + task, {}).get(str(index))
+
+    def put(self, task: str, index: int, score: float) -> None:
+        self.scores.setdefault(PREFIX + task, {})[str(index)] = float(score)
+
+    def missing(self, task: str, indices: Iterable[int]) -> list[int]:
+        return [i for i in indices if self.get(task, i) is None]
+
+    def task_score(self, task: str, indices: Sequence[int]) -> float:
+        """100 x mean reference over exactly these samples (the fitness denominator)."""
+        absent = self.missing(task, indices)
+        if absent:
+            raise KeyError(
+                f"No reference score for {task!r} samples {absent[:10]}; run scripts/fill_reference_scores.py."
+            )
+        return 100 * mean(self.get(task, i) for i in indices)
+
+
+@dataclass(frozen=True)
+class ReferenceCache:
+    """Reference files on disk: <root>/<model>/<task>-<settings hash>.json (+ .settings.json)."""
+
+    root: Path
+
+    def path(self, settings: TaskSettings) -> Path:
+        model = settings.model.replace("/", "--")
+        return Path(self.root) / model / f"{settings.task}-{settings.key()}.json"
+
+    def load(self, settings: TaskSettings) -> ReferenceScores:
+        path = self.path(settings)
+        return ReferenceScores.load(path) if path.is_file() else ReferenceScores()
+
+    def save(self, settings: TaskSettings, scores: ReferenceScores) -> None:
+        path = self.path(settings)
+        _write_json(path.with_suffix(".settings.json"), settings.to_dict())
+        scores.save(path)
+
+
+def fill_references(
+    task: PreparedTask,
+    generate: Generator,
+    tokenizer: Tokenizer,
+    cache: ReferenceCache,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> ReferenceScores:
+    """Score the samples not yet cached with `generate` (a full-cache generator), saving after every batch."""
+    scores = cache.load(task.settings)
+    wanted = range(len(task.samples)) if indices is None else indices
+    todo = scores.missing(task.spec.name, wanted)
+    bar = tqdm(total=len(todo), desc=f"{task.spec.name} references", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        run = run_task(task, generate, tokenizer, todo[start : start + batch_size], batch_size)
+        for index, score in zip(run.indices, run.sample_scores):
+            scores.put(task.spec.name, index, score)
+        cache.save(task.settings, scores)
+        bar.update(len(run.indices))
+    bar.close()
+    return scores

@@ -1,0 +1,126 @@
+"""The seam between tasks and whatever generates text: prompts in, token ids out, scores back.
+
+Nothing here knows the engine. A generator is any callable
+`generate(prompts: list[list[int]], settings: DecodeSettings) -> Sequence[object with .token_ids]`;
+`DecodeSettings` has the field names of `namm.engine.GenerationSettings`, so the engine plugs in as
+`lambda prompts, s: engine.generate(prompts, GenerationSettings(**dataclasses.asdict(s)))`
+(`tasks.generators.engine_generator(engine)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+from tqdm.auto import tqdm
+
+from tasks.prompts import Tokenizer
+from tasks.scoring import length_buckets, score_prediction, task_score
+from tasks.settings import TaskSettings
+from tasks.spec import Sample, TaskSpec
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Greedy decoding settings for one batch (same fields as namm.engine.GenerationSettings)."""
+
+    max_new_tokens: int
+    stop_on_eos: bool = True
+    stop_on_newline: bool = False
+    eos_token_ids: tuple[int, ...] = ()
+    newline_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+
+
+class Generated(Protocol):
+    token_ids: list[int]  # the new tokens only (a stop token may end them)
+
+
+class Generator(Protocol):
+    def __call__(self, prompts: list[list[int]], settings: DecodeSettings) -> Sequence[Generated]: ...
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task ready to run: its rules, its settings record and its tokenized samples (index order)."""
+
+    spec: TaskSpec
+    settings: TaskSettings
+    samples: tuple[Sample, ...]
+
+    def decode_settings(self, pad_token_id: int) -> DecodeSettings:
+        return DecodeSettings(
+            max_new_tokens=self.settings.max_new_tokens,
+            stop_on_newline=self.settings.stop_on_newline,
+            eos_token_ids=self.settings.eos_token_ids,
+            newline_token_ids=self.settings.newline_token_ids,
+            pad_token_id=pad_token_id,
+        )
+
+
+@dataclass
+class TaskRun:
+    """Predictions and scores of some of a task's samples, with the settings that produced them."""
+
+    settings: TaskSettings
+    indices: list[int]
+    predictions: list[str]
+    sample_scores: list[float]  # in [0, 1]
+    generations: list[Any]  # the generator's own results (e.g. the engine's retained ratios)
+    lengths: list[int | None]
+
+    @property
+    def score(self) -> float:
+        return task_score(self.sample_scores)
+
+    def length_buckets(self) -> dict[str, float]:
+        if any(length is None for length in self.lengths):
+            raise ValueError(f"Task {self.settings.task!r} has no record lengths (only LongBench tasks do).")
+        return length_buckets(self.sample_scores, self.lengths)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: settings, task score and per-sample predictions/scores."""
+        return {
+            "settings": self.settings.to_dict(),
+            "score": self.score,
+            "samples": [
+                {"index": i, "prediction": p, "score": s}
+                for i, p, s in zip(self.indices, self.predictions, self.sample_scores)
+            ],
+        }
+
+
+def run_task(
+    task: PreparedTask,
+    generate: Generator,
+    tokenizer: Tokenizer,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> TaskRun:
+    """Generate for the chosen samples (all by default) in batches of `batch_size`, decode and score them."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    chosen = list(range(len(task.samples))) if indices is None else list(indices)
+    bad = [i for i in chosen if not 0 <= i < len(task.samples)]
+    if bad:
+        raise IndexError(f"Task {task.spec.name!r} has samples 0..{len(task.samples) - 1}; got indices {bad}.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (task.settings.eos_token_ids or (0,))[0]
+    settings = task.decode_settings(pad)
+    run = TaskRun(task.settings, [], [], [], [], [])
+    bar = tqdm(total=len(chosen), desc=task.spec.name, disable=not progress)
+    for start in range(0, len(chosen), batch_size):
+        batch = [task.samples[i] for i in chosen[start : start + batch_size]]
+        results = generate([list(sample.prompt_ids) for sample in batch], settings)
+        if len(results) != len(batch):
+            raise RuntimeError(f"The generator returned {len(results)} results for {len(batch)} prompts.")
+        for sample, result in zip(batch, results):
+            prediction = tokenizer.decode(result.token_ids, skip_special_tokens=True)
+            run.indices.append(sample.index)
+            run.predictions.append(prediction)
+            run.sample_scores.append(score_prediction(prediction, sample, task.spec, task.settings.code_sim_backend))
+            run.generations.append(result)
+            run.lengths.append(sample.length)
+        bar.update(len(batch))
+    bar.close()
+    return run

@@ -1,0 +1,72 @@
+"""LongBench loading: line order, the 8-field record, and loud errors for anything malformed."""
+
+import json
+import zipfile
+
+import pytest
+
+from tasks import longbench_data
+from tasks.longbench_data import RECORD_FIELDS, load_longbench, read_records
+from test_tasks_support import FIXTURES
+
+
+def test_fixtures_have_exactly_the_eight_fields():
+    for path in FIXTURES.glob("*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            assert sorted(json.loads(line)) == sorted(RECORD_FIELDS), path
+
+
+def test_records_keep_line_order_and_fields():
+    records, source = load_longbench("qasper", FIXTURES)
+    assert [r.input for r in records] == ["What dataset do they use?", "Is the model multilingual?"]
+    assert records[0].answers == ("Penn Treebank", "PTB") and records[0].all_classes is None
+    assert records[0].id == "qasp0000aa55" and records[0].length == 14
+    assert source == str(FIXTURES.resolve())
+    trec, _ = load_longbench("trec", FIXTURES)
+    assert trec[0].all_classes == ("City", "Individual", "Other location", "Date")
+
+
+def test_missing_file_names_the_path_and_the_fix():
+    with pytest.raises(FileNotFoundError, match=r"narrativeqa\.jsonl.*data_dir"):
+        load_longbench("narrativeqa", FIXTURES)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("malformed", r"line 3: malformed JSON"),
+        ("missing_field", r"line 2: missing field\(s\) \['answers'\]"),
+        ("blank_line", r"line 2: blank line"),
+    ],
+)
+def test_bad_lines_are_errors_naming_the_line(name, message):
+    with pytest.raises(ValueError, match=message):
+        read_records(FIXTURES / "broken" / f"{name}.jsonl")
+
+
+def test_wrong_field_types_are_errors(tmp_path):
+    good = json.loads((FIXTURES / "qasper.jsonl").read_text().splitlines()[0])
+    for field, value in [("answers", "Penn Treebank"), ("length", "14"), ("all_classes", "City")]:
+        path = tmp_path / f"{field}.jsonl"
+        path.write_text(json.dumps({**good, field: value}) + "\n")
+        with pytest.raises(ValueError, match=f"line 1: .*'{field}'"):
+            read_records(path)
+
+
+def test_hub_archive_is_unzipped_once_into_a_commit_folder(tmp_path, monkeypatch):
+    snapshot = tmp_path / "hub" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    with zipfile.ZipFile(snapshot / "data.zip", "w") as archive:
+        archive.write(FIXTURES / "qasper.jsonl", "data/qasper.jsonl")
+    calls = []
+
+    def fake_download(repo, filename, repo_type, revision):
+        calls.append((repo, filename, repo_type))
+        return str(snapshot / "data.zip")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
+    records, source = load_longbench("qasper", cache_dir=tmp_path / "cache")
+    assert calls == [("THUDM/LongBench", "data.zip", "dataset")]
+    assert source == "hub:THUDM/LongBench@abc123" and len(records) == 2
+    assert (tmp_path / "cache" / "abc123" / "qasper.jsonl").is_file()
+    assert longbench_data.download_longbench(tmp_path / "cache") == tmp_path / "cache" / "abc123"

@@ -1,0 +1,130 @@
+"""Synthetic tasks: seeded, sized to the token target within 1%, needles where asked, scorable."""
+
+import re
+
+import pytest
+
+from tasks.prompts import PromptBuilder
+from tasks.scoring import score_prediction
+from tasks.synthetic import SYNTHETIC_TASKS, SyntheticParams, generate_samples
+from tasks.synthetic.haystack import NOISE, insert_at_depths, noise_text
+from test_tasks_support import byte_tokenizer
+
+TOKENIZER = byte_tokenizer()
+CHAT = PromptBuilder(TOKENIZER, use_chat_template=True, add_bos=False)
+RAW = PromptBuilder(TOKENIZER, use_chat_template=False, add_bos=True)
+
+
+def generate(name, builder=CHAT, num_samples=3, **params):
+    return generate_samples(SYNTHETIC_TASKS[name], builder, SyntheticParams(**params), num_samples)
+
+
+def text(sample):
+    return TOKENIZER.decode(list(sample.prompt_ids))
+
+
+@pytest.mark.parametrize("name", sorted(SYNTHETIC_TASKS))
+@pytest.mark.parametrize("builder", [CHAT, RAW], ids=["chat", "raw"])
+def test_length_within_one_percent_and_answers_hidden_in_the_prompt(name, builder):
+    for sample in generate(name, builder, context_length=1500):
+        assert abs(len(sample.prompt_ids) - 1500) <= 15
+        assert all(answer in text(sample) for answer in sample.answers)
+
+
+@pytest.mark.parametrize("name", sorted(SYNTHETIC_TASKS))
+def test_deterministic_for_a_seed_and_independent_of_sample_count(name):
+    first = generate(name, context_length=1200, seed=7)
+    assert first == generate(name, context_length=1200, seed=7)
+    assert generate(name, num_samples=5, context_length=1200, seed=7)[:3] == first
+    assert [s.answers for s in generate(name, context_length=1200, seed=8)] != [s.answers for s in first]
+    assert len({s.answers for s in first}) == 3  # samples differ from each other
+
+
+def test_passkey_prompt_is_the_classic_one():
+    [sample] = generate("passkey", RAW, num_samples=1, context_length=400, needle_depth=0.0)
+    key = sample.answers[0]
+    lines = text(sample).removeprefix("<s>").split("\n")
+    assert lines[0].startswith("There is an important info hidden inside a lot of irrelevant text.")
+    assert lines[1] == "" and lines[2] == f"The pass key is {key}. Remember it. {key} is the pass key."
+    assert lines[3].startswith(NOISE) and lines[4] == "What is the pass key? The pass key is"
+
+
+def test_needle_depth_moves_the_needle():
+    def position(depth):
+        [sample] = generate("niah_single", RAW, num_samples=1, context_length=1000, needle_depth=depth)
+        return text(sample).index("One of the special magic")
+
+    assert position(0.0) < position(0.5) < position(1.0)
+    [start] = generate("niah_single", RAW, num_samples=1, context_length=1000, needle_depth=0.0)
+    assert "afterwards.\nOne of the special magic number for" not in text(start)  # plural wording in the needle
+    assert "afterwards.\nOne of the special magic numbers for" in text(start)
+
+
+def test_haystacks():
+    [noise] = generate("niah_single", num_samples=1, context_length=1000)
+    [needles] = generate("niah_single", num_samples=1, context_length=1000, haystack="needle")
+    assert text(noise).count("special magic numbers for") == 1 and NOISE in text(noise)
+    assert text(needles).count("One of the special magic numbers for") > 5 and "grass" not in text(needles)
+    assert noise.answers == needles.answers  # same draws, other haystack
+    with pytest.raises(ValueError, match="niah_"):
+        generate("passkey", context_length=1000, haystack="needle")
+
+
+def test_multi_needle_questions_and_scoring():
+    [multiquery] = generate("niah_multiquery", num_samples=1, context_length=1000)
+    assert len(multiquery.answers) == 4 and text(multiquery).count("One of the special magic numbers for") == 4
+    spec = SYNTHETIC_TASKS["niah_multiquery"].spec
+    assert score_prediction(" are " + ", ".join(multiquery.answers), multiquery, spec) == 1.0
+    assert score_prediction(" are " + multiquery.answers[0], multiquery, spec) == 0.25
+    [multivalue] = generate("niah_multivalue", num_samples=1, context_length=1000)
+    assert len(set(multivalue.answers)) == 4
+
+
+def test_variable_tracking_chain_and_example():
+    [sample] = generate("variable_tracking", num_samples=1, context_length=1500)
+    names = sample.answers
+    value = re.search(rf"VAR {names[0]} = (\d+)\.", text(sample)).group(1)
+    chain = [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
+    positions = [text(sample).index(statement) for statement in chain]
+    assert positions == sorted(positions) and text(sample).count("they are: ") == 2  # example + question
+    assert text(sample).endswith(f"5 variables are assigned the value {value}, they are: ")
+
+
+def test_kv_retrieval_asks_for_a_present_key():
+    [sample] = generate("kv_retrieval", num_samples=1, context_length=1500)
+    key = re.search(r'Key: "([0-9a-f-]{36})"', text(sample)).group(1)
+    assert f'"{key}": "{sample.answers[0]}"' in text(sample)
+
+
+def test_too_small_a_target_is_an_error():
+    with pytest.raises(ValueError, match="without any filler"):
+        generate("variable_tracking", context_length=100)
+
+
+def test_insert_at_depths_uses_sentence_starts():
+    filler = noise_text(len(NOISE))
+    assert insert_at_depths(filler, [(0.0, "X.")]) == "X. " + NOISE
+    assert insert_at_depths(filler, [(1.0, "X.")]) == NOISE + " X."
+    assert insert_at_depths(filler, [(0.3, "X."), (0.3, "Y.")]) == NOISE.replace("The sky", "X. Y. The sky")
+    with pytest.raises(ValueError):
+        insert_at_depths(filler, [(1.5, "X.")])
+
+
+@pytest.fixture(scope="module")
+def smollm2_builder():
+    from transformers import AutoTokenizer
+
+    from namm.models import PACKAGED_MODELS, locate_packaged_gguf
+
+    gguf, _ = locate_packaged_gguf(PACKAGED_MODELS["smollm2-135m"])
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return PromptBuilder(tokenizer, use_chat_template=True, add_bos=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SYNTHETIC_TASKS))
+@pytest.mark.parametrize("length", [1024, 2048, 4096])
+def test_smollm2_lengths_within_one_percent(smollm2_builder, name, length):
+    samples = generate(name, smollm2_builder, num_samples=4, context_length=length)
+    assert all(abs(len(s.prompt_ids) - length) <= 0.01 * length for s in samples)
+    assert samples == generate(name, smollm2_builder, num_samples=4, context_length=length)
