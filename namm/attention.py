@@ -92,7 +92,9 @@ def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: tor
     eager attention produced (no eviction happens between updates), with zeros for invisible slots.
     """
     queries = layer.recent_queries(rows, count)  # (R, Hq, n, D)
-    keys = layer.keys[rows, :, : layer.length]
+    every_row = rows.numel() == layer.keys.shape[0]
+    keys = (layer.keys[:, :, : layer.length] if every_row else layer.keys[rows, :, : layer.length]).float()
+    keys_t = keys[:, :, None].transpose(-1, -2)  # (R, H, 1, D, S)
     num_rows, q_heads, _, head_dim = queries.shape
     kv_heads = keys.shape[1]
     group = q_heads // kv_heads
@@ -103,7 +105,7 @@ def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: tor
     step = max(1, ROW_ELEMENTS_PER_BLOCK // max(1, num_rows * q_heads * layer.length))
     for start in range(0, count, step):
         stop = min(count, start + step)
-        logits = torch.einsum("rhgqd,rhsd->rhgqs", grouped[:, :, :, start:stop].float(), keys.float()) * layer.scaling
-        logits = logits.masked_fill(~visible[:, :, None, start:stop], float("-inf"))
-        out[:, :, start:stop] = torch.softmax(logits, dim=-1).nan_to_num_(0.0).mean(dim=2)
+        logits = torch.matmul(grouped[:, :, :, start:stop].float(), keys_t)
+        logits.mul_(layer.scaling).masked_fill_(~visible[:, :, None, start:stop], float("-inf"))
+        out[:, :, start:stop] = torch.softmax(logits, dim=-1).mean(dim=2)
     return out

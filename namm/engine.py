@@ -261,7 +261,7 @@ class _Run:
 
         rows_fn = None
         if self.policy.needs_attention:
-            rows_fn = partial(attention_rows, layer, rows, seen, self.config.update_interval)
+            rows_fn = partial(attention_rows, layer, rows, seen)
         return LayerView(
             layer_idx=layer_idx,
             rows=rows,
