@@ -1,0 +1,160 @@
+"""Typed training configuration: the `evo` and `logger` groups and the root of `conf/train.yaml`.
+
+The dataclasses are registered in Hydra's ConfigStore so a wrong type (`evo.popsize=abc`) fails while
+the config is composed, and `validate_train_config` runs the value checks (`evo.sigma=-1`) before any
+model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class Searcher(Enum):
+    """EvoTorch search algorithms selectable with `evo=<name>`."""
+
+    cmaes_separable = "cmaes_separable"  # diagonal covariance: O(d) per update, the default
+    cmaes_full = "cmaes_full"  # full covariance, as the reference (d^2 memory, Cholesky every few steps)
+    snes = "snes"
+    xnes = "xnes"
+    pgpe = "pgpe"
+
+
+class WandbMode(Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+RESUME_MODES = ("never", "auto")
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names the key and the fix. Raised before any model loads."""
+
+
+@dataclass
+class EvoConfig:
+    """Search algorithm and per-generation sampling. Defaults are the CPU demo run of `python train.py`."""
+
+    searcher: Searcher = Searcher.cmaes_separable
+    popsize: int = 6
+    sigma: float = 0.065  # initial step size (CMA-ES sigma; initial stdev of SNES/XNES/PGPE)
+    generations: int = 3
+    center_learning_rate: float | None = None  # SNES/XNES (default 1.0) and PGPE (required)
+    stdev_learning_rate: float | None = None  # SNES/XNES (scales EvoTorch's default) and PGPE (required)
+    prompts_per_task: int = 2  # training prompts sampled per task each generation, shared by all candidates
+    validation_prompts: int = 2  # held-out prompts per task, disjoint from training, scored at each validation
+    eval_interval: int = 10  # validate the centre every this many generations (and after the last one)
+    reference_floor: float = 1.0  # lower bound of the full-cache denominator, in the task's score units
+    num_actors: int = 0  # >= 2: Ray actors, each loading the model once; 0 or 1: score in this process
+    num_gpus_per_actor: float | None = None  # None: 1 when CUDA is available, else 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.popsize < 2:
+            problems.append(f"evo.popsize must be >= 2, got {self.popsize}")
+        if self.searcher == Searcher.pgpe and self.popsize % 2:
+            problems.append(f"evo.popsize must be even for pgpe (symmetric sampling), got {self.popsize}")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            problems.append(f"evo.sigma is the initial step size and must be a finite number > 0, got {self.sigma}")
+        for name in ("generations", "prompts_per_task", "validation_prompts", "eval_interval"):
+            if getattr(self, name) < 1:
+                problems.append(f"evo.{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.reference_floor) and self.reference_floor > 0):
+            problems.append(f"evo.reference_floor must be a finite number > 0, got {self.reference_floor}")
+        for name in ("center_learning_rate", "stdev_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                problems.append(f"evo.{name} must be a finite number > 0 or null, got {value}")
+            if value is None and self.searcher == Searcher.pgpe:
+                problems.append(f"evo.{name} is required by pgpe (see conf/evo/pgpe.yaml)")
+        if self.num_actors < 0:
+            problems.append(f"evo.num_actors must be >= 0, got {self.num_actors}")
+        elif self.num_actors > self.popsize:
+            problems.append(f"evo.num_actors ({self.num_actors}) must not exceed evo.popsize ({self.popsize})")
+        if self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0:
+            problems.append(f"evo.num_gpus_per_actor must be >= 0 or null, got {self.num_gpus_per_actor}")
+        if problems:
+            raise ConfigError("Invalid evo config: " + "; ".join(problems) + ".")
+
+
+@dataclass
+class LoggerConfig:
+    """Weights & Biases; `online` falls back to `offline` when no credentials are found."""
+
+    mode: WandbMode = WandbMode.online
+    project: str = "namm-evolution"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    log_checkpoints: bool = True  # upload best.pt (and the final latest.pt) as artifacts when online
+
+
+def _default_scorer() -> dict[str, Any]:
+    return {
+        # (train config) -> CandidateScorer; loads the model, called once in every process that scores
+        "_target_": "tasks.evolution_scorer.build_scorer",
+        # (train config) -> int; the parameter count without loading a model
+        "param_count_target": "namm.evolution.scoring.namm_param_count",
+    }
+
+
+@dataclass
+class TrainConfig:
+    """Root of `conf/train.yaml`. `model`, `task`, `namm` and `engine` (EngineConfig fields) are owned by
+    their modules and left untyped here; the scorer reads them."""
+
+    name: str = "default"  # experiment name; with the seed it fixes the run directory
+    seed: int = 0
+    resume: str = "never"  # never | auto | <checkpoint file or run directory>
+    init_from: str | None = None  # checkpoint (file or run directory) whose centre starts the search
+    out_dir: str = "runs/${name}/seed${seed}"
+    evo: EvoConfig = field(default_factory=EvoConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    scorer: Any = field(default_factory=_default_scorer)
+    model: Any = None
+    task: Any = None
+    namm: Any = None
+    engine: Any = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.resume not in RESUME_MODES and not Path(self.resume).exists():
+            problems.append(
+                f"resume must be 'never', 'auto' or an existing checkpoint file or run directory, got {self.resume!r}"
+            )
+        if self.init_from is not None and not Path(self.init_from).exists():
+            problems.append(
+                f"init_from={self.init_from!r} does not exist (give a best.pt/latest.pt or its run directory)"
+            )
+        if self.init_from is not None and self.resume not in ("never", "auto"):
+            problems.append("give at most one of init_from (start a new run from a centre) and resume=<path>")
+        if (
+            not isinstance(self.scorer, dict)
+            or "_target_" not in self.scorer
+            or "param_count_target" not in self.scorer
+        ):
+            problems.append("scorer must hold `_target_` (the scorer factory) and `param_count_target`")
+        if not self.name.strip():
+            problems.append("name must be a non-empty string (it names the run directory)")
+        if problems:
+            raise ConfigError("Invalid train config: " + "; ".join(problems) + ".")
+
+
+def register_configs() -> None:
+    """Make the schemas available to `conf/train.yaml` (`defaults: [train_schema, ...]`)."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+
+
+def validate_train_config(cfg: DictConfig) -> TrainConfig:
+    """Run every value check of the schema; raises ConfigError naming the bad key and its fix."""
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]

@@ -1,0 +1,97 @@
+"""Per-generation and validation metrics as flat dicts (the same keys go to W&B and metrics.jsonl)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from namm.evolution.fitness import PopulationFitness, candidate_fitness, normalised_task_scores
+from namm.evolution.scoring import ScoringOutcome
+
+TIMING_KEYS = ("speed/seconds_per_generation", "speed/tokens_per_second")  # differ between identical runs
+
+
+def _summary(prefix: str, values: torch.Tensor) -> dict[str, float]:
+    values = values.double()
+    return {
+        f"{prefix}/mean": float(values.mean()),
+        f"{prefix}/best": float(values.max()),
+        f"{prefix}/worst": float(values.min()),
+        f"{prefix}/std": float(values.std(unbiased=False)),
+    }
+
+
+def generation_metrics(
+    generation: int,
+    outcome: ScoringOutcome,
+    fitness: PopulationFitness,
+    step_size: float,
+    seconds: float,
+    reference_floor: float,
+) -> dict[str, Any]:
+    """Statistics over the candidates that scored (failed ones are only counted)."""
+    record: dict[str, Any] = {"generation": generation, "failed_candidates": len(fitness.failures)}
+    record.update(_summary("fitness", fitness.values[fitness.ok]))
+    scores = outcome.scores
+    if scores is not None:
+        ok = fitness.ok[outcome.scored_rows]
+        normalised = normalised_task_scores(scores, reference_floor)
+        for task in sorted(scores.task_scores):
+            record[f"task/{task}/score_mean"] = float(scores.task_scores[task][ok].double().mean())
+            record[f"task/{task}/score_best"] = float(scores.task_scores[task][ok].double().max())
+            record[f"task/{task}/normalised_mean"] = float(normalised[task][ok].mean())
+            record[f"task/{task}/reference"] = float(scores.reference_scores[task])
+        ratio = scores.retained_ratio[ok].double()
+        record["retained_ratio/mean"] = float(ratio.mean())
+        record["retained_ratio/min"] = float(ratio.min())
+        record["retained_ratio/max"] = float(ratio.max())
+        per_layer = scores.retained_ratio_per_layer[ok].double().mean(dim=0)
+        record.update({f"retained_ratio/layer_{layer}": float(value) for layer, value in enumerate(per_layer)})
+        record["tokens_processed"] = int(scores.tokens_processed)
+        record["speed/tokens_per_second"] = scores.tokens_processed / max(outcome.seconds, 1e-9)
+    record["search/step_size"] = step_size
+    record["speed/seconds_per_generation"] = seconds
+    return record
+
+
+def validation_metrics(outcome: ScoringOutcome, reference_floor: float) -> dict[str, Any] | None:
+    """Metrics of the centre on the validation prompts; None when its evaluation failed."""
+    scores = outcome.scores
+    if scores is None:
+        return None
+    fitness = float(candidate_fitness(scores, reference_floor)[0])
+    if not torch.isfinite(torch.tensor(fitness)):
+        return None
+    record: dict[str, Any] = {
+        "validation/fitness": fitness,
+        "validation/retained_ratio": float(scores.retained_ratio[0]),
+    }
+    for task in sorted(scores.task_scores):
+        record[f"validation/{task}/score"] = float(scores.task_scores[task][0])
+        record[f"validation/{task}/reference"] = float(scores.reference_scores[task])
+    return record
+
+
+def generation_line(record: dict[str, Any], generations: int) -> str:
+    """One readable log line per generation."""
+    parts = [
+        f"gen {record['generation']}/{generations}",
+        f"fitness mean {record['fitness/mean']:.4f} best {record['fitness/best']:.4f} worst {record['fitness/worst']:.4f}",
+    ]
+    if "retained_ratio/mean" in record:
+        parts.append(
+            f"retained {record['retained_ratio/mean']:.3f} "
+            f"[{record['retained_ratio/min']:.3f}, {record['retained_ratio/max']:.3f}]"
+        )
+    parts.append(f"step {record['search/step_size']:.4g}")
+    speed = f"{record['speed/seconds_per_generation']:.1f} s"
+    if "speed/tokens_per_second" in record:
+        speed += f", {record['speed/tokens_per_second']:.0f} tok/s"
+    parts.append(speed)
+    if "validation/fitness" in record:
+        best = " (new best)" if record.get("validation/is_best") else ""
+        parts.append(f"val {record['validation/fitness']:.4f}{best}")
+    if record["failed_candidates"]:
+        parts.append(f"{record['failed_candidates']} failed")
+    return " | ".join(parts)

@@ -1,0 +1,110 @@
+"""Where a run starts: fresh, from its own latest checkpoint (`resume`), or from another run's centre (`init_from`).
+
+Everything here reads small files only, so a wrong `resume`/`init_from` fails before any model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from namm.evolution.checkpoint import (
+    BEST,
+    LATEST,
+    PREVIOUS,
+    CheckpointError,
+    load_checkpoint,
+    load_latest,
+    resolve_checkpoint_path,
+)
+from namm.evolution.config import ConfigError, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Keys that may change when a run is continued: they do not change the search trajectory.
+RESUMABLE_CHANGES = (
+    "evo.generations",
+    "evo.num_actors",
+    "evo.num_gpus_per_actor",
+    "evo.eval_interval",
+    "logger",
+    "resume",
+    "init_from",
+    "out_dir",
+)
+
+
+@dataclass
+class StartPoint:
+    resume_state: dict[str, Any] | None = None  # continue this run exactly
+    resume_path: Path | None = None
+    init_state: dict[str, Any] | None = None  # start a new run from this checkpoint's centre
+    init_path: Path | None = None
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Settings that differ between a saved run and this one, except those a resume may change."""
+    old, new = _flatten(saved), _flatten(current)
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES):
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            changed.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    return changed
+
+
+def slurm_requeued() -> bool:
+    """SLURM sets SLURM_RESTART_COUNT >= 1 when it requeues a job (timeout, preemption)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+def find_start_point(config: TrainConfig, resolved: dict[str, Any]) -> StartPoint:
+    """Decide how this run starts; raise with the fix when the request cannot be honoured."""
+    run_dir = Path(config.out_dir)
+    mode = config.resume
+    if mode == "never" and slurm_requeued():
+        log.info("SLURM requeued this job (restart %s): continuing from %s", os.environ["SLURM_RESTART_COUNT"], run_dir)
+        mode = "auto"
+    if mode == "never":
+        existing = [name for name in (LATEST, PREVIOUS, BEST) if (run_dir / name).exists()]
+        if existing:
+            raise ConfigError(
+                f"{run_dir} already holds a run ({', '.join(existing)}). Continue it with resume=auto, or start "
+                f"a new one with another seed=/name=/out_dir=, or delete that directory."
+            )
+        found = None
+    elif mode == "auto":
+        found = load_latest(run_dir)
+    else:
+        path = Path(mode)
+        found = load_latest(path) if path.is_dir() else (load_checkpoint(path), path)
+        if found is None:
+            raise CheckpointError(f"resume={mode!r}: that directory holds no {LATEST}")
+    if found is not None:
+        state, path = found
+        changed = config_differences(state["config"], resolved)
+        if changed:
+            raise ConfigError(
+                f"cannot resume from {path}: these settings differ from the saved run, so it would not continue "
+                f"the same search: {'; '.join(changed)}. Restore them, or start a new run (another name=/seed=/out_dir=)."
+            )
+        if config.init_from is not None:
+            log.info("resuming %s; init_from is ignored (it only seeds a new run)", path)
+        return StartPoint(resume_state=state, resume_path=path)
+    if config.init_from is not None:
+        path = resolve_checkpoint_path(config.init_from)
+        return StartPoint(init_state=load_checkpoint(path), init_path=path)
+    return StartPoint()

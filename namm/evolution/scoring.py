@@ -1,0 +1,218 @@
+"""The seam between evolution and the model: a scorer turns parameter vectors into task scores.
+
+Evolution never touches the model. A `CandidateScorer` is built from the train config by an importable
+factory (`scorer._target_`), once in every process that scores (the main process, or each Ray actor),
+so the model is loaded where it is used and never pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+
+from namm.evolution.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+TRAIN_SPLIT = "train"
+VALIDATION_SPLIT = "validation"
+
+
+@dataclass
+class CandidateScores:
+    """Scores of P candidates on one generation's prompts (every candidate saw the same prompts).
+
+    Scores are in the task's own units (LongBench: 0-100); `evo.reference_floor` uses the same units.
+    """
+
+    task_scores: dict[str, torch.Tensor]  # task -> (P,) mean metric on this generation's prompts
+    reference_scores: dict[str, float]  # task -> full-cache mean on the same prompts
+    retained_ratio: torch.Tensor  # (P,) retained / seen tokens, averaged over prompts, layers and heads
+    retained_ratio_per_layer: torch.Tensor  # (P, L)
+    tokens_processed: int  # prompt + generated tokens over all candidates and prompts
+
+    @property
+    def num_candidates(self) -> int:
+        return int(self.retained_ratio.shape[0])
+
+    def check(self, num_candidates: int) -> None:
+        """Raise ValueError when the shapes do not describe `num_candidates` candidates."""
+        problems = []
+        if set(self.task_scores) != set(self.reference_scores) or not self.task_scores:
+            problems.append(
+                f"task_scores and reference_scores need the same non-empty task keys, got "
+                f"{sorted(self.task_scores)} and {sorted(self.reference_scores)}"
+            )
+        for task, values in self.task_scores.items():
+            if tuple(values.shape) != (num_candidates,):
+                problems.append(f"task_scores[{task!r}] has shape {tuple(values.shape)}, expected ({num_candidates},)")
+        if tuple(self.retained_ratio.shape) != (num_candidates,):
+            problems.append(
+                f"retained_ratio has shape {tuple(self.retained_ratio.shape)}, expected ({num_candidates},)"
+            )
+        per_layer = self.retained_ratio_per_layer
+        if per_layer.dim() != 2 or per_layer.shape[0] != num_candidates:
+            problems.append(
+                f"retained_ratio_per_layer has shape {tuple(per_layer.shape)}, expected ({num_candidates}, L)"
+            )
+        if problems:
+            raise ValueError("scorer returned malformed CandidateScores: " + "; ".join(problems))
+
+    @staticmethod
+    def concat(parts: list[CandidateScores]) -> CandidateScores:
+        """Stack the candidates of several results computed on the same prompts."""
+        first = parts[0]
+        return CandidateScores(
+            task_scores={task: torch.cat([p.task_scores[task] for p in parts]) for task in first.task_scores},
+            reference_scores=dict(first.reference_scores),
+            retained_ratio=torch.cat([p.retained_ratio for p in parts]),
+            retained_ratio_per_layer=torch.cat([p.retained_ratio_per_layer for p in parts]),
+            tokens_processed=sum(p.tokens_processed for p in parts),
+        )
+
+
+@runtime_checkable
+class CandidateScorer(Protocol):
+    """Scores NAMM parameter vectors; samples the prompts itself, seeded by (split, generation)."""
+
+    param_count: int
+
+    def score(self, parameters: torch.Tensor, split: str, generation: int) -> CandidateScores:
+        """`parameters` is (P, param_count). `split` is "train" (a fresh sample of prompts per
+        generation) or "validation" (the held-out prompts, disjoint from training)."""
+        ...
+
+    def normalisation_state(self) -> dict[str, Any]:
+        """Opaque statistics the policy calibrated (may be empty); saved in checkpoints, so it may hold
+        tensors, dicts, lists and scalars only. With Ray actors, the first actor's copy is saved."""
+        ...
+
+    def load_normalisation_state(self, state: dict[str, Any]) -> None:
+        """Restore what `normalisation_state` returned (resume, init_from)."""
+        ...
+
+
+@dataclass
+class ScoringOutcome:
+    """Scores for the candidates whose evaluation ran, and the error of each one that raised."""
+
+    num_candidates: int
+    scored_rows: torch.Tensor  # (K,) int64 candidate indices covered by `scores`
+    scores: CandidateScores | None  # over the K scored rows; None when K == 0
+    errors: dict[int, str] = field(default_factory=dict)  # candidate index -> error summary
+    seconds: float = 0.0
+
+    @staticmethod
+    def merge(parts: list[ScoringOutcome]) -> ScoringOutcome:
+        """Join the outcomes of consecutive chunks of one population (actor pieces)."""
+        offset, rows, scored, errors = 0, [], [], {}
+        for part in parts:
+            rows.append(part.scored_rows + offset)
+            if part.scores is not None:
+                scored.append(part.scores)
+            errors.update({row + offset: message for row, message in part.errors.items()})
+            offset += part.num_candidates
+        return ScoringOutcome(
+            num_candidates=offset,
+            scored_rows=torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long),
+            scores=CandidateScores.concat(scored) if scored else None,
+            errors=errors,
+            seconds=max((part.seconds for part in parts), default=0.0),  # chunks run in parallel
+        )
+
+
+def _summarise(error: BaseException) -> str:
+    frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    where = f" ({frame.filename}:{frame.lineno})" if frame else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def score_guarded(scorer: CandidateScorer, parameters: torch.Tensor, split: str, generation: int) -> ScoringOutcome:
+    """Score a batch; if it raises, score the candidates one by one so only the culprits fail.
+
+    Interrupts (KeyboardInterrupt, SystemExit) are not caught: a killed run must stop.
+    """
+    start = time.perf_counter()
+    count = parameters.shape[0]
+    all_rows = torch.arange(count)
+    try:
+        scores = scorer.score(parameters, split, generation)
+        scores.check(count)
+        return ScoringOutcome(count, all_rows, scores, {}, time.perf_counter() - start)
+    except Exception as error:  # noqa: BLE001 - one bad candidate must not end the run
+        if count == 1:
+            return ScoringOutcome(1, all_rows[:0], None, {0: _summarise(error)}, time.perf_counter() - start)
+        log.warning("scoring %d candidates together failed (%s); scoring them one by one", count, _summarise(error))
+    parts, rows, errors = [], [], {}
+    for row in range(count):
+        try:
+            scores = scorer.score(parameters[row : row + 1], split, generation)
+            scores.check(1)
+        except Exception as error:  # noqa: BLE001
+            errors[row] = _summarise(error)
+            continue
+        parts.append(scores)
+        rows.append(row)
+    return ScoringOutcome(
+        num_candidates=count,
+        scored_rows=torch.tensor(rows, dtype=torch.long),
+        scores=CandidateScores.concat(parts) if parts else None,
+        errors=errors,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _load_target(cfg: DictConfig, key: str) -> Any:
+    path = cfg.scorer[key]
+    try:
+        return get_method(path)
+    except Exception as error:
+        raise ConfigError(
+            f"scorer.{key}={path!r} could not be imported ({error}); point it at an importable function, "
+            f"e.g. scorer.{key}=my_package.my_module.my_function"
+        ) from error
+
+
+def check_scorer_targets(cfg: DictConfig) -> None:
+    """Import both factory functions now, so a typo fails before anything expensive starts."""
+    _load_target(cfg, "_target_")
+    _load_target(cfg, "param_count_target")
+
+
+def build_scorer(cfg: DictConfig) -> CandidateScorer:
+    """Call `scorer._target_(cfg)`: loads the model, so run it once per scoring process."""
+    scorer = _load_target(cfg, "_target_")(cfg)
+    missing = [
+        name
+        for name in ("param_count", "score", "normalisation_state", "load_normalisation_state")
+        if not hasattr(scorer, name)
+    ]
+    if missing:
+        raise TypeError(
+            f"scorer._target_={cfg.scorer._target_!r} returned {type(scorer).__name__}, which lacks {missing}"
+        )
+    return scorer
+
+
+def scorer_param_count(cfg: DictConfig) -> int:
+    """Length of a candidate vector, from `scorer.param_count_target(cfg)` (no model is loaded)."""
+    count = int(_load_target(cfg, "param_count_target")(cfg))
+    if count < 1:
+        raise ValueError(f"scorer.param_count_target returned {count}; a candidate needs at least one parameter")
+    return count
+
+
+def namm_param_count(cfg: DictConfig) -> int:
+    """The default count: the NAMM parameter vector described by the `namm` group."""
+    from namm.network.config import NAMMConfig
+    from namm.network.parameters import param_count
+
+    values = OmegaConf.to_container(cfg.namm, resolve=True) if cfg.namm is not None else {}
+    return param_count(NAMMConfig.from_dict(values))  # type: ignore[arg-type]

@@ -1,0 +1,233 @@
+"""The evolution loop: sample a population, score it on shared prompts, update, validate, checkpoint.
+
+Read top to bottom: `train` checks the config and the start point (cheap), builds the problem and the
+searcher, loads the model(s), restores state, then runs `generations` steps. Each generation ends with
+`metrics.jsonl`, the progress plot, `latest.pt` (and `best.pt` when validation improves), W&B and one
+log line, in that order, so a kill at any point resumes to the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from namm.evolution.checkpoint import BEST, FORMAT_VERSION, LATEST, library_versions, save_checkpoint, save_latest
+from namm.evolution.config import ConfigError, TrainConfig, validate_train_config
+from namm.evolution.metrics import generation_line, generation_metrics, validation_metrics
+from namm.evolution.problem import EvolutionProblem
+from namm.evolution.progress import METRICS_FILE, PLOT_FILE, MetricsLog, plot_progress
+from namm.evolution.resume import StartPoint, find_start_point
+from namm.evolution.rng_state import capture_rng_state, restore_rng_state
+from namm.evolution.scoring import VALIDATION_SPLIT, check_scorer_targets, scorer_param_count
+from namm.evolution.searchers import (
+    build_searcher,
+    load_searcher_state,
+    searcher_center,
+    searcher_sigma,
+    searcher_state,
+    start_from_distribution,
+    step_size,
+)
+from namm.evolution.wandb_run import WandbRun
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BestCentre:
+    """The centre with the best validation fitness so far (the parameters to evaluate and export)."""
+
+    params: torch.Tensor
+    validation_fitness: float | None = None
+    generation: int = 0
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    generation: int
+    best_validation_fitness: float | None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _checkpoint_state(
+    generation: int,
+    searcher: Any,
+    config: TrainConfig,
+    resolved: dict[str, Any],
+    problem: EvolutionProblem,
+    best: BestCentre,
+    wandb_run_id: str | None,
+) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "generation": generation,
+        "center": searcher_center(searcher),
+        "sigma": searcher_sigma(searcher),
+        "best_params": best.params.clone(),
+        "best_validation_fitness": best.validation_fitness,
+        "best_generation": best.generation,
+        "param_count": problem.solution_length,
+        "config": resolved,
+        "searcher_state": searcher_state(searcher, config.evo.searcher),
+        "rng_state": capture_rng_state(problem.generator),
+        "normalisation_state": problem.normalisation_state(),
+        "wandb_run_id": wandb_run_id,
+        "versions": library_versions(),
+    }
+
+
+def _initial_centre(start: StartPoint, param_count: int) -> torch.Tensor:
+    if start.init_state is None:
+        return torch.zeros(param_count)  # the NAMM's zero vector
+    centre = start.init_state["best_params"]
+    if centre.shape != (param_count,):
+        raise ConfigError(
+            f"init_from={start.init_path}: its centre has {centre.shape[0]} parameters, this run's scorer needs "
+            f"{param_count}; use a checkpoint trained with the same `namm` config"
+        )
+    return centre
+
+
+def _restore(
+    start: StartPoint, searcher: Any, problem: EvolutionProblem, config: TrainConfig
+) -> tuple[int, BestCentre, str | None]:
+    """Apply the start point to a freshly built searcher; returns (generation, best, W&B run id)."""
+    if start.resume_state is not None:
+        state = start.resume_state
+        load_searcher_state(searcher, state["searcher_state"], config.evo.searcher)
+        restore_rng_state(state["rng_state"], problem.generator)
+        problem.load_normalisation_state(state["normalisation_state"])
+        best = BestCentre(state["best_params"], state["best_validation_fitness"], state.get("best_generation", 0))
+        log.info("resumed from %s at generation %d", start.resume_path, state["generation"])
+        return int(state["generation"]), best, state["wandb_run_id"]
+    centre = searcher_center(searcher)
+    if start.init_state is not None:
+        state = start.init_state
+        if state["searcher_state"]["searcher"] == config.evo.searcher.value:
+            start_from_distribution(searcher, state["searcher_state"], config.evo.searcher, centre)
+            how = "its search distribution (step size, covariance, paths) and best centre"
+        else:
+            how = f"its best centre only (it used {state['searcher_state']['searcher']}, this run {config.evo.searcher.value})"
+        problem.load_normalisation_state(state["normalisation_state"])
+        log.info("init_from %s: starting from %s", start.init_path, how)
+    return 0, BestCentre(centre), None
+
+
+def _validate(
+    problem: EvolutionProblem, centre: torch.Tensor, generation: int, floor: float, best: BestCentre, record: dict
+) -> BestCentre:
+    """Score the centre on the validation prompts, add the result to `record`; returns the new best."""
+    outcome = problem.score(centre[None], VALIDATION_SPLIT, generation)
+    validation = validation_metrics(outcome, floor)
+    if validation is None:
+        reason = next(iter(outcome.errors.values()), "non-finite validation fitness")
+        log.warning("generation %d: validating the centre failed (%s); best.pt is unchanged", generation, reason)
+        return best
+    fitness = validation["validation/fitness"]
+    improved = best.validation_fitness is None or fitness > best.validation_fitness
+    if improved:
+        best = BestCentre(centre, fitness, generation)
+    record.update(validation)
+    record.update({"validation/is_best": improved, "validation/best_fitness": best.validation_fitness})
+    return best
+
+
+def _print_summary(run_dir: Path, best: BestCentre, generation: int) -> None:
+    best_text = (
+        "no validation yet"
+        if best.validation_fitness is None
+        else (f"best validation fitness {best.validation_fitness:.4f} at generation {best.generation}")
+    )
+    print(
+        f"\nTraining finished at generation {generation} ({best_text}).\n"
+        f"  checkpoints: {run_dir / LATEST}, {run_dir / BEST}\n"
+        f"  metrics:     {run_dir / METRICS_FILE}\n"
+        f"  plot:        {run_dir / PLOT_FILE}\n"
+        f"Evaluate it with:\n  python evaluate.py checkpoint={run_dir}\n",
+        flush=True,
+    )
+
+
+def train(cfg: DictConfig) -> RunSummary:
+    """Run (or continue) one training run described by the composed `conf/train.yaml`."""
+    config = validate_train_config(cfg)  # value checks before anything expensive
+    check_scorer_targets(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    start = find_start_point(config, resolved)
+    run_dir = Path(config.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    evo = config.evo
+    param_count = scorer_param_count(cfg)
+
+    logging.getLogger("evotorch").setLevel(logging.WARNING)  # its per-object INFO lines drown the log
+    _seed_everything(config.seed)
+    problem = EvolutionProblem(cfg, param_count, config.seed, evo.num_actors, evo.num_gpus_per_actor)
+    searcher = build_searcher(problem, evo, _initial_centre(start, param_count))
+    wandb_run = None
+    finished = False
+    try:
+        log.info("loading the model in %s", f"{evo.num_actors} Ray actors" if evo.num_actors >= 2 else "this process")
+        problem.start_workers()
+        generation, best, wandb_run_id = _restore(start, searcher, problem, config)
+        metrics_log = MetricsLog(run_dir)
+        metrics_log.keep_up_to(generation)
+        wandb_run = WandbRun(config.logger, run_dir, f"{config.name}-seed{config.seed}", wandb_run_id, resolved)
+        with (
+            logging_redirect_tqdm(),
+            tqdm(total=evo.generations, initial=generation, desc="generations", unit="gen") as bar,
+        ):
+            while generation < evo.generations:
+                generation += 1
+                record = _run_generation(problem, searcher, generation, evo)
+                centre = searcher_center(searcher)
+                if generation % evo.eval_interval == 0 or generation == evo.generations:
+                    best = _validate(problem, centre, generation, evo.reference_floor, best, record)
+                if best.validation_fitness is None:
+                    best = BestCentre(centre, None, generation)  # the current centre stands in until validated
+                state = _checkpoint_state(generation, searcher, config, resolved, problem, best, wandb_run.run_id)
+                metrics_log.append(record)
+                plot_progress(metrics_log.read(), run_dir / PLOT_FILE)
+                save_latest(state, run_dir)
+                if record.get("validation/is_best"):
+                    save_checkpoint(state, run_dir / BEST)
+                    wandb_run.save_checkpoint(run_dir / BEST, "best", generation)
+                wandb_run.log(record)
+                log.info(generation_line(record, evo.generations))
+                bar.set_postfix(fitness=f"{record['fitness/mean']:.3f}", step=f"{record['search/step_size']:.3g}")
+                bar.update(1)
+        if (run_dir / LATEST).exists():
+            wandb_run.save_checkpoint(run_dir / LATEST, "latest", generation)
+        _print_summary(run_dir, best, generation)
+        finished = True
+        return RunSummary(run_dir, generation, best.validation_fitness)
+    finally:
+        if wandb_run is not None:
+            wandb_run.finish(exit_code=0 if finished else 1)
+        problem.kill_workers()
+
+
+def _run_generation(problem: EvolutionProblem, searcher: Any, generation: int, evo: Any) -> dict[str, Any]:
+    """One searcher step on this generation's prompts; returns its metrics."""
+    problem.generation = generation
+    started = time.perf_counter()
+    searcher.step()
+    seconds = time.perf_counter() - started
+    return generation_metrics(
+        generation, problem.last_outcome, problem.last_fitness, step_size(searcher), seconds, evo.reference_floor
+    )

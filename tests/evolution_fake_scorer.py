@@ -1,0 +1,108 @@
+"""A deterministic stand-in for the model-backed scorer, for evolution tests only.
+
+Task scores are quadratics of the parameters plus noise seeded by (seed, split, generation), so every
+run with the same seed sees the same numbers, and an evolution strategy can make progress. Options
+under `cfg.scorer` inject failures; `trace_dir` records which processes built and used a scorer. The
+environment variable FAKE_SCORER_INTERRUPT_AT=<generation> simulates a kill (outside the config, so
+the resumed run has the same config as the killed one).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from namm.evolution.scoring import CandidateScores
+
+TASKS = ("alpha", "beta")
+NUM_LAYERS = 3
+
+
+def fake_param_count(cfg: DictConfig) -> int:
+    return int(cfg.scorer.dimension)
+
+
+def build_fake_scorer(cfg: DictConfig) -> FakeScorer:
+    return FakeScorer(cfg)
+
+
+class FakeScorer:
+    def __init__(self, cfg: DictConfig) -> None:
+        options = cfg.scorer
+        self.param_count = int(options.dimension)
+        self.seed = int(cfg.seed)
+        self.raise_above = options.get("raise_when_first_param_above")
+        self.nan_candidate = options.get("nan_candidate")  # index within every batch call
+        interrupt_at = os.environ.get("FAKE_SCORER_INTERRUPT_AT")
+        self.interrupt_at = int(interrupt_at) if interrupt_at else None
+        self.targets = {task: torch.linspace(-0.5, 0.5, self.param_count) * (i + 1) for i, task in enumerate(TASKS)}
+        self.calibration: torch.Tensor | None = None
+        self._unpicklable = threading.Lock()  # like a loaded model: must never travel to another process
+        trace_dir = options.get("trace_dir")
+        if trace_dir:
+            Path(trace_dir).mkdir(parents=True, exist_ok=True)
+            (Path(trace_dir) / f"built-{os.getpid()}-{id(self)}").touch()
+        self.trace_dir = trace_dir
+
+    def _noise(self, split: str, generation: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1000 + generation * 2 + (split == "validation"))
+        return torch.randn(len(TASKS), generator=generator, dtype=torch.float64)
+
+    def score(self, parameters: torch.Tensor, split: str, generation: int) -> CandidateScores:
+        if self.interrupt_at is not None and generation == self.interrupt_at and split == "train":
+            raise KeyboardInterrupt(f"fake kill at generation {generation}")
+        if self.raise_above is not None and bool((parameters[:, 0] > self.raise_above).any()):
+            raise ValueError(f"fake failure: a first parameter above {self.raise_above}")
+        if self.trace_dir:
+            (Path(self.trace_dir) / f"scored-{os.getpid()}-{split}-{generation}-{len(parameters)}").touch()
+        x = parameters.double()
+        noise = self._noise(split, generation)
+        if self.calibration is None:  # stands in for the NAMM's statistics, frozen at the first call
+            self.calibration = noise.sum().reshape(1)
+        task_scores = {}
+        for i, task in enumerate(TASKS):
+            distance = ((x - self.targets[task]) ** 2).sum(dim=1)
+            task_scores[task] = 50.0 - 10.0 * distance + noise[i] + 0.01 * self.calibration
+        if self.nan_candidate is not None and len(parameters) > 1:
+            task_scores["beta"][self.nan_candidate] = float("nan")
+        references = {task: 40.0 + float(noise[i]) for i, task in enumerate(TASKS)}
+        ratio = torch.sigmoid(x.mean(dim=1))
+        per_layer = torch.sigmoid(x.mean(dim=1, keepdim=True) + 0.1 * torch.arange(NUM_LAYERS))
+        return CandidateScores(task_scores, references, ratio, per_layer, tokens_processed=1000 * len(parameters))
+
+    def normalisation_state(self) -> dict[str, Any]:
+        return {} if self.calibration is None else {"calibration": self.calibration.clone()}
+
+    def load_normalisation_state(self, state: dict[str, Any]) -> None:
+        self.calibration = state["calibration"].clone() if state else None
+
+
+def fake_scorer_node(**options: Any) -> dict[str, Any]:
+    """The `scorer` config node that selects this fake (importable by Ray actors when tests/ is on PYTHONPATH)."""
+    return {
+        "_target_": f"{__name__}.build_fake_scorer",
+        "param_count_target": f"{__name__}.fake_param_count",
+        "dimension": 6,
+        **options,
+    }
+
+
+def fake_train_config(out_dir: Path, **overrides: Any) -> DictConfig:
+    """A TrainConfig scored by the fake: small population, W&B disabled, run directory `out_dir`."""
+    from omegaconf import OmegaConf
+
+    from namm.evolution.config import TrainConfig
+
+    base = {
+        "name": "fake",
+        "out_dir": str(out_dir),
+        "logger": {"mode": "disabled"},
+        "scorer": fake_scorer_node(),
+        "evo": {"popsize": 8, "sigma": 0.3, "generations": 4, "eval_interval": 2},
+    }
+    return OmegaConf.merge(OmegaConf.structured(TrainConfig), base, overrides)

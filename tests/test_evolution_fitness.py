@@ -1,0 +1,119 @@
+"""Fitness normalisation, failure handling and guarded scoring, against hand-computed values."""
+
+import logging
+
+import pytest
+import torch
+
+from namm.evolution.fitness import candidate_fitness, population_fitness
+from namm.evolution.scoring import CandidateScores, ScoringOutcome, score_guarded
+
+
+def scores(alpha, beta, references=(40.0, 0.5)) -> CandidateScores:
+    count = len(alpha)
+    return CandidateScores(
+        task_scores={
+            "alpha": torch.tensor(alpha, dtype=torch.float64),
+            "beta": torch.tensor(beta, dtype=torch.float64),
+        },
+        reference_scores={"alpha": references[0], "beta": references[1]},
+        retained_ratio=torch.full((count,), 0.5),
+        retained_ratio_per_layer=torch.full((count, 2), 0.5),
+        tokens_processed=10 * count,
+    )
+
+
+def test_fitness_is_mean_over_tasks_of_score_over_floored_reference():
+    # alpha: 50/40 = 1.25, 20/40 = 0.5; beta: reference 0.5 is floored to 1.0 -> 10/1, 0/1
+    fitness = candidate_fitness(scores([50.0, 20.0], [10.0, 0.0]), reference_floor=1.0)
+    assert fitness.tolist() == pytest.approx([(1.25 + 10.0) / 2, (0.5 + 0.0) / 2])
+
+
+def test_floor_does_not_touch_references_above_it():
+    fitness = candidate_fitness(scores([40.0], [3.0], references=(40.0, 2.0)), reference_floor=1.0)
+    assert fitness.tolist() == pytest.approx([(1.0 + 1.5) / 2])
+
+
+def test_failed_and_nan_candidates_rank_last_with_a_warning(caplog):
+    scored = scores([40.0, 20.0, 30.0], [1.0, 1.0, float("nan")], references=(40.0, 1.0))
+    outcome = ScoringOutcome(4, torch.tensor([0, 2, 3]), scored, errors={1: "ValueError: boom"})
+    with caplog.at_level(logging.WARNING):
+        result = population_fitness(outcome, reference_floor=1.0, generation=7)
+    ok_values = [(1.0 + 1.0) / 2, (0.5 + 1.0) / 2]  # candidates 0 and 2
+    assert result.ok.tolist() == [True, False, True, False]
+    assert result.values[[0, 2]].tolist() == pytest.approx(ok_values)
+    assert result.failed_value == pytest.approx(min(ok_values) - 1.0)
+    assert result.values[[1, 3]].tolist() == pytest.approx([min(ok_values) - 1.0] * 2)
+    assert set(result.failures) == {1, 3}
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("generation 7: candidate 1 failed" in m and "boom" in m for m in messages)
+    assert any("generation 7: candidate 3 failed" in m and "non-finite" in m for m in messages)
+
+
+def test_all_candidates_failing_stops_the_run():
+    outcome = ScoringOutcome(2, torch.zeros(0, dtype=torch.long), None, errors={0: "A", 1: "B"})
+    with pytest.raises(RuntimeError, match="all 2 candidates failed.*first error: A"):
+        population_fitness(outcome, reference_floor=1.0, generation=1)
+
+
+class RowSensitiveScorer:
+    """Raises for any batch holding a row whose first parameter is positive."""
+
+    param_count = 3
+
+    def __init__(self):
+        self.calls = []
+
+    def score(self, parameters, split, generation):
+        self.calls.append(len(parameters))
+        if bool((parameters[:, 0] > 0).any()):
+            raise ValueError("positive first parameter")
+        count = len(parameters)
+        return scores([float(v) for v in parameters[:, 1]], [1.0] * count, references=(1.0, 1.0))
+
+    def normalisation_state(self):
+        return {}
+
+    def load_normalisation_state(self, state):
+        pass
+
+
+def test_guarded_scoring_isolates_the_failing_candidates():
+    scorer = RowSensitiveScorer()
+    parameters = torch.tensor([[-1.0, 10.0, 0.0], [1.0, 20.0, 0.0], [-1.0, 30.0, 0.0], [2.0, 40.0, 0.0]])
+    outcome = score_guarded(scorer, parameters, "train", 1)
+    assert scorer.calls == [4, 1, 1, 1, 1]  # the batch, then one by one
+    assert outcome.scored_rows.tolist() == [0, 2]
+    assert outcome.scores.task_scores["alpha"].tolist() == [10.0, 30.0]
+    assert sorted(outcome.errors) == [1, 3]
+    assert "ValueError: positive first parameter" in outcome.errors[1]
+
+
+def test_malformed_scores_count_as_a_failure():
+    class WrongShape(RowSensitiveScorer):
+        def score(self, parameters, split, generation):
+            return scores([1.0, 2.0, 3.0], [1.0, 1.0, 1.0])  # always 3 rows
+
+    outcome = score_guarded(WrongShape(), torch.zeros(2, 3), "train", 1)
+    assert outcome.scores is None and "malformed" in outcome.errors[0]
+
+
+def test_interrupts_are_not_swallowed():
+    class Killed(RowSensitiveScorer):
+        def score(self, parameters, split, generation):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        score_guarded(Killed(), torch.zeros(2, 3), "train", 1)
+
+
+def test_merge_offsets_actor_chunks():
+    first = ScoringOutcome(2, torch.tensor([0]), scores([1.0], [1.0]), errors={1: "x"}, seconds=2.0)
+    second = ScoringOutcome(3, torch.tensor([0, 2]), scores([2.0, 3.0], [1.0, 1.0]), errors={1: "y"}, seconds=5.0)
+    merged = ScoringOutcome.merge([first, second])
+    assert merged.num_candidates == 5
+    assert merged.scored_rows.tolist() == [0, 2, 4]
+    assert merged.errors == {1: "x", 3: "y"}
+    assert merged.scores.task_scores["alpha"].tolist() == [1.0, 2.0, 3.0]
+    assert merged.scores.tokens_processed == 30
+    assert merged.seconds == 5.0

@@ -1,0 +1,198 @@
+"""The training loop with the deterministic fake scorer: resume, failures, outputs, start points."""
+
+import json
+import logging
+
+import pytest
+import torch
+from evolution_fake_scorer import fake_train_config
+
+from namm.evolution.checkpoint import BEST, LATEST, PREVIOUS, load_checkpoint
+from namm.evolution.config import ConfigError
+from namm.evolution.metrics import TIMING_KEYS
+from namm.evolution.trainer import train
+
+
+def records(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+
+
+def identical(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(identical(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def assert_same_state(a, b):
+    for key in (
+        "generation",
+        "center",
+        "sigma",
+        "best_params",
+        "best_validation_fitness",
+        "best_generation",
+        "searcher_state",
+        "rng_state",
+        "normalisation_state",
+    ):
+        assert identical(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("searcher", ["cmaes_separable", "pgpe"])
+def test_kill_and_resume_is_bit_exact(tmp_path, monkeypatch, searcher):
+    evo = {"searcher": searcher, "center_learning_rate": 0.05, "stdev_learning_rate": 0.1}
+    straight = tmp_path / "straight"
+    train(fake_train_config(straight, evo=evo))
+
+    killed = tmp_path / "killed"
+    monkeypatch.setenv("FAKE_SCORER_INTERRUPT_AT", "3")
+    with pytest.raises(KeyboardInterrupt):
+        train(fake_train_config(killed, evo=evo))
+    assert load_checkpoint(killed / LATEST)["generation"] == 2
+    monkeypatch.delenv("FAKE_SCORER_INTERRUPT_AT")
+    train(fake_train_config(killed, evo=evo, resume="auto"))
+
+    assert_same_state(load_checkpoint(straight / LATEST), load_checkpoint(killed / LATEST))
+    assert_same_state(load_checkpoint(straight / BEST), load_checkpoint(killed / BEST))
+    assert records(straight) == records(killed)
+    assert [r["generation"] for r in records(killed)] == [1, 2, 3, 4]
+
+
+def test_resume_from_corrupted_latest_uses_the_previous_one_and_stays_exact(tmp_path, monkeypatch, caplog):
+    straight = tmp_path / "straight"
+    train(fake_train_config(straight))
+    killed = tmp_path / "killed"
+    monkeypatch.setenv("FAKE_SCORER_INTERRUPT_AT", "3")
+    with pytest.raises(KeyboardInterrupt):
+        train(fake_train_config(killed))
+    monkeypatch.delenv("FAKE_SCORER_INTERRUPT_AT")
+    latest = killed / LATEST
+    latest.write_bytes(latest.read_bytes()[:-64])  # truncated, as by a crash of the file system
+    with caplog.at_level(logging.WARNING):
+        train(fake_train_config(killed, resume="auto"))
+    assert any(
+        f"falling back to the previous good checkpoint {killed / PREVIOUS}" in r.getMessage() for r in caplog.records
+    )
+    assert_same_state(load_checkpoint(straight / LATEST), load_checkpoint(killed / LATEST))
+    assert records(straight) == records(killed)  # generation 2 was redone, not duplicated
+
+
+def test_nan_candidate_gets_the_worst_fitness_and_the_run_goes_on(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        summary = train(fake_train_config(run_dir, scorer={"nan_candidate": 3}))
+    assert summary.generation == 4
+    assert [r["failed_candidates"] for r in records(run_dir)] == [1, 1, 1, 1]
+    warnings = [r.getMessage() for r in caplog.records if "failed, given the worst fitness" in r.getMessage()]
+    assert len(warnings) == 4 and all("candidate 3 failed" in m and "non-finite" in m for m in warnings)
+
+
+def test_raising_candidates_get_the_worst_fitness_and_the_run_goes_on(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        summary = train(fake_train_config(run_dir, scorer={"raise_when_first_param_above": 0.0}))
+    assert summary.generation == 4
+    failed = [r["failed_candidates"] for r in records(run_dir)]
+    assert 0 < sum(failed) < 4 * 8
+    warnings = [r.getMessage() for r in caplog.records if "failed, given the worst fitness" in r.getMessage()]
+    assert len(warnings) == sum(failed)
+    assert all("ValueError: fake failure: a first parameter above 0.0" in m for m in warnings)
+
+
+def test_outputs_metrics_plot_and_checkpoints(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(fake_train_config(run_dir, evo={"generations": 3, "eval_interval": 2}))
+    lines = records(run_dir)
+    assert [r["generation"] for r in lines] == [1, 2, 3]
+    validated = [r["generation"] for r in lines if "validation/fitness" in r]
+    assert validated == [2, 3]  # every eval_interval, and after the last generation
+    first = lines[0]
+    for key in (
+        "fitness/mean",
+        "fitness/best",
+        "fitness/worst",
+        "fitness/std",
+        "task/alpha/score_mean",
+        "task/beta/reference",
+        "retained_ratio/mean",
+        "retained_ratio/min",
+        "retained_ratio/max",
+        "retained_ratio/layer_2",
+        "search/step_size",
+        "failed_candidates",
+    ):
+        assert key in first, key
+    assert first["fitness/worst"] <= first["fitness/mean"] <= first["fitness/best"]
+    assert (run_dir / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    latest = load_checkpoint(run_dir / LATEST)
+    assert latest["generation"] == 3 and latest["center"].shape == (6,)
+    assert latest["config"]["evo"]["searcher"] == "cmaes_separable"
+    assert set(latest["versions"]) >= {"torch", "evotorch", "python"}
+    assert (run_dir / LATEST).stat().st_size < 100_000  # no model weights
+    best = load_checkpoint(run_dir / BEST)
+    assert best["best_validation_fitness"] == max(r["validation/fitness"] for r in lines if "validation/fitness" in r)
+    assert torch.equal(best["best_params"], best["center"])
+    out = capsys.readouterr().out
+    assert f"python evaluate.py checkpoint={run_dir}" in out and str(run_dir / "metrics.jsonl") in out
+
+
+def test_existing_run_is_not_overwritten_and_changed_settings_do_not_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    train(fake_train_config(run_dir, evo={"generations": 2}))
+    with pytest.raises(ConfigError, match="already holds a run.*resume=auto"):
+        train(fake_train_config(run_dir, evo={"generations": 2}))
+    with pytest.raises(ConfigError, match="evo.popsize: 8 -> 10"):
+        train(fake_train_config(run_dir, resume="auto", evo={"generations": 3, "popsize": 10}))
+    summary = train(fake_train_config(run_dir, resume="auto", evo={"generations": 3}))  # more generations: fine
+    assert summary.generation == 3
+
+
+def test_slurm_requeue_implies_resume(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    train(fake_train_config(run_dir, evo={"generations": 2}))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert train(fake_train_config(run_dir, evo={"generations": 3})).generation == 3
+
+
+def test_init_from_starts_at_the_saved_centre(tmp_path):
+    first = tmp_path / "stage1"
+    train(fake_train_config(first, evo={"generations": 2}))
+    centre = load_checkpoint(first / BEST)["best_params"]
+    second = tmp_path / "stage2"
+    # another searcher and a tiny step size: every first-generation candidate sits on the saved centre
+    train(fake_train_config(second, init_from=str(first), evo={"searcher": "snes", "sigma": 1e-7, "generations": 1}))
+    expected = torch.sigmoid(centre.double().mean()).item()  # the fake's retained ratio
+    assert records(second)[0]["retained_ratio/mean"] == pytest.approx(expected, abs=1e-5)
+    wrong = tmp_path / "wrong"
+    with pytest.raises(ConfigError, match="centre has 6 parameters"):
+        train(fake_train_config(wrong, init_from=str(first), scorer={"dimension": 5}))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"evo": {"sigma": -1.0}}, "evo.sigma"),
+        ({"evo": {"popsize": 1}}, "evo.popsize must be >= 2"),
+        ({"evo": {"searcher": "pgpe", "popsize": 7}}, "even for pgpe"),
+        ({"evo": {"num_actors": 9}}, "must not exceed evo.popsize"),
+        ({"resume": "/no/such/run"}, "resume must be"),
+        ({"init_from": "/no/such/ckpt.pt"}, "init_from"),
+        (
+            {"scorer": {"_target_": "no_such_module.build"}},
+            "scorer._target_='no_such_module.build' could not be imported",
+        ),
+    ],
+)
+def test_bad_settings_fail_before_the_scorer_is_built(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(
+            fake_train_config(tmp_path / "run", scorer={"trace_dir": str(tmp_path / "trace")}, **overrides)
+            if "scorer" not in overrides
+            else fake_train_config(tmp_path / "run", **overrides)
+        )
+    assert not (tmp_path / "trace").exists()  # no scorer (model) was built
