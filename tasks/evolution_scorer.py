@@ -67,12 +67,12 @@ class TaskScorer:
     """A `CandidateScorer` over the configured tasks (see namm.evolution.scoring)."""
 
     def __init__(self, cfg: DictConfig) -> None:
+        config = engine_config(cfg)  # bad engine settings fail before the model loads
         self.loaded = load_model(model_config(cfg))
         self.tasks = prepare_tasks(task_config(cfg.task), self.loaded)
         namm_values = OmegaConf.to_container(cfg.namm, resolve=True) if cfg.get("namm") is not None else {}
         self.policy = NAMMPolicy(NAMMConfig.from_dict(namm_values))
         self.param_count = self.policy.param_count
-        config = engine_config(cfg)
         self.engine = MemoryEngine(self.loaded.model, self.policy, config)
         self.full_engine = MemoryEngine(self.loaded.model, build_policy(PolicyConfig(name="full")), config)
         self.prompts_per_task = int(cfg.evo.prompts_per_task)
