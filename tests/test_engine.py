@@ -224,3 +224,18 @@ def test_bad_input_is_rejected_with_clear_errors(tiny):
         Budget(ratio=None, tokens=0)
     with pytest.raises(ValueError, match="unknown policy"):
         build_policy(PolicyConfig(name="nope"))
+
+
+@pytest.mark.slow
+def test_full_cache_matches_plain_generate_on_smollm2():
+    """The shipped model on one real prompt, across several update boundaries (interval 64)."""
+    lm = load_model(ModelConfig(name="smollm2-135m"))
+    text = "Summarise the following notes.\n" + "The meeting moved to Tuesday; the budget was approved. " * 30
+    chat = lm.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+    prompt = list(chat["input_ids"])
+    engine = MemoryEngine(lm.model, build_policy(PolicyConfig(name="full")), EngineConfig(update_interval=64))
+    result = engine.generate([prompt], GenerationSettings(max_new_tokens=24, stop_on_eos=False, return_logits=True))[0]
+    sequences, logits = plain_generate(lm.model, [prompt], 24)
+    assert len(prompt) > 5 * 64
+    assert result.token_ids == sequences[0].tolist()
+    torch.testing.assert_close(result.logits, logits[0].float(), atol=1e-3, rtol=1e-3)
