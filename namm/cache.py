@@ -21,9 +21,12 @@ class MemoryCacheLayer(CacheLayerMixin):
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, initial_capacity: int, growth: int, record_queries: bool, query_window: int) -> None:
+    def __init__(
+        self, initial_capacity: int, growth: int, record_queries: bool, query_window: int, max_capacity: int
+    ) -> None:
         super().__init__()
         self.initial_capacity = initial_capacity
+        self.max_capacity = max_capacity  # slots a run can ever need (prompt + new tokens): growth stops there
         self.growth = growth
         self.record_queries = record_queries
         self.query_window = query_window
@@ -75,7 +78,7 @@ class MemoryCacheLayer(CacheLayerMixin):
         """Grow storage to hold `needed` slots (plus `growth` headroom) by one copy."""
         if needed <= self.capacity:
             return
-        new_capacity = needed + self.growth
+        new_capacity = max(needed, min(needed + self.growth, self.max_capacity))
         grow = new_capacity - self.capacity
 
         def extend(tensor: torch.Tensor, fill) -> torch.Tensor:
@@ -176,11 +179,18 @@ class MemoryCache(Cache):
     """
 
     def __init__(
-        self, num_layers: int, initial_capacity: int, growth: int, record_queries: bool, query_window: int
+        self,
+        num_layers: int,
+        initial_capacity: int,
+        growth: int,
+        record_queries: bool,
+        query_window: int,
+        max_capacity: int,
     ) -> None:
         super().__init__(
             layers=[
-                MemoryCacheLayer(initial_capacity, growth, record_queries, query_window) for _ in range(num_layers)
+                MemoryCacheLayer(initial_capacity, growth, record_queries, query_window, max_capacity)
+                for _ in range(num_layers)
             ]
         )
         self.chunk: ChunkInfo | None = None

@@ -177,6 +177,7 @@ class _Run:
             growth=2 * interval,
             record_queries=self.evicts and self.policy.needs_attention,
             query_window=interval,
+            max_capacity=total,
         )
 
     # -- schedule ---------------------------------------------------------------------------------

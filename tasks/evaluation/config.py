@@ -1,0 +1,105 @@
+"""Typed schema of `conf/evaluate.yaml`: which NAMM, which policies, how budgets are matched, where results go.
+
+Registered in Hydra's ConfigStore as `evaluate_schema`, so a wrongly typed value fails while the config is
+composed; `validate_evaluate_config` runs the value checks before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from namm.evolution.config import LoggerConfig, WandbMode
+
+#: `checkpoint=auto`: the newest checkpoint under `train_dir`, else the zero-parameter NAMM
+AUTO_CHECKPOINT = "auto"
+#: `checkpoint=zero`: the zero-parameter NAMM (keeps every token), whatever checkpoints exist
+ZERO_CHECKPOINT = "zero"
+NAMM_POLICY = "namm"
+#: what `python evaluate.py` compares when neither `compare` nor `policy` is given
+DEFAULT_COMPARISON = ("full", "namm", "h2o", "streaming", "snapkv", "knorm", "random")
+CHECKPOINT_PARAMS = ("best", "center")
+EVICTION_MODES = ("per_head", "per_layer_max")
+
+
+@dataclass
+class EngineSettings:
+    """Engine schedule; null values take the checkpoint's training setting, else the engine default."""
+
+    update_interval: Optional[int] = None
+    eviction_mode: Optional[str] = None
+    prefill_chunk: Optional[int] = None
+
+
+def _disabled_logger() -> LoggerConfig:
+    return LoggerConfig(mode=WandbMode.disabled, project="namm-evaluation", log_checkpoints=False)
+
+
+@dataclass
+class EvaluateConfig:
+    """Root of `conf/evaluate.yaml`; `model`, `task`, `namm`, `policy` and `baselines` are owned by their groups."""
+
+    name: str = "default"  # names the output directory
+    out_dir: str = "runs/eval/${name}"  # results, per-sample predictions and plots; rerunning resumes here
+    checkpoint: str = AUTO_CHECKPOINT  # auto | zero | <checkpoint .pt or training run directory>
+    checkpoint_params: str = "best"  # best: the best validated centre (best_params); center: the search mean
+    train_dir: str = "runs/default"  # where checkpoint=auto looks for training runs (<train_dir>/seed*/)
+    compare: Optional[list[str]] = None  # policies run on the same samples; null: `policy`, else DEFAULT_COMPARISON
+    match_budget: Optional[bool] = None  # budgeted baselines at the NAMM's ratio; null: when a trained NAMM runs
+    budget_tolerance: float = 0.02  # accepted relative gap between a matched baseline's and the NAMM's ratio
+    budget_attempts: int = 3  # runs per baseline and task to land within the tolerance
+    batch_size: int = 4  # prompts per engine call (rows are left-padded)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    plots: bool = True
+    progress: bool = True
+    logger: LoggerConfig = field(default_factory=_disabled_logger)
+    model: Any = None
+    task: Any = None
+    namm: Any = None  # null: the checkpoint's own NAMM config (the reference BAM for the zero NAMM)
+    policy: Any = None  # one policy's settings (`policy=h2o policy.budget=0.3`)
+    baselines: Any = None  # every baseline's settings from conf/policy/, used by `compare`
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.name.strip():
+            problems.append("name must be a non-empty string (it names the output directory)")
+        if self.checkpoint_params not in CHECKPOINT_PARAMS:
+            problems.append(f"checkpoint_params must be one of {CHECKPOINT_PARAMS}, got {self.checkpoint_params!r}")
+        if not (math.isfinite(self.budget_tolerance) and 0 < self.budget_tolerance < 1):
+            problems.append(f"budget_tolerance is a relative gap in (0, 1), got {self.budget_tolerance}")
+        if self.budget_attempts < 1:
+            problems.append(f"budget_attempts must be >= 1, got {self.budget_attempts}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.compare is not None:
+            if not self.compare:
+                problems.append("compare is empty; name at least one policy, e.g. compare=[full,namm,h2o]")
+            duplicates = sorted({name for name in self.compare if self.compare.count(name) > 1})
+            if duplicates:
+                problems.append(f"compare names {duplicates} more than once")
+        engine = self.engine
+        if engine.update_interval is not None and engine.update_interval < 1:
+            problems.append(f"engine.update_interval must be a positive token count, got {engine.update_interval}")
+        if engine.eviction_mode is not None and engine.eviction_mode not in EVICTION_MODES:
+            problems.append(
+                f"engine.eviction_mode must be one of {EVICTION_MODES} or null, got {engine.eviction_mode!r}"
+            )
+        if engine.prefill_chunk is not None and engine.prefill_chunk < 1:
+            problems.append(f"engine.prefill_chunk must be positive or null, got {engine.prefill_chunk}")
+        if problems:
+            raise ValueError("Invalid evaluate config: " + "; ".join(problems) + ".")
+
+
+def register_configs() -> None:
+    """Make the schema available to `conf/evaluate.yaml` (`defaults: [evaluate_schema, ...]`)."""
+    ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def validate_evaluate_config(cfg: DictConfig) -> EvaluateConfig:
+    """Every type and value check of the schema; raises ValueError naming the key and the fix."""
+    schema = OmegaConf.structured(EvaluateConfig)
+    return OmegaConf.to_object(OmegaConf.merge(schema, cfg))  # type: ignore[return-value]

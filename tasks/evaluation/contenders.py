@@ -1,0 +1,117 @@
+"""The policies an evaluation runs side by side, each with its settings, checked before any model loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from namm.policies import BudgetPolicy, MemoryPolicy, PolicyConfig, available_policies, build_policy
+from tasks.evaluation.config import DEFAULT_COMPARISON, NAMM_POLICY, EvaluateConfig
+from tasks.evaluation.namm_source import NAMMSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One policy under evaluation. `budgeted`: it keeps a budget per head (matchable to the NAMM's ratio)."""
+
+    label: str
+    config: PolicyConfig
+    budgeted: bool
+
+    @property
+    def is_namm(self) -> bool:
+        return self.label == NAMM_POLICY
+
+    def with_budget(self, ratio: float) -> PolicyConfig:
+        """The same policy at another budget ratio (matched budgets)."""
+        return dataclasses.replace(self.config, budget=ratio, budget_tokens=None)
+
+    def describe(self) -> dict[str, Any]:
+        return {"label": self.label, **dataclasses.asdict(self.config)}
+
+
+def contender_names(config: EvaluateConfig) -> list[str]:
+    """`compare` if given, else the one `policy`, else the default comparison."""
+    if config.compare is not None:
+        return list(config.compare)
+    if config.policy is not None:
+        return [config.policy["name"]]
+    return list(DEFAULT_COMPARISON)
+
+
+def _policy_config(values: dict[str, Any], key: str) -> PolicyConfig:
+    known = {item.name for item in dataclasses.fields(PolicyConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{key}: unknown key(s) {unknown}; a policy config has {sorted(known)}.")
+    return PolicyConfig(**values)
+
+
+def _settings_for(name: str, config: EvaluateConfig) -> tuple[PolicyConfig, str]:
+    """A policy's settings: `policy` when it names this policy, else `baselines.<name>`, else the defaults."""
+    if config.policy is not None and config.policy.get("name") == name:
+        return _policy_config(config.policy, "policy"), "policy"
+    baselines = config.baselines or {}
+    if name in baselines:
+        return _policy_config(baselines[name], f"baselines.{name}"), f"baselines.{name}"
+    return PolicyConfig(name=name, budget=None if name == "full" else 0.5), f"baselines.{name}"
+
+
+def plan_contenders(config: EvaluateConfig) -> list[Contender]:
+    """Full cache first, then the NAMM (its ratio sets matched budgets), then the others in the given order.
+
+    Every baseline is instantiated once here so an unknown name or a budget out of range fails now."""
+    names = contender_names(config)
+    if config.policy is not None and config.compare is not None and config.policy["name"] not in config.compare:
+        raise ValueError(
+            f"policy={config.policy['name']} is not among compare={list(config.compare)}; add it to compare, or "
+            "drop compare to evaluate that one policy."
+        )
+    known = available_policies()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown polic{'y' if len(unknown) == 1 else 'ies'} {unknown}; available: {known}.")
+    contenders = []
+    for name in sorted(names, key=lambda n: (n != "full", n != NAMM_POLICY)):
+        if name == NAMM_POLICY:
+            contenders.append(Contender(name, PolicyConfig(name=name, budget=None), budgeted=False))
+            continue
+        settings, key = _settings_for(name, config)
+        if settings.name != name:
+            raise ValueError(f"{key}.name is {settings.name!r}, expected {name!r}.")
+        try:
+            policy = build_policy(settings)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{key} ({name}): {error}") from error
+        contenders.append(Contender(name, settings, budgeted=isinstance(policy, BudgetPolicy)))
+    return contenders
+
+
+def wants_matched_budgets(config: EvaluateConfig, contenders: list[Contender], namm: NAMMSource | None) -> bool:
+    """match_budget=null means: when a trained NAMM and at least one budgeted baseline both run.
+
+    The zero-parameter NAMM keeps every token, so matching it would run every baseline at ratio 1.0 (the
+    full cache again); left unmatched, they run at their own budgets and the table says something."""
+    has_budgeted = any(c.budgeted for c in contenders)
+    if config.match_budget is None:
+        if namm is not None and namm.is_zero and has_budgeted:
+            log.info("the zero-parameter NAMM keeps every token: baselines run at their own budgets, not matched")
+        return namm is not None and not namm.is_zero and has_budgeted
+    if config.match_budget and namm is None:
+        raise ValueError(
+            "match_budget=true sets each baseline's budget to the NAMM's retained ratio, so the NAMM must run too: "
+            "add namm to compare (e.g. compare=[full,namm,h2o]) or set match_budget=false."
+        )
+    return config.match_budget
+
+
+def build_contender_policy(contender: Contender, policy_config: PolicyConfig, namm: NAMMSource | None) -> MemoryPolicy:
+    if contender.is_namm:
+        if namm is None:
+            raise RuntimeError("the NAMM contender needs its NAMMSource")
+        return namm.build_policy()
+    return build_policy(policy_config)

@@ -1,0 +1,207 @@
+"""`python evaluate.py`, top to bottom: check every input (cheap), load the model once, run each policy on
+each task's samples (resuming from what is already on disk), then write results.json/.csv, plots and the
+table, and optionally log to W&B.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from namm.engine import EngineConfig
+from namm.evolution.checkpoint import library_versions
+from namm.models import ModelConfig, load_model, resolve_device, resolve_dtype
+from tasks.config import TaskConfig, task_config
+from tasks.evaluation.config import EngineSettings, EvaluateConfig, validate_evaluate_config
+from tasks.evaluation.contenders import Contender, plan_contenders, wants_matched_budgets
+from tasks.evaluation.namm_source import NAMMSource, resolve_namm_source
+from tasks.evaluation.plots import write_plots
+from tasks.evaluation.policy_runs import EvaluationContext, PolicyTaskRun, mean_ratio, run_matched, run_policy
+from tasks.evaluation.report import RESULTS_CSV, RESULTS_JSON, markdown_table, write_results
+from tasks.evaluation.schema import SCHEMA_VERSION
+from tasks.evaluation.summary import add_relative_scores, policy_aggregate, task_result
+from tasks.evaluation.task_data import check_task_data
+from tasks.evaluation.wandb_log import log_to_wandb
+from tasks.preparation import prepare_tasks
+from tasks.runner import PreparedTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationPlan:
+    """A checked request: everything decided before the model loads."""
+
+    config: EvaluateConfig
+    tasks: TaskConfig
+    model: ModelConfig
+    contenders: list[Contender]
+    namm: NAMMSource | None  # None when the NAMM is not among the contenders
+    matched: bool  # budgeted baselines run at the NAMM's retained ratio
+    engine: EngineConfig
+
+
+def resolve_engine_config(settings: EngineSettings, namm: NAMMSource | None) -> EngineConfig:
+    """Explicit `engine.*` values, else the checkpoint's training settings, else the engine defaults."""
+    trained = dict((namm.training_engine if namm is not None else None) or {})
+    values = {key: trained[key] for key in ("update_interval", "eviction_mode", "prefill_chunk") if key in trained}
+    values |= {key: value for key, value in asdict(settings).items() if value is not None}
+    config = EngineConfig(**values)
+    hop = namm.config.hop if namm is not None else 1
+    if config.update_interval % hop:
+        raise ValueError(
+            f"engine.update_interval={config.update_interval} is not a multiple of the NAMM's hop ({hop}); the "
+            f"spectrogram needs whole frames per update. Use e.g. engine.update_interval="
+            f"{max(hop, config.update_interval // hop * hop)}."
+        )
+    return config
+
+
+def plan_evaluation(cfg: DictConfig) -> EvaluationPlan:
+    """Every check that does not need the model: config values, checkpoint, policies, budgets, task data."""
+    config = validate_evaluate_config(cfg)
+    tasks = task_config(config.task)
+    try:
+        model = ModelConfig(**dict(config.model or {}))
+    except TypeError as error:
+        raise ValueError(f"model: {error}") from error
+    resolve_dtype(model.dtype, resolve_device(model.device))
+    contenders = plan_contenders(config)
+    namm = None
+    if any(contender.is_namm for contender in contenders):
+        namm = resolve_namm_source(config.checkpoint, config.train_dir, config.checkpoint_params, config.namm)
+    matched = wants_matched_budgets(config, contenders, namm)
+    engine = resolve_engine_config(config.engine, namm)
+    check_task_data(tasks)
+    return EvaluationPlan(config, tasks, model, contenders, namm, matched, engine)
+
+
+def run_task_policies(
+    context: EvaluationContext, plan: EvaluationPlan, task: PreparedTask
+) -> list[tuple[Contender, PolicyTaskRun]]:
+    """Every contender on one task; the NAMM runs before the baselines whose budget it sets."""
+    runs: list[tuple[Contender, PolicyTaskRun]] = []
+    namm_records = None
+    for contender in plan.contenders:
+        if plan.matched and contender.budgeted:
+            config = plan.config
+            run = run_matched(context, contender, task, namm_records, config.budget_tolerance, config.budget_attempts)
+            if not run.within_tolerance:
+                log.warning(
+                    "%s on %s: retained ratio %.4f is %.1f%% away from the NAMM's %.4f after %d run(s); compare with care",
+                    contender.label,
+                    task.spec.name,
+                    mean_ratio(run.records),
+                    100 * min(attempt["relative_gap"] for attempt in run.attempts),
+                    run.budget_target,
+                    len(run.attempts),
+                )
+        else:
+            run = run_policy(context, contender, contender.config, task)
+        if contender.is_namm:
+            namm_records = run.records
+        runs.append((contender, run))
+    return runs
+
+
+def result_row(contender: Contender, task: PreparedTask, run: PolicyTaskRun, run_dir: Path) -> dict[str, Any]:
+    row = task_result(contender.label, task, run.records)
+    row.update(
+        budget=run.policy.budget if contender.budgeted and run.policy.budget_tokens is None else None,
+        budget_target=run.budget_target,
+        budget_attempts=run.attempts,
+        within_tolerance=run.within_tolerance,
+        samples_file=str(run.samples_file.relative_to(run_dir)),
+    )
+    return row
+
+
+def build_document(
+    plan: EvaluationPlan, context: EvaluationContext, tasks: list[PreparedTask], rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """results.json (see tasks/evaluation/schema.py); `files.plots` is filled in once the plots exist."""
+    add_relative_scores(rows)
+    loaded, namm = context.loaded, plan.namm
+    first_weight = next(loaded.model.parameters())
+    transfer = None
+    if namm is not None and namm.trained_on is not None and namm.trained_on != loaded.name:
+        transfer = {"from_model": namm.trained_on, "to_model": loaded.name}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": list(sys.argv),
+        "run_dir": str(context.run_dir),
+        "model": {
+            "name": loaded.name,
+            "dtype": str(first_weight.dtype).removeprefix("torch."),
+            "device": str(first_weight.device),
+            "max_context": loaded.max_context,
+            "chat_template": loaded.chat_template,
+            "seed": plan.model.seed,
+        },
+        "namm": None if namm is None else namm.describe(),
+        "transfer": transfer,
+        "engine": asdict(plan.engine),
+        "settings": {
+            "batch_size": plan.config.batch_size,
+            "match_budget": plan.matched,
+            "budget_tolerance": plan.config.budget_tolerance,
+            "budget_attempts": plan.config.budget_attempts,
+            "versions": library_versions(),
+        },
+        "tasks": {task.spec.name: {**task.settings.to_dict(), "num_samples": len(task.samples)} for task in tasks},
+        "policies": [{**c.describe(), "matched_budget": plan.matched and c.budgeted} for c in plan.contenders],
+        "results": rows,
+        "aggregates": {c.label: policy_aggregate([r for r in rows if r["policy"] == c.label]) for c in plan.contenders},
+        "files": {"csv": RESULTS_CSV, "plots": []},
+    }
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run the evaluation `cfg` (a composed conf/evaluate.yaml) describes; returns the results document."""
+    started = time.perf_counter()
+    plan = plan_evaluation(cfg)
+    config = plan.config
+    if plan.namm is not None and plan.namm.trained_on and plan.namm.trained_on != plan.model.name:
+        log.info(
+            "zero-shot transfer: the NAMM was evolved on %s, evaluated on %s", plan.namm.trained_on, plan.model.name
+        )
+    run_dir = Path(config.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    loaded = load_model(plan.model)
+    tasks = prepare_tasks(plan.tasks, loaded)
+    rows: list[dict[str, Any]] = []
+    total = len(plan.contenders) * sum(len(task.samples) for task in tasks)
+    with (
+        logging_redirect_tqdm(),
+        tqdm(total=total, unit="sample", disable=not config.progress, dynamic_ncols=True) as bar,
+    ):
+        context = EvaluationContext(loaded, asdict(plan.model), plan.engine, run_dir, config.batch_size, plan.namm, bar)
+        for task in tasks:
+            rows += [
+                result_row(contender, task, run, run_dir) for contender, run in run_task_policies(context, plan, task)
+            ]
+
+    document = build_document(plan, context, tasks, rows)
+    if config.plots:
+        document["files"]["plots"] = write_plots(document, run_dir)
+    write_results(document, run_dir)
+    print(f"\n{markdown_table(document)}\n")
+    print(
+        f"Evaluated {len(plan.contenders)} polic{'y' if len(plan.contenders) == 1 else 'ies'} on {len(tasks)} task(s) "
+        f"in {time.perf_counter() - started:.0f} s. Results: {run_dir / RESULTS_JSON}, {run_dir / RESULTS_CSV}"
+        + "".join(f", {run_dir / plot}" for plot in document["files"]["plots"]),
+        flush=True,
+    )
+    log_to_wandb(config.logger, document, run_dir, config.name)
+    return document

@@ -1,0 +1,92 @@
+"""PNG plots of an evaluation: score against retained-cache ratio per policy, and per-task score bars."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+SCORE_VS_RATIO = "score_vs_retained_ratio.png"
+TASK_BARS = "task_scores.png"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _save(figure: Any, path: Path) -> None:
+    """Render to a temporary file and rename it into place, so a kill never leaves half a PNG."""
+    staging = path.with_name(f".{path.name}.tmp")
+    figure.savefig(staging, dpi=120, format="png")
+    os.replace(staging, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_score_vs_ratio(document: dict[str, Any], path: Path) -> None:
+    """One colour per policy: a small dot per task, a large marker for the policy's mean over tasks."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    colours = plt.get_cmap("tab10")
+    for number, (policy, aggregate) in enumerate(document["aggregates"].items()):
+        colour = colours(number % 10)
+        tasks = [r for r in document["results"] if r["policy"] == policy]
+        axis.scatter([r["retained_ratio"] for r in tasks], [r["score"] for r in tasks], color=colour, s=14, alpha=0.5)
+        axis.scatter(  # shrinking, distinct markers: policies at the same point stay visible
+            aggregate["retained_ratio"],
+            aggregate["mean_score"],
+            color=colour,
+            marker=MARKERS[number % len(MARKERS)],
+            s=max(30, 170 - 20 * number),
+            edgecolor="black",
+            label=policy,
+            zorder=3 + number,
+        )
+    axis.set_xlabel("retained KV-cache ratio")
+    axis.set_ylabel("score (task mean; small dots: single tasks)")
+    axis.set_xlim(0, 1.05)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    axis.set_title(f"{document['model']['name']}: score vs memory")
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)
+
+
+def plot_task_bars(document: dict[str, Any], path: Path) -> None:
+    """Grouped bars: one group per task, one bar per policy."""
+    plt = _pyplot()
+    tasks = list(document["tasks"])
+    policies = list(document["aggregates"])
+    scores = {(r["policy"], r["task"]): r["score"] for r in document["results"]}
+    width = 0.8 / len(policies)
+    figure, axis = plt.subplots(figsize=(max(6.5, 1.1 * len(tasks) * max(1, len(policies) / 4)), 4.5))
+    colours = plt.get_cmap("tab10")
+    for number, policy in enumerate(policies):
+        offsets = [task + (number - (len(policies) - 1) / 2) * width for task in range(len(tasks))]
+        bars = axis.bar(
+            offsets, [scores[(policy, task)] for task in tasks], width=width, label=policy, color=colours(number % 10)
+        )
+        axis.bar_label(bars, fmt="%.0f", fontsize=7)  # a zero score still shows as a number
+    axis.set_xticks(
+        range(len(tasks)), tasks, rotation=30 if len(tasks) > 4 else 0, ha="right" if len(tasks) > 4 else "center"
+    )
+    axis.set_ylabel("score")
+    axis.set_ylim(0, 1.2 * max([1.0, *scores.values()]))  # headroom for the labels and the legend
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8, ncols=min(4, len(policies)))
+    axis.set_title(f"{document['model']['name']}: scores per task")
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)
+
+
+def write_plots(document: dict[str, Any], run_dir: Path) -> list[str]:
+    """Both plots into the run directory; returns their file names."""
+    plot_score_vs_ratio(document, run_dir / SCORE_VS_RATIO)
+    plot_task_bars(document, run_dir / TASK_BARS)
+    return [SCORE_VS_RATIO, TASK_BARS]

@@ -1,0 +1,29 @@
+"""Is every task's data there? Checked before the model loads, with the way to get what is missing."""
+
+from __future__ import annotations
+
+from tasks.config import TaskConfig
+from tasks.longbench_data import HUB_ARCHIVE, HUB_REPO, load_longbench
+from tasks.synthetic import SYNTHETIC_TASKS
+
+
+class TaskDataError(FileNotFoundError):
+    """A task's records are not on disk and could not be fetched."""
+
+
+def check_task_data(config: TaskConfig) -> None:
+    """Read every LongBench task's records (downloading the hub archive once when `data_dir` is null)."""
+    for name in config.tasks:
+        if name in SYNTHETIC_TASKS:
+            continue  # generated locally from the seed
+        try:
+            load_longbench(name, config.data_dir, config.cache_dir)
+        except Exception as error:  # a missing file, a bad record or no network: same remedy, cause chained
+            where = f"task.data_dir={config.data_dir}" if config.data_dir else "the hub (task.data_dir=null)"
+            raise TaskDataError(
+                f"task {name!r} has no data from {where}: {error}\n"
+                f"Get LongBench once: download {HUB_ARCHIVE} from the {HUB_REPO} dataset on the Hugging Face hub "
+                f'(python -c "from tasks.longbench_data import download_longbench; print(download_longbench())" '
+                f"prints the folder), then pass task.data_dir=<folder with {name}.jsonl>. Synthetic tasks "
+                f"({', '.join(sorted(SYNTHETIC_TASKS))}) need no data."
+            ) from error

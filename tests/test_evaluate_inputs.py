@@ -1,0 +1,178 @@
+"""evaluate.py's config and bad-input checks: every error is clear and raised before the model loads."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from evaluation_helpers import CONF_DIR, TINY, compose_evaluate, evicting_parameters, write_checkpoint
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from namm.evolution.checkpoint import CheckpointError
+from namm.network.config import NAMMConfig
+from tasks.evaluation import evaluate, register_configs, validate_evaluate_config
+from tasks.evaluation.config import DEFAULT_COMPARISON
+from tasks.evaluation.contenders import plan_contenders, wants_matched_budgets
+from tasks.evaluation.namm_source import load_namm_source, newest_checkpoint, resolve_namm_source, zero_namm_source
+from tasks.evaluation.task_data import TaskDataError
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Any attempt to load a model fails the test: input errors must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr("tasks.evaluation.pipeline.load_model", refuse)
+
+
+# -- composition ------------------------------------------------------------------------------------
+
+
+def test_default_config_composes_and_compares_every_policy(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "best.pt", evicting_parameters())
+    config = validate_evaluate_config(compose_evaluate(tmp_path))
+    assert config.model["name"] == "smollm2-135m"
+    assert config.task["tasks"] == ["passkey"]
+    # held-out passkey prompts (training uses seed 42), few enough for a CPU run
+    assert (config.task["seed"], config.task["num_samples"], config.task["context_length"]) == (4242, 4, 2048)
+    labels = [c.label for c in plan_contenders(config)]
+    assert labels == list(DEFAULT_COMPARISON)
+    trained, zero = load_namm_source(checkpoint, "best", None), zero_namm_source(None)
+    assert wants_matched_budgets(config, plan_contenders(config), trained)
+    assert not wants_matched_budgets(config, plan_contenders(config), zero)  # it keeps all: ratio 1.0 is full cache
+    assert config.baselines["snapkv"]["options"] == {"window": 32, "kernel_size": 7}  # from conf/policy/
+
+
+def test_default_paths_follow_the_training_run_layout():
+    """`python evaluate.py` looks for checkpoints where `python train.py` writes them and resumes in a fixed folder."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose("evaluate", overrides=["model=tiny-llama"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    config = validate_evaluate_config(cfg)
+    assert config.train_dir == str(Path.cwd() / "runs" / "tiny-llama-passkey")  # train.py: runs/<name>/seed<k>
+    assert config.out_dir == str(Path.cwd() / "runs" / "eval" / "tiny-llama-passkey")
+
+
+def test_evaluation_task_settings_apply_to_passkey_only(tmp_path):
+    config = validate_evaluate_config(compose_evaluate(tmp_path, "task=qasper"))
+    assert config.task["num_samples"] is None and config.task["seed"] == 42
+
+
+def test_single_policy_and_its_budget(tmp_path):
+    config = validate_evaluate_config(compose_evaluate(tmp_path, "policy=h2o", "policy.budget=0.3"))
+    [contender] = plan_contenders(config)
+    assert (contender.label, contender.config.budget, contender.budgeted) == ("h2o", 0.3, True)
+    assert not wants_matched_budgets(config, [contender], None)
+
+
+def test_compare_orders_full_then_namm_and_takes_policy_settings(tmp_path):
+    config = validate_evaluate_config(
+        compose_evaluate(tmp_path, "compare=[streaming,namm,full]", "policy=streaming", "policy.options.sink_tokens=8")
+    )
+    contenders = plan_contenders(config)
+    assert [c.label for c in contenders] == ["full", "namm", "streaming"]
+    assert contenders[2].config.options == {"sink_tokens": 8}
+
+
+# -- bad input, before the model loads ----------------------------------------------------------------
+
+
+def run(tmp_path, *overrides, train_dir=None):
+    return evaluate(compose_evaluate(tmp_path / "out", *TINY, *overrides, train_dir=train_dir))
+
+
+def test_missing_checkpoint(tmp_path, no_model):
+    with pytest.raises(CheckpointError, match="does not exist.*checkpoint=zero"):
+        run(tmp_path, f"checkpoint={tmp_path / 'nowhere' / 'best.pt'}")
+
+
+def test_run_directory_without_checkpoints(tmp_path, no_model):
+    (tmp_path / "empty-run").mkdir()
+    with pytest.raises(CheckpointError, match="holds neither best.pt nor latest.pt"):
+        run(tmp_path, f"checkpoint={tmp_path / 'empty-run'}")
+
+
+def test_checkpoint_of_another_namm_shape(tmp_path, no_model):
+    path = write_checkpoint(tmp_path / "bam.pt", evicting_parameters())
+    with pytest.raises(ValueError, match=r"NAMM of 4172 parameters \(bam.*asks for .* \(mlp.*Drop the namm= overrides"):
+        run(tmp_path, f"checkpoint={path}", "namm=mlp")
+    with pytest.raises(ValueError, match="hidden=32.*hidden=16"):
+        run(tmp_path, f"checkpoint={path}", "namm=bam", "namm.hidden=16")
+
+
+def test_checkpoint_whose_vector_does_not_fit_its_own_config(tmp_path, no_model):
+    path = write_checkpoint(tmp_path / "short.pt", torch.zeros(100))
+    with pytest.raises(CheckpointError, match="holds 100 NAMM parameters but its own namm config describes 4172"):
+        run(tmp_path, f"checkpoint={path}")
+
+
+def test_corrupted_checkpoint(tmp_path, no_model):
+    path = write_checkpoint(tmp_path / "best.pt", evicting_parameters())
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="could not be read"):
+        run(tmp_path, f"checkpoint={path}")
+
+
+def test_task_without_data_says_how_to_get_it(tmp_path, no_model):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(
+        TaskDataError,
+        match=r"(?s)task .qasper. has no data .*download_longbench.*task.data_dir=<folder with qasper.jsonl>",
+    ):
+        run(tmp_path, "task=qasper", f"task.data_dir={tmp_path / 'data'}", "checkpoint=zero")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["policy=h2o", "policy.budget=1.5"], r"policy \(h2o\): Budget ratio must be in \(0, 1\], got 1.5"),
+        (["policy=streaming", "policy.budget=0"], r"policy \(streaming\): Budget ratio must be in \(0, 1\], got 0"),
+        (["baselines.knorm.budget=-0.2", "compare=[full,knorm]"], r"baselines.knorm \(knorm\): Budget ratio"),
+        (["compare=[full,bogus]"], r"unknown policy \['bogus'\]; available: .*h2o"),
+        (["compare=[full,h2o]", "match_budget=true"], "match_budget=true .* the NAMM must run too"),
+        (["compare=[full,full]"], r"compare names \['full'\] more than once"),
+        (["policy=h2o", "compare=[full,knorm]"], r"policy=h2o is not among compare"),
+        (["batch_size=0"], "batch_size must be >= 1"),
+        (["budget_tolerance=2"], r"budget_tolerance is a relative gap in \(0, 1\)"),
+        (["checkpoint=zero", "engine.update_interval=100"], "not a multiple of the NAMM's hop"),
+    ],
+)
+def test_bad_settings(tmp_path, no_model, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, *overrides)
+
+
+# -- which NAMM -----------------------------------------------------------------------------------------
+
+
+def test_auto_takes_the_newest_run_and_its_best_checkpoint(tmp_path):
+    old = write_checkpoint(tmp_path / "runs" / "seed0" / "best.pt", evicting_parameters(seed=1))
+    new = write_checkpoint(tmp_path / "runs" / "seed1" / "latest.pt", evicting_parameters(seed=2))
+    write_checkpoint(tmp_path / "runs" / "seed1" / "best.pt", evicting_parameters(seed=3))
+    os.utime(old, (1, 1))  # seed0 is older
+    assert newest_checkpoint(tmp_path / "runs") == new.parent / "best.pt"
+    source = resolve_namm_source("auto", tmp_path / "runs", "best", None)
+    assert torch.equal(source.parameters, evicting_parameters(seed=3))
+    center = resolve_namm_source("auto", tmp_path / "runs", "center", None)
+    assert torch.equal(center.parameters, evicting_parameters(seed=3) * 0.5)
+
+
+def test_auto_without_runs_falls_back_to_the_zero_namm_and_says_so(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        source = resolve_namm_source("auto", tmp_path / "none", "best", None)
+    assert source.is_zero and not source.parameters.any()
+    assert source.param_count == 4172 and source.config == NAMMConfig()
+    assert any(
+        "No training checkpoint under" in r.getMessage() and "zero-parameter NAMM" in r.getMessage()
+        for r in caplog.records
+    )
