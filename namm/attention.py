@@ -17,7 +17,8 @@ from namm.cache import MemoryCache, MemoryCacheLayer
 
 ATTENTION_NAME = "namm_memory"
 MASK_ELEMENTS_PER_BLOCK = 1 << 26  # bounds the boolean mask of the masked path (64M elements)
-ROW_ELEMENTS_PER_BLOCK = 1 << 25  # bounds the fp32 logits when recomputing attention rows
+ROW_ELEMENTS_PER_BLOCK = 1 << 25  # bounds the fp32 logits when recomputing attention rows (accelerators)
+ROW_ELEMENTS_PER_BLOCK_CPU = 1 << 19  # on CPU: a block of logits that stays in cache (2 MiB)
 
 
 def visible_mask(layer: MemoryCacheLayer, query_positions: torch.Tensor, rows: torch.Tensor | None = None):
@@ -90,22 +91,41 @@ def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: tor
 
     Recomputed from the recorded queries against the current cache, so they equal the probabilities
     eager attention produced (no eviction happens between updates), with zeros for invisible slots.
+    Queries go in blocks small enough for the CPU's caches (large ones on accelerators, where launches
+    cost more than memory traffic). When every slot is live, only the newest `count` slots need the
+    causal mask and each block's matmul stops at its last visible slot.
     """
     queries = layer.recent_queries(rows, count)  # (R, Hq, n, D)
     every_row = rows.numel() == layer.keys.shape[0]
     keys = (layer.keys[:, :, : layer.length] if every_row else layer.keys[rows, :, : layer.length]).float()
-    keys_t = keys[:, :, None].transpose(-1, -2)  # (R, H, 1, D, S)
     num_rows, q_heads, _, head_dim = queries.shape
-    kv_heads = keys.shape[1]
+    kv_heads, slots = keys.shape[1], keys.shape[2]
     group = q_heads // kv_heads
-    query_positions = tokens_seen[:, None] - count + torch.arange(count, device=tokens_seen.device)
-    visible = visible_mask(layer, query_positions, rows)  # (R, H, n, S)
-    out = torch.empty(num_rows, kv_heads, count, layer.length, dtype=torch.float32, device=keys.device)
     grouped = queries.reshape(num_rows, kv_heads, group, count, head_dim)
-    step = max(1, ROW_ELEMENTS_PER_BLOCK // max(1, num_rows * q_heads * layer.length))
+    out = torch.empty(num_rows, kv_heads, count, slots, dtype=torch.float32, device=keys.device)
+    budget = ROW_ELEMENTS_PER_BLOCK_CPU if keys.device.type == "cpu" else ROW_ELEMENTS_PER_BLOCK
+    step = max(1, budget // max(1, num_rows * q_heads * slots))
+    dense = layer.all_valid and slots >= count  # the newest `count` slots hold the queries' own tokens, in order
+    if dense:
+        older = slots - count
+        future = torch.full((count, count), float("-inf"), device=keys.device).triu_(1)  # added: faster than a fill
+        out[..., older:].zero_()  # the future keys each block's softmax leaves out
+    else:
+        query_positions = tokens_seen[:, None] - count + torch.arange(count, device=tokens_seen.device)
+        valid = layer.valid[:, :, : layer.length] if every_row else layer.valid[rows, :, : layer.length]
+        positions = layer.positions[:, :, : layer.length] if every_row else layer.positions[rows, :, : layer.length]
+        # an invalid slot gets a position no query reaches: one comparison then hides it and every future key
+        key_positions = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max)
     for start in range(0, count, step):
         stop = min(count, start + step)
-        logits = torch.matmul(grouped[:, :, :, start:stop].float(), keys_t)
-        logits.mul_(layer.scaling).masked_fill_(~visible[:, :, None, start:stop], float("-inf"))
-        out[:, :, start:stop] = torch.softmax(logits, dim=-1).mean(dim=2)
+        width = older + stop if dense else slots
+        block_queries = grouped[:, :, :, start:stop].reshape(num_rows, kv_heads, group * (stop - start), head_dim)
+        logits = torch.matmul(block_queries.float(), keys[:, :, :width].transpose(-1, -2))
+        logits = logits.view(num_rows, kv_heads, group, stop - start, width).mul_(layer.scaling)
+        if dense:
+            logits[..., older:].add_(future[start:stop, :stop])
+        else:
+            hidden = key_positions[:, :, None, :] > query_positions[:, None, start:stop, None]  # (R, H, block, S)
+            logits.add_(torch.where(hidden, float("-inf"), 0.0)[:, :, None])  # a broadcast add beats masked_fill_
+        torch.mean(torch.softmax(logits, dim=-1), dim=2, out=out[:, :, start:stop, :width])
     return out

@@ -45,7 +45,7 @@ class EvoConfig:
     """Search algorithm and per-generation sampling. Defaults are the CPU demo run of `python train.py`."""
 
     searcher: Searcher = Searcher.cmaes_separable
-    popsize: int = 6
+    popsize: int = 4
     sigma: float = 0.065  # initial step size (CMA-ES sigma; initial stdev of SNES/XNES/PGPE)
     generations: int = 3
     center_learning_rate: float | None = None  # SNES/XNES (default 1.0) and PGPE (required)
