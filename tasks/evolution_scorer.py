@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -24,7 +24,8 @@ from namm.policies.namm_policy import NAMMPolicy
 from tasks.config import task_config
 from tasks.preparation import prepare_tasks
 from tasks.references import ReferenceCache, default_reference_dir, fill_references
-from tasks.runner import DecodeSettings, PreparedTask
+from tasks.generators import engine_generator
+from tasks.runner import PreparedTask
 from tasks.scoring import score_prediction
 
 log = logging.getLogger(__name__)
@@ -127,9 +128,7 @@ class TaskScorer:
         return sorted(draw.sample(pool, min(self.prompts_per_task, len(pool))))
 
     def _decode_settings(self, task: PreparedTask) -> GenerationSettings:
-        pad = self.loaded.tokenizer.pad_token_id or 0
-        settings: DecodeSettings = task.decode_settings(pad)
-        return GenerationSettings(**{field: getattr(settings, field) for field in settings.__dataclass_fields__})
+        return GenerationSettings(**asdict(task.decode_settings(self.loaded.tokenizer.pad_token_id or 0)))
 
     def _run_population(self, task: PreparedTask, index: int, parameters: torch.Tensor):
         """One prompt, every candidate as a batch row with its own parameter vector."""
@@ -143,13 +142,10 @@ class TaskScorer:
         return results, run_scores
 
     def _references(self, task: PreparedTask, indices: list[int]):
+        full_cache = engine_generator(self.full_engine)
         return fill_references(
-            task, self._full_generate, self.loaded.tokenizer, self.references, indices, batch_size=4, progress=False
+            task, full_cache, self.loaded.tokenizer, self.references, indices, batch_size=4, progress=False
         )
-
-    def _full_generate(self, prompts: list[list[int]], settings: DecodeSettings):
-        fields = {field: getattr(settings, field) for field in settings.__dataclass_fields__}
-        return self.full_engine.generate(prompts, GenerationSettings(**fields))
 
     def _calibrate(self) -> None:
         """Collect the frozen normalisation statistics once, with the all-keep NAMM on training prompts."""

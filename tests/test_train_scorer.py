@@ -64,7 +64,7 @@ def test_population_rows_equal_each_candidate_alone_and_zero_keeps_everything(sc
         alone, _ = scorer._run_population(task, index, population[row : row + 1])
         assert batched[row].token_ids == alone[0].token_ids
         assert batched[row].retained_ratio == pytest.approx(alone[0].retained_ratio)
-    full = scorer._full_generate([list(task.samples[index].prompt_ids)], task.decode_settings(0))[0]
+    full = scorer.full_engine.generate([list(task.samples[index].prompt_ids)], scorer._decode_settings(task))[0]
     assert batched[0].token_ids == full.token_ids
     assert batched[0].retained_ratio == 1.0
     assert min(result.retained_ratio for result in batched[1:]) < 1.0
