@@ -21,7 +21,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import wraps
+from dataclasses import dataclass
+from functools import partial, wraps
+from typing import TypeVar
 
 import torch
 from bench_engine import llama3_8b_shaped, synchronize
@@ -34,6 +36,8 @@ from namm.models import ModelConfig, load_model
 from namm.network import NAMM, NAMMConfig
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
+
+T = TypeVar("T")
 
 #: the functions whose time makes up an update, grouped as the cost split reports them
 COST_PARTS: dict[str, list[tuple[object, str]]] = {
@@ -76,24 +80,38 @@ def half_keep_parameters(config: NAMMConfig, window: int, update_interval: int) 
 
 
 # -- timing ---------------------------------------------------------------------------------------
-def interleaved_best(runs: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, dict]:
+@dataclass(frozen=True)
+class Stopwatch:
+    """Device-synchronised timing: wall clock, or this process's CPU time (steadier on a shared machine,
+    meaningful with one thread: with more, OpenMP's spinning threads count too)."""
+
+    device: torch.device
+    cpu_time: bool = False
+
+    def now(self) -> float:
+        synchronize(self.device)
+        return time.process_time() if self.cpu_time else time.perf_counter()
+
+    def measure(self, run: Callable[[], T]) -> tuple[float, T]:
+        start = self.now()
+        result = run()
+        return self.now() - start, result
+
+
+def interleaved_best(runs: dict[str, Callable[[], object]], watch: Stopwatch, repeats: int) -> dict[str, dict]:
     """Warm up every run once, then time `repeats` rounds of all of them in turn; best and all times."""
     for run in runs.values():
         run()
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            synchronize(device)
-            start = time.perf_counter()
-            run()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(watch.measure(run)[0])
     return {name: {"best": min(values), "all": values} for name, values in times.items()}
 
 
 @contextmanager
-def cost_hooks(device: torch.device) -> Iterator[dict[str, list[float]]]:
-    """Wrap the COST_PARTS functions with (device-synchronised) timers for the duration of the block.
+def cost_hooks(watch: Stopwatch) -> Iterator[dict[str, list[float]]]:
+    """Wrap the COST_PARTS functions with timers for the duration of the block.
 
     Nothing is wrapped outside the block, so the timed runs carry no overhead.
     """
@@ -103,11 +121,8 @@ def cost_hooks(device: torch.device) -> Iterator[dict[str, list[float]]]:
     def timer(part: str, function: Callable) -> Callable:
         @wraps(function)
         def timed(*args, **kwargs):
-            synchronize(device)
-            start = time.perf_counter()
-            result = function(*args, **kwargs)
-            synchronize(device)
-            seconds[part].append(time.perf_counter() - start)
+            elapsed, result = watch.measure(lambda: function(*args, **kwargs))
+            seconds[part].append(elapsed)
             return result
 
         return timed
@@ -124,14 +139,10 @@ def cost_hooks(device: torch.device) -> Iterator[dict[str, list[float]]]:
             setattr(owner, name, original)
 
 
-def cost_split(engine: MemoryEngine, prompt: list[int], settings: GenerationSettings, device: torch.device) -> dict:
+def cost_split(engine: MemoryEngine, prompt: list[int], settings: GenerationSettings, watch: Stopwatch) -> dict:
     """One extra NAMM run with the hooks on: seconds per part, per layer update and as a share of the run."""
-    with cost_hooks(device) as seconds:
-        synchronize(device)
-        start = time.perf_counter()
-        engine.generate([prompt], settings)
-        synchronize(device)
-        total = time.perf_counter() - start
+    with cost_hooks(watch) as seconds:
+        total, _ = watch.measure(lambda: engine.generate([prompt], settings))
     layer_updates = max(1, len(seconds["attention_rows"]))
     update_total = sum(seconds.pop("update_total", []))
     parts = {part: sum(values) for part, values in seconds.items()}
@@ -147,7 +158,7 @@ def cost_split(engine: MemoryEngine, prompt: list[int], settings: GenerationSett
 
 
 # -- sections ----------------------------------------------------------------------------------------
-def context_section(model, device: torch.device, length: int, args: argparse.Namespace) -> dict:
+def context_section(model, watch: Stopwatch, length: int, args: argparse.Namespace) -> dict:
     """Plain forward vs the engine with the full policy vs the engine with the half-keep NAMM."""
     prompt = torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length))
     ids = prompt.tolist()
@@ -163,13 +174,13 @@ def context_section(model, device: torch.device, length: int, args: argparse.Nam
 
     def plain() -> None:
         with torch.inference_mode():
-            model(input_ids=prompt.to(device), logits_to_keep=1)
+            model(input_ids=prompt.to(watch.device), logits_to_keep=1)
 
     def namm_run() -> None:
         retained["ratio"] = managed.generate(ids, settings)[0].retained_ratio
 
     timing = interleaved_best(
-        {"plain": plain, "full": lambda: full.generate(ids, settings), "namm": namm_run}, device, args.repeats
+        {"plain": plain, "full": lambda: full.generate(ids, settings), "namm": namm_run}, watch, args.repeats
     )
     best = {name: value["best"] for name, value in timing.items()}
     return {
@@ -182,17 +193,20 @@ def context_section(model, device: torch.device, length: int, args: argparse.Nam
         "retained_ratio": retained["ratio"],
         "window": window,
         "all_seconds": {name: value["all"] for name, value in timing.items()},
-        "cost_split": cost_split(managed, ids[0], settings, device),
+        "cost_split": cost_split(managed, ids[0], settings, watch),
     }
 
 
-def population_section(model, device: torch.device, args: argparse.Namespace) -> dict:
-    """Score `population_size` candidates on one prompt: one batch of rows (each its own vector) vs one by one."""
+def population_section(model, watch: Stopwatch, args: argparse.Namespace) -> dict:
+    """Score `population_size` candidates on one prompt: one batch of rows (each its own vector) vs one by one.
+
+    Candidate i keeps a recency window between 3/8 and 5/8 of the prompt, so rows keep different amounts
+    (as in a real population) and about half on average.
+    """
     length, size = args.population_length, args.population_size
     config = NAMMConfig()
-    centre = half_keep_parameters(config, length // 2, args.update_interval)
-    noise = torch.randn(size, centre.numel(), generator=torch.Generator().manual_seed(0)) * args.population_sigma
-    candidates = centre + noise
+    windows = torch.linspace(0.375 * length, 0.625 * length, size).round().long().tolist()
+    candidates = torch.stack([half_keep_parameters(config, window, args.update_interval) for window in windows])
     engine = MemoryEngine(model, NAMMPolicy(config), EngineConfig(update_interval=args.update_interval))
     prompt = torch.randint(0, model.config.vocab_size, (length,), generator=torch.Generator().manual_seed(7)).tolist()
     settings = GenerationSettings(max_new_tokens=args.population_new_tokens, stop_on_eos=False)
@@ -210,11 +224,8 @@ def population_section(model, device: torch.device, args: argparse.Namespace) ->
     times: dict[str, list[float]] = {"batched": [], "one_by_one": []}
     for _ in range(args.population_repeats):
         for name, run in (("batched", batched), ("one_by_one", one_by_one)):
-            synchronize(device)
-            start = time.perf_counter()
-            outputs[name] = run(prompt, settings)
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            elapsed, outputs[name] = watch.measure(partial(run, prompt, settings))
+            times[name].append(elapsed)
     batched_s, single_s = min(times["batched"]), min(times["one_by_one"])
     same = all(
         a.token_ids == b.token_ids and a.cache_sizes == b.cache_sizes
@@ -278,44 +289,48 @@ def main() -> None:
     parser.add_argument("--population-length", type=int, help="prompt tokens (default: 8192 GPU, 1024 CPU)")
     parser.add_argument("--population-new-tokens", type=int, help="generated tokens (default: 64 GPU, 16 CPU)")
     parser.add_argument("--population-repeats", type=int, default=1)
-    parser.add_argument("--population-sigma", type=float, default=0.01, help="spread of the candidates")
     parser.add_argument("--skip-population", action="store_true")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 is steadiest on a shared machine")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads (default: torch's); 1 is steadiest on a shared machine"
+    )
+    parser.add_argument("--cpu-time", action="store_true", help="time with process CPU time (use with --threads 1)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    if args.preset == "llama3-8b":
+    gpu = args.preset == "llama3-8b"
+    lengths = args.lengths or ([8192, 32768] if gpu else [2048, 4096])
+    args.population_length = args.population_length or (8192 if gpu else 1024)
+    args.population_new_tokens = args.population_new_tokens or (64 if gpu else 16)
+    for window in [length // 2 for length in lengths] + [args.population_length * 5 // 8]:  # fail before model work
+        half_keep_parameters(NAMMConfig(), window, args.update_interval)
+    if gpu:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = llama3_8b_shaped(str(device))
-        default_lengths, default_population = [8192, 32768], (8192, 64)
     else:
         model = load_model(ModelConfig(name="smollm2-135m")).model
         device = next(model.parameters()).device
-        default_lengths, default_population = [2048, 4096], (1024, 16)
-    lengths = args.lengths or default_lengths
-    args.population_length = args.population_length or default_population[0]
-    args.population_new_tokens = args.population_new_tokens or default_population[1]
-    for length in [*lengths, args.population_length]:  # fail before any model work
-        half_keep_parameters(NAMMConfig(), length // 2, args.update_interval)
+    if args.cpu_time and device.type != "cpu":
+        raise ValueError("--cpu-time measures this process's CPU time: it cannot time work on a GPU.")
+    watch = Stopwatch(device, cpu_time=args.cpu_time)
 
+    threads = f"{torch.get_num_threads()} threads"
     report: dict = {
         "preset": args.preset,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads})",
+        "clock": "process CPU time" if args.cpu_time else "wall",
         "update_interval": args.update_interval,
         "repeats": args.repeats,
         "lengths": {},
     }
     for length in lengths:
-        entry = context_section(model, device, length, args)
+        entry = context_section(model, watch, length, args)
         print_context(length, entry)
         report["lengths"][str(length)] = entry
     report["namm_over_full"] = {key: entry["namm_over_full"] for key, entry in report["lengths"].items()}
     report["namm_over_plain"] = {key: entry["namm_over_plain"] for key, entry in report["lengths"].items()}
     if not args.skip_population:
-        report["population"] = population_section(model, device, args)
+        report["population"] = population_section(model, watch, args)
         print_population(report["population"])
     print(json.dumps(report))
 
