@@ -91,20 +91,23 @@ def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: tor
 
     Recomputed from the recorded queries against the current cache, so they equal the probabilities
     eager attention produced (no eviction happens between updates), with zeros for invisible slots.
-    Queries go in blocks small enough for the CPU's caches (large ones on accelerators, where launches
-    cost more than memory traffic). When every slot is live, only the newest `count` slots need the
-    causal mask and each block's matmul stops at its last visible slot.
+    Work goes in blocks of (row, KV head) pairs and queries small enough for the CPU's caches (large
+    ones on accelerators, where launches cost more than memory traffic); a block takes whole pairs when
+    it can, so many-row batches still make large matmuls. When every slot is live, only the newest
+    `count` slots need the causal mask and each block's matmul stops at its last visible slot.
     """
     queries = layer.recent_queries(rows, count)  # (R, Hq, n, D)
     every_row = rows.numel() == layer.keys.shape[0]
     keys = (layer.keys[:, :, : layer.length] if every_row else layer.keys[rows, :, : layer.length]).float()
     num_rows, q_heads, _, head_dim = queries.shape
     kv_heads, slots = keys.shape[1], keys.shape[2]
-    group = q_heads // kv_heads
-    grouped = queries.reshape(num_rows, kv_heads, group, count, head_dim)
-    out = torch.empty(num_rows, kv_heads, count, slots, dtype=torch.float32, device=keys.device)
+    group, pairs = q_heads // kv_heads, num_rows * kv_heads
+    grouped = queries.reshape(pairs, group, count, head_dim)
+    keys = keys.reshape(pairs, slots, head_dim)
+    out = torch.empty(pairs, count, slots, dtype=torch.float32, device=keys.device)
     budget = ROW_ELEMENTS_PER_BLOCK_CPU if keys.device.type == "cpu" else ROW_ELEMENTS_PER_BLOCK
-    step = max(1, budget // max(1, num_rows * q_heads * slots))
+    step = max(1, min(count, budget // max(1, group * slots)))  # queries per block
+    pair_step = max(1, budget // max(1, group * slots * step))  # (row, KV head) pairs per block
     dense = layer.all_valid and slots >= count  # the newest `count` slots hold the queries' own tokens, in order
     if dense:
         older = slots - count
@@ -112,20 +115,23 @@ def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: tor
         out[..., older:].zero_()  # the future keys each block's softmax leaves out
     else:
         query_positions = tokens_seen[:, None] - count + torch.arange(count, device=tokens_seen.device)
+        query_positions = query_positions.repeat_interleave(kv_heads, dim=0)  # (pairs, n)
         valid = layer.valid[:, :, : layer.length] if every_row else layer.valid[rows, :, : layer.length]
         positions = layer.positions[:, :, : layer.length] if every_row else layer.positions[rows, :, : layer.length]
         # an invalid slot gets a position no query reaches: one comparison then hides it and every future key
-        key_positions = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max)
-    for start in range(0, count, step):
-        stop = min(count, start + step)
-        width = older + stop if dense else slots
-        block_queries = grouped[:, :, :, start:stop].reshape(num_rows, kv_heads, group * (stop - start), head_dim)
-        logits = torch.matmul(block_queries.float(), keys[:, :, :width].transpose(-1, -2))
-        logits = logits.view(num_rows, kv_heads, group, stop - start, width).mul_(layer.scaling)
-        if dense:
-            logits[..., older:].add_(future[start:stop, :stop])
-        else:
-            hidden = key_positions[:, :, None, :] > query_positions[:, None, start:stop, None]  # (R, H, block, S)
-            logits.add_(torch.where(hidden, float("-inf"), 0.0)[:, :, None])  # a broadcast add beats masked_fill_
-        torch.mean(torch.softmax(logits, dim=-1), dim=2, out=out[:, :, start:stop, :width])
-    return out
+        key_positions = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max).reshape(pairs, slots)
+    for first in range(0, pairs, pair_step):
+        last = min(pairs, first + pair_step)
+        for start in range(0, count, step):
+            stop = min(count, start + step)
+            width = older + stop if dense else slots
+            block_queries = grouped[first:last, :, start:stop].reshape(last - first, group * (stop - start), head_dim)
+            logits = torch.matmul(block_queries.float(), keys[first:last, :width].transpose(-1, -2))
+            logits = logits.view(last - first, group, stop - start, width).mul_(layer.scaling)
+            if dense:
+                logits[..., older:].add_(future[start:stop, :stop])
+            else:
+                hidden = key_positions[first:last, None, :] > query_positions[first:last, start:stop, None]
+                logits.add_(torch.where(hidden, float("-inf"), 0.0)[:, None])  # a broadcast add beats masked_fill_
+            torch.mean(torch.softmax(logits, dim=-1), dim=1, out=out[first:last, start:stop, :width])
+    return out.view(num_rows, kv_heads, count, slots)

@@ -55,27 +55,29 @@ def half_keep_parameters(config: NAMMConfig, window: int, update_interval: int) 
 
     With every weight zero but the read-out, the BAM passes its input through (x (1 + 0) + 0), so the
     score is a linear function of the features. On the lowest-frequency pair of the recency code
-    (sin t, cos t with t = age * f), weights (sin c, cos c) and bias -cos c give cos(t - c) - cos c,
-    which is >= 0 exactly for 0 <= t <= 2c: choosing 2c = window * f keeps ages <= window. The angle
-    must stay below 2 pi for every age the cache can hold (window + one update interval).
+    (sin t, cos t with t = age * f), weights (sin c, cos c) and bias -cos h give cos(t - c) - cos h,
+    which is >= 0 exactly for |t - c| <= h. With c = window * f / 2 and h = (window + 1) * f / 2 the
+    kept ages are -1/2 ... window + 1/2: both boundaries fall between integer ages, so rounding (for
+    example a batched matmul's) never flips a decision. The angle must not wrap around (2 pi) for any
+    age the cache can hold (window + one update interval).
     """
     if config.recency_dims < 2:
         raise ValueError("half_keep_parameters needs a NAMM config with recency_dims >= 2.")
     half = config.recency_dims // 2
     frequency = config.max_freq ** (-2 * (half - 1) / config.recency_dims)
-    if (window + update_interval) * frequency >= 2 * math.pi:
+    if (window + update_interval + 1) * frequency >= 2 * math.pi:
         raise ValueError(
             f"a recency window of {window} tokens is too long for max_freq={config.max_freq}: the slowest "
             f"recency code repeats every {2 * math.pi / frequency:.0f} tokens; use shorter contexts."
         )
-    centre = window * frequency / 2
+    centre, half_width = window * frequency / 2, (window + 1) * frequency / 2
     layout = NAMM(config).layout
     blocks = {block.name: block for block in layout.blocks}
     theta = torch.zeros(layout.size)
     readout = blocks["readout_weight"].offset  # (features, 1): feature i at offset + i
     theta[readout + half - 1] = math.sin(centre)  # sin(age * f) feature
     theta[readout + 2 * half - 1] = math.cos(centre)  # cos(age * f) feature
-    theta[blocks["readout_bias"].offset] = -math.cos(centre)
+    theta[blocks["readout_bias"].offset] = -math.cos(half_width)
     return theta
 
 

@@ -117,24 +117,33 @@ def update_spectrogram(
     first_frame = torch.div(new_index, config.hop, rounding_mode="floor")  # old tokens: -1, every frame
     frame_ids = torch.arange(frames, device=attention.device)
 
-    ema = torch.empty(rows, heads, slots, bins, device=attention.device)
-    carry = torch.empty(rows, heads, slots, carry_len, device=attention.device)
+    # (row, head) pairs are independent: flatten them so a block can take whole pairs when they are short
+    pairs = rows * heads
+    attention = attention.reshape(pairs, queries, slots)
+    old_ema, old_carry = state.ema.reshape(pairs, slots, bins), state.carry.reshape(pairs, slots, carry_len)
+    first_frame = first_frame.reshape(pairs, slots)
+    ema = torch.empty(pairs, slots, bins, device=attention.device)
+    carry = torch.empty(pairs, slots, carry_len, device=attention.device)
     budget = ELEMENTS_PER_BLOCK if attention.device.type == "cpu" else ACCELERATOR_ELEMENTS_PER_BLOCK
-    block = max(1, budget // max(1, rows * heads * frames * 2 * bins))
-    for start in range(0, slots, block):
-        stop = min(slots, start + block)
-        width = stop - start
-        signal = torch.cat(
-            [state.carry[:, :, start:stop].transpose(2, 3), attention[..., start:stop].float()], dim=2
-        )  # (R, H, carry + n, b), contiguous: queries along dim 2, tokens along dim 3
-        carry[:, :, start:stop] = signal[:, :, signal.shape[2] - carry_len :].transpose(2, 3)
-        frames_view = signal.as_strided(  # (R, H, T, n_fft, b): frame t = query rows t*hop ... t*hop+n_fft-1
-            (rows, heads, frames, config.n_fft, width),
-            (signal.stride(0), signal.stride(1), config.hop * width, width, 1),
-        )
-        spectrum = torch.matmul(basis, frames_view).square_()  # (R, H, T, 2 * bins, b), in place from here on
-        magnitudes = spectrum[:, :, :, :bins].add_(spectrum[:, :, :, bins:]).sqrt_()
-        mask = frame_ids[:, None] >= first_frame[:, :, None, start:stop]  # (R, H, T, b)
-        collected = magnitudes.mul_((weights[:, None] * mask)[:, :, :, None, :]).sum(dim=2)  # (R, H, bins, b)
-        ema[:, :, start:stop] = state.ema[:, :, start:stop] * decay + collected.transpose(2, 3)
+    block = max(1, min(slots, budget // (frames * 2 * bins)))  # tokens per block
+    pair_block = max(1, budget // (frames * 2 * bins * block))
+    for first in range(0, pairs, pair_block):
+        last = min(pairs, first + pair_block)
+        for start in range(0, slots, block):
+            stop = min(slots, start + block)
+            width = stop - start
+            signal = torch.cat(
+                [old_carry[first:last, start:stop].transpose(1, 2), attention[first:last, :, start:stop].float()],
+                dim=1,
+            )  # (P, carry + n, b), contiguous: queries along dim 1, tokens along dim 2
+            carry[first:last, start:stop] = signal[:, signal.shape[1] - carry_len :].transpose(1, 2)
+            frames_view = signal.as_strided(  # (P, T, n_fft, b): frame t = query rows t*hop ... t*hop+n_fft-1
+                (last - first, frames, config.n_fft, width), (signal.stride(0), config.hop * width, width, 1)
+            )
+            spectrum = torch.matmul(basis, frames_view).square_()  # (P, T, 2 * bins, b), in place from here on
+            magnitudes = spectrum[:, :, :bins].add_(spectrum[:, :, bins:]).sqrt_()
+            mask = frame_ids[:, None] >= first_frame[first:last, None, start:stop]  # (P, T, b)
+            collected = magnitudes.mul_((weights[:, None] * mask)[:, :, None, :]).sum(dim=1)  # (P, bins, b)
+            ema[first:last, start:stop] = old_ema[first:last, start:stop] * decay + collected.transpose(1, 2)
+    ema, carry = ema.view(rows, heads, slots, bins), carry.view(rows, heads, slots, carry_len)
     return SpectrogramState(ema, carry)
