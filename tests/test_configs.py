@@ -49,7 +49,7 @@ def validated(overrides: list[str]):
 def test_default_config_is_the_cpu_demo():
     config = validated([])
     assert config.name == "smollm2-135m-passkey"
-    assert config.evo.searcher.value == "cmaes_separable" and config.evo.popsize == 4 and config.evo.generations == 3
+    assert config.evo.searcher.value == "cmaes_separable" and config.evo.popsize == 4 and config.evo.generations == 6
     assert config.out_dir == str(Path.cwd() / "runs" / "smollm2-135m-passkey" / "seed0")
     assert config.scorer["_target_"] == "tasks.evolution_scorer.build_scorer"
 

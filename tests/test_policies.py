@@ -72,6 +72,19 @@ def test_h2o_keeps_most_attended_and_accumulates_across_updates():
     assert policy.received[0][0, 0, 2].item() == pytest.approx(4.0)
 
 
+def test_h2o_splits_its_budget_between_heavy_hitters_and_the_newest_tokens():
+    attention = torch.zeros(1, 1, 4, SLOTS)
+    attention[0, 0, :, 2] = 0.5
+    attention[0, 0, :2, 7] = 0.4
+    attention[0, 0, 0, 5] = 0.3
+    # budget 4, half recent: the two newest (10, 11) and the two heaviest (2, 7)
+    assert kept_positions(build_policy(PolicyConfig(name="h2o", budget_tokens=4)), hand_view(attention)) == [2, 7, 10, 11]
+    heavy_only = build_policy(PolicyConfig(name="h2o", budget_tokens=4, options={"recent_share": 0.0}))
+    assert kept_positions(heavy_only, hand_view(attention)) == [2, 5, 7, 11]
+    with pytest.raises(ValueError, match="recent_share"):
+        build_policy(PolicyConfig(name="h2o", budget=0.5, options={"recent_share": 1.5}))
+
+
 def test_snapkv_pools_votes_of_the_last_window():
     attention = torch.zeros(1, 1, 4, SLOTS)
     attention[0, 0, 0, 1] = 0.9  # only the first query looks here: outside the window of 2

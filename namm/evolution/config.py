@@ -47,7 +47,7 @@ class EvoConfig:
     searcher: Searcher = Searcher.cmaes_separable
     popsize: int = 4
     sigma: float = 0.065  # initial step size (CMA-ES sigma; initial stdev of SNES/XNES/PGPE)
-    generations: int = 3
+    generations: int = 6
     center_learning_rate: float | None = None  # SNES/XNES (default 1.0) and PGPE (required)
     stdev_learning_rate: float | None = None  # SNES/XNES (scales EvoTorch's default) and PGPE (required)
     prompts_per_task: int = 2  # training prompts sampled per task each generation, shared by all candidates

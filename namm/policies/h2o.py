@@ -1,7 +1,10 @@
-"""H2O (Zhang et al. 2023): keep the heavy hitters, the tokens that received the most attention so far.
+"""H2O (Zhang et al. 2023): keep the heavy hitters, the tokens that received the most attention so far,
+plus a window of the most recent tokens (the paper splits its budget equally between the two).
 
 Attention received is accumulated over every query since the token arrived (the rows recorded since
-each update), per KV head, and re-gathered when tokens are evicted.
+each update), per KV head, and re-gathered when tokens are evicted. The recent window matters: a token
+that just arrived has had few queries to attend to it, so pure accumulated attention evicts new
+information before anything could ask about it.
 """
 
 from __future__ import annotations
@@ -19,8 +22,13 @@ class H2OPolicy(BudgetPolicy):
     name: ClassVar[str] = "h2o"
     needs_attention: ClassVar[bool] = True
 
-    def __init__(self, budget: Budget) -> None:
+    def __init__(self, budget: Budget, recent_share: float = 0.5) -> None:
         super().__init__(budget)
+        if not 0.0 <= recent_share <= 1.0:
+            raise ValueError(
+                f"h2o recent_share must be in [0, 1] (the budget's share for the newest tokens), got {recent_share}."
+            )
+        self.recent_share = recent_share
         self.received: dict[int, torch.Tensor] = {}
 
     def reset(self, batch_size: int, num_layers: int, num_kv_heads: int, device: torch.device) -> None:
@@ -37,7 +45,9 @@ class H2OPolicy(BudgetPolicy):
         self.received[view.layer_idx] = state
         total = state[view.rows, :, :slots] + view.attention.sum(dim=2)
         state[view.rows, :, :slots] = total
-        return total
+        recent = torch.floor(self.budget.keep_counts(view.tokens_seen).double() * self.recent_share).long()
+        in_window = view.positions >= (view.tokens_seen - recent).view(-1, 1, 1)
+        return total.masked_fill(in_window & view.valid, float("inf"))
 
     def reindex(self, layer_idx: int, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> None:
         state = self.received[layer_idx]
