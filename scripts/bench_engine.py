@@ -3,7 +3,9 @@
     python scripts/bench_engine.py                       # CPU: SmolLM2-135M at 2k and 4k tokens
     python scripts/bench_engine.py --preset llama3-8b    # GPU: random Llama-3-8B shapes at 8k and 32k
 
-Prints a table and, as its last line, one JSON object with every ratio and peak KV memory.
+Timings are the best of `--repeats` interleaved rounds after one warm-up of each run, so every variant
+sees the same machine load. Prints a table and, as its last line, one JSON object with every ratio and
+peak KV memory.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -18,6 +24,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
 from namm.models import ModelConfig, load_model
 from namm.policies import PolicyConfig, build_policy
+
+T = TypeVar("T")
 
 BASELINES = ["streaming", "h2o", "snapkv", "knorm", "random"]
 
@@ -44,17 +52,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Best of `repeats` after one warm-up (the minimum is the least noisy estimate of cost)."""
-    fn()
-    best = float("inf")
+@dataclass(frozen=True)
+class Stopwatch:
+    """Device-synchronised timing: wall clock, or this process's CPU time (steadier on a shared machine,
+    meaningful with one thread: with more, OpenMP's spinning threads count too)."""
+
+    device: torch.device
+    cpu_time: bool = False
+
+    def now(self) -> float:
+        synchronize(self.device)
+        return time.process_time() if self.cpu_time else time.perf_counter()
+
+    def measure(self, run: Callable[[], T]) -> tuple[float, T]:
+        start = self.now()
+        result = run()
+        return self.now() - start, result
+
+
+def interleaved_best(runs: dict[str, Callable[[], object]], watch: Stopwatch, repeats: int) -> dict[str, dict]:
+    """Warm up every run once, then time `repeats` rounds of all of them in turn; best and all times."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+        for name, run in runs.items():
+            times[name].append(watch.measure(run)[0])
+    return {name: {"best": min(values), "all": values} for name, values in times.items()}
 
 
 def kv_bytes_full(model: torch.nn.Module, tokens: int) -> int:
@@ -62,6 +86,29 @@ def kv_bytes_full(model: torch.nn.Module, tokens: int) -> int:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     element = next(model.parameters()).element_size()
     return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * tokens * element
+
+
+def time_prefills(
+    model: torch.nn.Module,
+    engines: dict[str, MemoryEngine],
+    prompt: torch.Tensor,
+    settings: GenerationSettings,
+    watch: Stopwatch,
+    repeats: int,
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Best seconds of one plain forward and of each engine, interleaved; each engine's peak KV bytes."""
+    peak: dict[str, int] = {}
+
+    def plain() -> None:
+        with torch.inference_mode():
+            model(input_ids=prompt.to(watch.device), logits_to_keep=1)
+
+    def managed(name: str) -> None:
+        peak[name] = engines[name].generate(prompt.tolist(), settings)[0].peak_kv_bytes
+
+    runs = {"plain": plain, **{name: partial(managed, name) for name in engines}}
+    best = {name: timing["best"] for name, timing in interleaved_best(runs, watch, repeats).items()}
+    return best, peak
 
 
 def main() -> None:
@@ -84,26 +131,22 @@ def main() -> None:
     vocab = model.config.vocab_size
     settings = GenerationSettings(max_new_tokens=1, stop_on_eos=False)
     engine_config = EngineConfig(update_interval=args.update_interval)
+    watch = Stopwatch(device)
     report: dict = {"preset": args.preset, "device": str(device), "budget": args.budget, "lengths": {}}
     print(f"{'tokens':>7} {'policy':>10} {'seconds':>9} {'x plain':>8} {'peak KV / full':>15}")
     for length in lengths:
         prompt = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(length))
-        with torch.inference_mode():
-            plain = timed(lambda: model(input_ids=prompt.to(device), logits_to_keep=1), device, args.repeats)
-        entry = {"plain_seconds": plain}
-        print(f"{length:>7} {'plain':>10} {plain:>9.3f} {1.0:>8.2f} {'-':>15}")
-        for name in ["full", *BASELINES]:
-            policy = build_policy(PolicyConfig(name=name, budget=args.budget))
-            engine = MemoryEngine(model, policy, engine_config)
-            peak = {}
-
-            def run() -> None:
-                peak["bytes"] = engine.generate(prompt.tolist(), settings)[0].peak_kv_bytes
-
-            seconds = timed(run, device, args.repeats)
-            memory = peak["bytes"] / kv_bytes_full(model, length + 1)
-            entry[name] = {"seconds": seconds, "over_plain": seconds / plain, "peak_kv_over_full": memory}
-            print(f"{length:>7} {name:>10} {seconds:>9.3f} {seconds / plain:>8.2f} {memory:>15.2f}")
+        engines = {
+            name: MemoryEngine(model, build_policy(PolicyConfig(name=name, budget=args.budget)), engine_config)
+            for name in ["full", *BASELINES]
+        }
+        best, peak = time_prefills(model, engines, prompt, settings, watch, args.repeats)
+        entry = {"plain_seconds": best["plain"]}
+        print(f"{length:>7} {'plain':>10} {best['plain']:>9.3f} {1.0:>8.2f} {'-':>15}")
+        for name in engines:
+            seconds, memory = best[name], peak[name] / kv_bytes_full(model, length + 1)
+            entry[name] = {"seconds": seconds, "over_plain": seconds / best["plain"], "peak_kv_over_full": memory}
+            print(f"{length:>7} {name:>10} {seconds:>9.3f} {seconds / best['plain']:>8.2f} {memory:>15.2f}")
         report["lengths"][str(length)] = entry
     print(json.dumps(report))
 

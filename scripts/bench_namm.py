@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial, wraps
-from typing import TypeVar
 
 import torch
-from bench_engine import llama3_8b_shaped, synchronize
+from bench_engine import Stopwatch, interleaved_best, llama3_8b_shaped
 
 import namm.engine
 import namm.network.namm
@@ -36,8 +33,6 @@ from namm.models import ModelConfig, load_model
 from namm.network import NAMM, NAMMConfig
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
-
-T = TypeVar("T")
 
 #: the functions whose time makes up an update, grouped as the cost split reports them
 COST_PARTS: dict[str, list[tuple[object, str]]] = {
@@ -79,36 +74,6 @@ def half_keep_parameters(config: NAMMConfig, window: int, update_interval: int) 
     theta[readout + 2 * half - 1] = math.cos(centre)  # cos(age * f) feature
     theta[blocks["readout_bias"].offset] = -math.cos(half_width)
     return theta
-
-
-# -- timing ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Stopwatch:
-    """Device-synchronised timing: wall clock, or this process's CPU time (steadier on a shared machine,
-    meaningful with one thread: with more, OpenMP's spinning threads count too)."""
-
-    device: torch.device
-    cpu_time: bool = False
-
-    def now(self) -> float:
-        synchronize(self.device)
-        return time.process_time() if self.cpu_time else time.perf_counter()
-
-    def measure(self, run: Callable[[], T]) -> tuple[float, T]:
-        start = self.now()
-        result = run()
-        return self.now() - start, result
-
-
-def interleaved_best(runs: dict[str, Callable[[], object]], watch: Stopwatch, repeats: int) -> dict[str, dict]:
-    """Warm up every run once, then time `repeats` rounds of all of them in turn; best and all times."""
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            times[name].append(watch.measure(run)[0])
-    return {name: {"best": min(values), "all": values} for name, values in times.items()}
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,9 +22,9 @@ from namm.network.config import NAMMConfig
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
 from tasks.config import task_config
+from tasks.generators import engine_generator, generation_settings
 from tasks.preparation import prepare_tasks
 from tasks.references import ReferenceCache, default_reference_dir, fill_references
-from tasks.generators import engine_generator
 from tasks.runner import PreparedTask
 from tasks.scoring import score_prediction
 
@@ -128,7 +128,7 @@ class TaskScorer:
         return sorted(draw.sample(pool, min(self.prompts_per_task, len(pool))))
 
     def _decode_settings(self, task: PreparedTask) -> GenerationSettings:
-        return GenerationSettings(**asdict(task.decode_settings(self.loaded.tokenizer.pad_token_id or 0)))
+        return generation_settings(task.decode_settings(self.loaded.tokenizer.pad_token_id or 0))
 
     def _run_population(self, task: PreparedTask, index: int, parameters: torch.Tensor):
         """One prompt, every candidate as a batch row with its own parameter vector."""

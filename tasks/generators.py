@@ -17,9 +17,14 @@ from namm.policies import PolicyConfig, build_policy
 from tasks.runner import DecodeSettings, Generator
 
 
+def generation_settings(settings: DecodeSettings) -> GenerationSettings:
+    """The engine's settings for a task's decode settings (the two dataclasses share their field names)."""
+    return GenerationSettings(**asdict(settings))
+
+
 def engine_generator(engine: MemoryEngine) -> Generator:
     """`engine.generate` behind the seam; its results keep the engine's retained ratios and cache sizes."""
-    return lambda prompts, settings: engine.generate(prompts, GenerationSettings(**asdict(settings)))
+    return lambda prompts, settings: engine.generate(prompts, generation_settings(settings))
 
 
 @dataclass

@@ -2,9 +2,8 @@
 
 Nothing here knows the engine. A generator is any callable
 `generate(prompts: list[list[int]], settings: DecodeSettings) -> Sequence[object with .token_ids]`;
-`DecodeSettings` has the field names of `namm.engine.GenerationSettings`, so the engine plugs in as
-`lambda prompts, s: engine.generate(prompts, GenerationSettings(**dataclasses.asdict(s)))`
-(`tasks.generators.engine_generator(engine)`).
+`DecodeSettings` has the field names of `namm.engine.GenerationSettings`, so the engine plugs in through
+`tasks.generators.engine_generator(engine)` (conversion: `tasks.generators.generation_settings`).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class H2OPolicy(BudgetPolicy):
         state[view.rows, :, :slots] = total
         recent = torch.floor(self.budget.keep_counts(view.tokens_seen).double() * self.recent_share).long()
         in_window = view.positions >= (view.tokens_seen - recent).view(-1, 1, 1)
-        return total.masked_fill(in_window & view.valid, float("inf"))
+        return total.masked_fill(in_window, float("inf"))  # select() sets invalid slots to -inf afterwards
 
     def reindex(self, layer_idx: int, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> None:
         state = self.received[layer_idx]
