@@ -103,8 +103,10 @@ def physically_removed_generate(model, prompt, update_at, evicted_per_head, max_
         for q_head in range(query.shape[1]):
             head = q_head // group
             keep = kept_per_layer.get(module.layer_idx)
-            index = torch.arange(key.shape[2]) if keep is None else torch.cat(
-                [keep[head], torch.arange(update_at, key.shape[2])]
+            index = (
+                torch.arange(key.shape[2])
+                if keep is None
+                else torch.cat([keep[head], torch.arange(update_at, key.shape[2])])
             )
             k, v = key[0, head, index], value[0, head, index]
             logits = query[0, q_head] @ k.T * scaling
@@ -150,7 +152,9 @@ def test_per_head_eviction_equals_physical_removal(tiny):
     model = tiny.model
     prompt = random_prompts([45], model.config.vocab_size, seed=2)[0]
     evicted = [[1, 4, 9, 20, 30], [2, 3]]  # unequal per head: storage keeps masked gaps
-    engine = MemoryEngine(model, EvictFixedPositions(evicted), EngineConfig(update_interval=32, eviction_mode="per_head"))
+    engine = MemoryEngine(
+        model, EvictFixedPositions(evicted), EngineConfig(update_interval=32, eviction_mode="per_head")
+    )
     result = engine.generate([prompt], GenerationSettings(max_new_tokens=12, stop_on_eos=False))[0]
     reference, _ = physically_removed_generate(model, prompt, 32, evicted, 12)
     assert result.token_ids == reference

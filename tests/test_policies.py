@@ -78,7 +78,8 @@ def test_h2o_splits_its_budget_between_heavy_hitters_and_the_newest_tokens():
     attention[0, 0, :2, 7] = 0.4
     attention[0, 0, 0, 5] = 0.3
     # budget 4, half recent: the two newest (10, 11) and the two heaviest (2, 7)
-    assert kept_positions(build_policy(PolicyConfig(name="h2o", budget_tokens=4)), hand_view(attention)) == [2, 7, 10, 11]
+    split = build_policy(PolicyConfig(name="h2o", budget_tokens=4))
+    assert kept_positions(split, hand_view(attention)) == [2, 7, 10, 11]
     heavy_only = build_policy(PolicyConfig(name="h2o", budget_tokens=4, options={"recent_share": 0.0}))
     assert kept_positions(heavy_only, hand_view(attention)) == [2, 5, 7, 11]
     with pytest.raises(ValueError, match="recent_share"):

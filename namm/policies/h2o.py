@@ -39,7 +39,9 @@ class H2OPolicy(BudgetPolicy):
         slots = view.valid.shape[-1]
         state = self.received.get(view.layer_idx)
         if state is None:
-            state = torch.zeros(self.batch_size, view.valid.shape[1], slots, dtype=torch.float32, device=view.valid.device)
+            state = torch.zeros(
+                self.batch_size, view.valid.shape[1], slots, dtype=torch.float32, device=view.valid.device
+            )
         if state.shape[-1] < slots:
             state = torch.nn.functional.pad(state, (0, slots - state.shape[-1]))
         self.received[view.layer_idx] = state
