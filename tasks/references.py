@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
+from namm.atomic_io import atomic_write_json
 from tasks.prompts import Tokenizer
 from tasks.runner import Generator, PreparedTask, run_task
 from tasks.settings import TaskSettings
@@ -27,15 +27,6 @@ PREFIX = "lb/"
 def default_reference_dir() -> Path:
     """$NAMM_REFERENCE_CACHE, else ~/.cache/namm/references."""
     return Path(os.environ.get("NAMM_REFERENCE_CACHE", Path.home() / ".cache" / "namm" / "references"))
-
-
-def _write_json(path: Path, payload: object) -> None:
-    """Atomic write: a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(payload, out, indent=1, sort_keys=True)
-    os.replace(staging, path)
 
 
 @dataclass
@@ -59,7 +50,7 @@ class ReferenceScores:
         return cls({k: {i: float(s) for i, s in v.items()} for k, v in raw.items() if k.startswith(PREFIX)})
 
     def save(self, path: str | Path) -> None:
-        _write_json(Path(path), self.scores)
+        atomic_write_json(Path(path), self.scores)
 
     def get(self, task: str, index: int) -> float | None:
         return self.scores.get(PREFIX + task, {}).get(str(index))
@@ -96,7 +87,7 @@ class ReferenceCache:
 
     def save(self, settings: TaskSettings, scores: ReferenceScores) -> None:
         path = self.path(settings)
-        _write_json(path.with_suffix(".settings.json"), settings.to_dict())
+        atomic_write_json(path.with_suffix(".settings.json"), settings.to_dict())
         scores.save(path)
 
 

@@ -11,12 +11,13 @@ import hashlib
 import logging
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from namm.atomic_io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +90,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     if missing:
         raise ValueError(f"checkpoint state lacks {missing}")
     payload = {**state, _DIGEST_KEY: content_digest(state)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    atomic_write(path, lambda file: torch.save(payload, file))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

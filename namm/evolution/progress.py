@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from namm.atomic_io import atomic_write, atomic_write_text
+
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "progress.png"
 
@@ -31,8 +33,7 @@ class MetricsLog:
     def keep_up_to(self, generation: int) -> None:
         """Forget generations the checkpoint does not cover (written just before a kill)."""
         kept = [record for record in self.read() if record["generation"] <= generation]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def append(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +76,5 @@ def plot_progress(records: list[dict[str, Any]], path: Path) -> None:
     ratio_axis.legend(loc="best", fontsize="small")
     ratio_axis.grid(alpha=0.3)
     figure.tight_layout()
-    temporary = path.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=100)
+    atomic_write(path, lambda file: figure.savefig(file, dpi=100, format="png"))
     plt.close(figure)
-    temporary.replace(path)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from namm.atomic_io import atomic_write
 
 SCORE_VS_RATIO = "score_vs_retained_ratio.png"
 TASK_BARS = "task_scores.png"
@@ -13,9 +14,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 def _save(figure: Any, path: Path) -> None:
     """Render to a temporary file and rename it into place, so a kill never leaves half a PNG."""
-    staging = path.with_name(f".{path.name}.tmp")
-    figure.savefig(staging, dpi=120, format="png")
-    os.replace(staging, path)
+    atomic_write(path, lambda file: figure.savefig(file, dpi=120, format="png"))
 
 
 def _pyplot():

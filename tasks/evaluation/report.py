@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from namm.atomic_io import atomic_write_text
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -16,22 +16,6 @@ CSV_COLUMNS = (
     "policy", "task", "score", "relative_to_full", "num_samples", "retained_ratio", "budget", "budget_target",
     "within_tolerance", "tokens_per_second", "peak_kv_bytes",
 )  # fmt: skip
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Temp file in the same folder, fsync, rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(staging, 0o644)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
 
 
 def results_csv(document: dict[str, Any]) -> str:
@@ -58,8 +42,8 @@ def results_csv(document: dict[str, Any]) -> str:
 
 
 def write_results(document: dict[str, Any], run_dir: Path) -> None:
-    write_atomically(run_dir / RESULTS_JSON, json.dumps(document, indent=1, allow_nan=False) + "\n")
-    write_atomically(run_dir / RESULTS_CSV, results_csv(document))
+    atomic_write_text(run_dir / RESULTS_JSON, json.dumps(document, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(run_dir / RESULTS_CSV, results_csv(document))
 
 
 def _number(value: float | None, digits: int = 2) -> str:
