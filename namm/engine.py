@@ -277,17 +277,18 @@ class _Run:
 
     # -- results ----------------------------------------------------------------------------------
     def results(self, generated: list[list[int]], step_logits: list[list[torch.Tensor]]) -> list[GenerationResult]:
-        kept = torch.stack(
-            [layer.valid[:, :, : layer.length].sum(dim=-1).double() for layer in self.cache.layers], dim=1
-        )  # (B, layers, H)
-        per_layer = (kept / self.tokens_seen.double()[:, None, None]).mean(dim=-1).cpu()
+        # Integer counts, one division per figure in Python: a row's ratios cannot depend on the batch.
+        kept = torch.stack([layer.valid[:, :, : layer.length].sum(dim=-1) for layer in self.cache.layers], dim=1)
+        kept_per_layer = kept.sum(dim=-1).tolist()  # (B, layers) tokens kept over all KV heads
+        heads = kept.shape[-1]
+        seen = self.tokens_seen.tolist()
         return [
             GenerationResult(
                 token_ids=generated[row],
                 prompt_length=self.lengths[row],
-                tokens_seen=int(self.tokens_seen[row]),
-                retained_ratio=float(per_layer[row].mean()),
-                retained_ratio_per_layer=per_layer[row].tolist(),
+                tokens_seen=int(seen[row]),
+                retained_ratio=sum(kept_per_layer[row]) / (len(kept_per_layer[row]) * heads * seen[row]),
+                retained_ratio_per_layer=[count / (heads * seen[row]) for count in kept_per_layer[row]],
                 cache_sizes=self.cache_sizes[row],
                 peak_kv_bytes=self.cache.peak_bytes,
                 update_positions=[entry["tokens_seen"] for entry in self.cache_sizes[row]],

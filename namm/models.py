@@ -64,6 +64,7 @@ class LoadedModel:
     name: str
     max_context: int
     chat_template: bool  # whether prompts go through the tokenizer's chat template by default
+    weights_id: str = "unknown"  # which weights: the GGUF file's digest, the hub commit, a tiny model's seed
 
 
 class UnsupportedModelError(ValueError):
@@ -125,13 +126,17 @@ def load_model(config: ModelConfig) -> LoadedModel:
         packaged = PACKAGED_MODELS[config.name]
         model, tokenizer = _load_packaged_gguf(config.name, packaged, config, dtype, device)
         default_chat_template = packaged.chat_template
+        weights_id = f"gguf-sha256:{locate_packaged_gguf(packaged)[1][:16]}"
     elif config.name in TINY_MODELS:
         tokenizer = build_byte_tokenizer()
         model = _build_tiny_model(TINY_MODELS[config.name], tokenizer, config, dtype, device)
         default_chat_template = False  # random weights: raw prompts are the natural test input
+        weights_id = f"tiny-random-seed{config.seed}"
     else:
-        model, tokenizer = _load_pretrained(_resolve_source(config.name), config, dtype, device)
+        source = _resolve_source(config.name)
+        model, tokenizer = _load_pretrained(source, config, dtype, device)
         default_chat_template = bool(tokenizer.chat_template)
+        weights_id = f"{source}@{getattr(model.config, '_commit_hash', None) or 'local'}"
 
     check_supported(model)
     model.eval().requires_grad_(False)
@@ -142,6 +147,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
         name=config.name,
         max_context=_resolve_max_context(config, model),
         chat_template=_resolve_chat_template(config, tokenizer, default_chat_template),
+        weights_id=weights_id,
     )
 
 

@@ -5,8 +5,9 @@
         --device cuda --dtype bfloat16
 
 Only samples missing from the cache are generated, and the file is saved after every batch, so an interrupted
-run resumes. Scores are keyed by the model and the hash of each task's settings record (tasks/settings.py);
-training (tasks/evolution_scorer.py) reads the same cache. Generation is the NAMM engine with the full-cache
+run resumes. Scores are keyed by each task's settings record (tasks/settings.py) and by the weights, dtype,
+device type and generator (engine settings included); training (tasks/evolution_scorer.py) reads the same
+cache when those match (same model, dtype, device type and engine.update_interval). Generation is the NAMM engine with the full-cache
 policy, or plain transformers greedy decoding with `--generator transformers`.
 """
 
@@ -19,9 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from namm.models import ModelConfig, load_model  # noqa: E402
+from namm.engine import EngineConfig  # noqa: E402
 from tasks import ReferenceCache, TaskConfig, default_reference_dir, fill_references, prepare_tasks  # noqa: E402
 from tasks.generators import full_cache_generator  # noqa: E402
 from tasks.longbench import SUITES  # noqa: E402
+from tasks.references import ReferenceContext, engine_generator_record  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,6 +40,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--context-length", type=int, default=2048, help="synthetic tasks: prompt tokens")
     parser.add_argument("--seed", type=int, default=42, help="synthetic tasks: generation seed")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--update-interval", type=int, default=512, help="engine.update_interval of the training runs to serve"
+    )
     parser.add_argument("--generator", choices=["engine", "transformers"], default="engine")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:<index> or auto")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
@@ -57,8 +63,10 @@ def main() -> None:
         seed=args.seed,
     )
     loaded = load_model(ModelConfig(name=args.model, device=args.device, dtype=args.dtype))
-    generate = full_cache_generator(loaded.model, args.generator)
-    cache = ReferenceCache(args.cache_dir or default_reference_dir())
+    engine = EngineConfig(update_interval=args.update_interval)
+    generate = full_cache_generator(loaded.model, args.generator, engine)
+    generator = engine_generator_record(engine) if args.generator == "engine" else {"name": "transformers"}
+    cache = ReferenceCache(args.cache_dir or default_reference_dir(), ReferenceContext.of(loaded, generator))
     for task in prepare_tasks(config, loaded):
         scores = fill_references(task, generate, loaded.tokenizer, cache, batch_size=args.batch_size)
         mean = scores.task_score(task.spec.name, range(len(task.samples)))

@@ -1,8 +1,9 @@
 """The training scorer: NAMM candidates run through the engine on sampled task prompts and scored by task metrics.
 
 Every candidate of a generation sees the same prompts; each prompt is run once for the whole population
-as one batch whose rows carry different parameter vectors (same prompt, so no padding). Full-cache
-references come from the on-disk reference cache, filled on first use with the same pipeline.
+as batches (at most `evo.max_batch_rows` rows) whose rows carry different parameter vectors (same prompt,
+so no padding). Full-cache references come from the on-disk reference cache, keyed on everything that
+moves a score; training fills the missing ones once before generation 1 (tasks/references.py).
 """
 
 from __future__ import annotations
@@ -15,20 +16,29 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
-from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores
+from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
+from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores, PromptId, PromptRecord
 from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
+from namm.row_batches import RowBatches
 from tasks.config import task_config
 from tasks.generators import engine_generator, generation_settings
 from tasks.preparation import prepare_tasks
-from tasks.references import ReferenceCache, default_reference_dir, fill_references
+from tasks.references import (
+    ReferenceCache,
+    ReferenceContext,
+    default_reference_dir,
+    engine_generator_record,
+    full_cache_scores,
+)
 from tasks.runner import PreparedTask
 from tasks.scoring import score_prediction
 
 log = logging.getLogger(__name__)
+
+REFERENCE_BATCH = 4  # prompts per full-cache batch (left-padded; each row's result is the one it gets alone)
 
 
 def engine_config(cfg: DictConfig) -> EngineConfig:
@@ -71,6 +81,7 @@ class TaskScorer:
         config = engine_config(cfg)  # bad engine settings fail before the model loads
         self.loaded = load_model(model_config(cfg))
         self.tasks = prepare_tasks(task_config(cfg.task), self.loaded)
+        self.task_by_name = {task.spec.name: task for task in self.tasks}
         namm_values = OmegaConf.to_container(cfg.namm, resolve=True) if cfg.get("namm") is not None else {}
         self.policy = NAMMPolicy(NAMMConfig.from_dict(namm_values))
         self.param_count = self.policy.param_count
@@ -79,33 +90,62 @@ class TaskScorer:
         self.prompts_per_task = int(cfg.evo.prompts_per_task)
         self.seed = int(cfg.seed)
         self.splits = Splits.of(self.tasks, int(cfg.evo.validation_prompts), self.seed)
-        self.references = ReferenceCache(default_reference_dir())
+        context = ReferenceContext.of(self.loaded, engine_generator_record(config))
+        self.reference_cache = ReferenceCache(default_reference_dir(), context)
+        self.references = {task.spec.name: self.reference_cache.load(task.settings) for task in self.tasks}
+        self.row_batches = RowBatches(cfg.evo.get("max_batch_rows"))
         self.calibrated = not self.policy.namm.config.normalise
 
     # -- CandidateScorer ------------------------------------------------------------------------
-    def score(self, parameters: torch.Tensor, split: str, generation: int) -> CandidateScores:
+    def prompts(self, split: str, generation: int) -> list[PromptId]:
+        return [(task.spec.name, index) for task in self.tasks for index in self.indices(task, split, generation)]
+
+    def score(
+        self, parameters: torch.Tensor, split: str, generation: int, prompts: list[PromptId] | None = None
+    ) -> CandidateScores:
         self._calibrate()
-        task_scores, reference_scores = {}, {}
-        retained, per_layer, tokens = [], [], 0
+        wanted = self.prompts(split, generation) if prompts is None else list(prompts)
+        missing = self.missing_references(wanted)
+        if missing:  # a scorer used on its own; training computes every reference before generation 1
+            self.add_references(self.compute_references(missing), save=True)
+        records = []
+        for name, index in wanted:
+            task = self.task_by_name[name]
+            results, sample_scores = self._run_population(task, index, parameters)
+            records.append(
+                PromptRecord(
+                    task=name,
+                    index=index,
+                    scores=[100.0 * score for score in sample_scores],
+                    reference=100.0 * self.references[name].get(name, index),
+                    retained_ratio=[result.retained_ratio for result in results],
+                    retained_ratio_per_layer=[list(result.retained_ratio_per_layer) for result in results],
+                    tokens=sum(result.tokens_seen + 1 for result in results),
+                )
+            )
+        return CandidateScores.from_prompts(records)
+
+    def missing_references(self, prompts: list[PromptId]) -> list[PromptId]:
+        return [(name, index) for name, index in prompts if self.references[name].get(name, index) is None]
+
+    def compute_references(self, prompts: list[PromptId]) -> dict[PromptId, float]:
+        full_cache = engine_generator(self.full_engine)
+        computed: dict[PromptId, float] = {}
         for task in self.tasks:
-            indices = self.indices(task, split, generation)
-            reference = self._references(task, indices)
-            reference_scores[task.spec.name] = reference.task_score(task.spec.name, indices)
-            scores = torch.zeros(parameters.shape[0], dtype=torch.float64)
-            for index in indices:
-                results, sample_scores = self._run_population(task, index, parameters)
-                scores += torch.tensor(sample_scores, dtype=torch.float64)
-                retained.append(torch.tensor([r.retained_ratio for r in results]))
-                per_layer.append(torch.tensor([r.retained_ratio_per_layer for r in results]))
-                tokens += sum(r.tokens_seen + 1 for r in results)
-            task_scores[task.spec.name] = (100.0 * scores / len(indices)).float()
-        return CandidateScores(
-            task_scores=task_scores,
-            reference_scores=reference_scores,
-            retained_ratio=torch.stack(retained).mean(dim=0).float(),
-            retained_ratio_per_layer=torch.stack(per_layer).mean(dim=0).float(),
-            tokens_processed=tokens,
-        )
+            indices = sorted(index for name, index in prompts if name == task.spec.name)
+            if indices:
+                scores = full_cache_scores(task, full_cache, self.loaded.tokenizer, indices, REFERENCE_BATCH)
+                computed.update({(task.spec.name, index): score for index, score in scores.items()})
+        return computed
+
+    def add_references(self, references: dict[PromptId, float], save: bool) -> None:
+        touched = set()
+        for (name, index), score in references.items():
+            self.references[name].put(name, index, score)
+            touched.add(name)
+        if save:
+            for name in sorted(touched):
+                self.reference_cache.save(self.task_by_name[name].settings, self.references[name])
 
     def normalisation_state(self) -> dict[str, Any]:
         self._calibrate()
@@ -131,21 +171,20 @@ class TaskScorer:
         return generation_settings(task.decode_settings(self.loaded.tokenizer.pad_token_id or 0))
 
     def _run_population(self, task: PreparedTask, index: int, parameters: torch.Tensor):
-        """One prompt, every candidate as a batch row with its own parameter vector."""
+        """One prompt, every candidate a batch row with its own parameter vector (micro-batched)."""
         sample = task.samples[index]
-        prompts = [list(sample.prompt_ids)] * parameters.shape[0]
-        results = self.engine.generate(prompts, self._decode_settings(task), row_parameters=parameters)
+        settings = self._decode_settings(task)
+
+        def run_rows(start: int, stop: int) -> list[GenerationResult]:
+            prompts = [list(sample.prompt_ids)] * (stop - start)
+            return self.engine.generate(prompts, settings, row_parameters=parameters[start:stop])
+
+        results = self.row_batches.run(parameters.shape[0], run_rows)
         run_scores = []
         for result in results:
             prediction = self.loaded.tokenizer.decode(result.token_ids, skip_special_tokens=True)
             run_scores.append(score_prediction(prediction, sample, task.spec, task.settings.code_sim_backend))
         return results, run_scores
-
-    def _references(self, task: PreparedTask, indices: list[int]):
-        full_cache = engine_generator(self.full_engine)
-        return fill_references(
-            task, full_cache, self.loaded.tokenizer, self.references, indices, batch_size=4, progress=False
-        )
 
     def _calibrate(self) -> None:
         """Collect the frozen normalisation statistics once, with the all-keep NAMM on training prompts."""

@@ -63,10 +63,15 @@ def transformers_generator(model: PreTrainedModel) -> Generator:
     return generate
 
 
-def full_cache_generator(model: PreTrainedModel, backend: Literal["engine", "transformers"] = "engine") -> Generator:
+def full_cache_generator(
+    model: PreTrainedModel,
+    backend: Literal["engine", "transformers"] = "engine",
+    engine_config: EngineConfig | None = None,
+) -> Generator:
     """Full-cache greedy generation: through the engine (the pipeline evolution scores with) or transformers."""
     if backend == "engine":
-        return engine_generator(MemoryEngine(model, build_policy(PolicyConfig(name="full")), EngineConfig()))
+        policy = build_policy(PolicyConfig(name="full"))
+        return engine_generator(MemoryEngine(model, policy, engine_config or EngineConfig()))
     if backend == "transformers":
         return transformers_generator(model)
     raise ValueError(f"backend must be 'engine' or 'transformers', got {backend!r}.")

@@ -2,21 +2,26 @@
 
 Fitness divides a candidate's task score by the full-cache score of the same samples, so references must
 come from the identical pipeline: the on-disk cache is keyed by model and by the hash of the task's
-settings record, which is stored next to it. A published file of the same shape can be read directly.
+settings record and by everything else that moves a score (weights, dtype, device type, generator), all
+stored next to it. A published file of the same shape can be read directly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from namm.atomic_io import atomic_write_json
+from namm.engine import EngineConfig
+from namm.models import LoadedModel
 from tasks.prompts import Tokenizer
 from tasks.runner import Generator, PreparedTask, run_task
 from tasks.settings import TaskSettings
@@ -72,23 +77,67 @@ class ReferenceScores:
 
 
 @dataclass(frozen=True)
+class ReferenceContext:
+    """What changes a full-cache score besides the task's settings: which weights, in which precision, on
+    which kind of device, generated how (the engine's chunking moves float sums; plain transformers
+    decoding is another pipeline)."""
+
+    weights: str  # namm.models.LoadedModel.weights_id: a file digest, a hub commit, a tiny model's seed
+    dtype: str
+    device_type: str
+    generator: dict[str, Any]  # {"name": "engine", **EngineConfig fields} or {"name": "transformers"}
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, generator: dict[str, Any]) -> ReferenceContext:
+        weight = next(loaded.model.parameters())
+        return cls(loaded.weights_id, str(weight.dtype).removeprefix("torch."), weight.device.type, generator)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def engine_generator_record(config: EngineConfig) -> dict[str, Any]:
+    """The `generator` entry of a context whose references come from the engine's full-cache policy."""
+    return {"name": "engine", **asdict(config)}
+
+
+@dataclass(frozen=True)
 class ReferenceCache:
-    """Reference files on disk: <root>/<model>/<task>-<settings hash>.json (+ .settings.json)."""
+    """Reference files on disk: <root>/<model>/<task>-<hash>.json, the hash over the task's settings and
+    the context, both recorded beside it in <task>-<hash>.settings.json."""
 
     root: Path
+    context: ReferenceContext
+
+    def key(self, settings: TaskSettings) -> str:
+        record = {"task_settings": settings.key(), "context": self.context.to_dict()}
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
     def path(self, settings: TaskSettings) -> Path:
         model = settings.model.replace("/", "--")
-        return Path(self.root) / model / f"{settings.task}-{settings.key()}.json"
+        return Path(self.root) / model / f"{settings.task}-{self.key(settings)}.json"
 
     def load(self, settings: TaskSettings) -> ReferenceScores:
         path = self.path(settings)
         return ReferenceScores.load(path) if path.is_file() else ReferenceScores()
 
     def save(self, settings: TaskSettings, scores: ReferenceScores) -> None:
+        """Merge `scores` into what is on disk (another run may have added samples) and write atomically."""
         path = self.path(settings)
-        atomic_write_json(path.with_suffix(".settings.json"), settings.to_dict())
-        scores.save(path)
+        merged = self.load(settings)
+        for task, by_index in scores.scores.items():
+            merged.scores.setdefault(task, {}).update(by_index)
+        record = {"task_settings": settings.to_dict(), "context": self.context.to_dict()}
+        atomic_write_json(path.with_suffix(".settings.json"), record)
+        merged.save(path)
+
+
+def full_cache_scores(
+    task: PreparedTask, generate: Generator, tokenizer: Tokenizer, indices: Sequence[int], batch_size: int
+) -> dict[int, float]:
+    """Per-sample scores of `generate` (a full-cache generator) on `indices`, nothing written."""
+    run = run_task(task, generate, tokenizer, list(indices), batch_size)
+    return dict(zip(run.indices, run.sample_scores))
 
 
 def fill_references(
@@ -106,10 +155,10 @@ def fill_references(
     todo = scores.missing(task.spec.name, wanted)
     bar = tqdm(total=len(todo), desc=f"{task.spec.name} references", disable=not progress)
     for start in range(0, len(todo), batch_size):
-        run = run_task(task, generate, tokenizer, todo[start : start + batch_size], batch_size)
-        for index, score in zip(run.indices, run.sample_scores):
+        batch = full_cache_scores(task, generate, tokenizer, todo[start : start + batch_size], batch_size)
+        for index, score in batch.items():
             scores.put(task.spec.name, index, score)
         cache.save(task.settings, scores)
-        bar.update(len(run.indices))
+        bar.update(len(batch))
     bar.close()
     return scores

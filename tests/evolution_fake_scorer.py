@@ -9,6 +9,7 @@ the resumed run has the same config as the killed one).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
@@ -17,10 +18,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from namm.evolution.scoring import CandidateScores
+from namm.evolution.scoring import CandidateScores, PromptRecord
 
 TASKS = ("alpha", "beta")
 NUM_LAYERS = 3
+PROMPTS_PER_TASK = 2
 
 
 def fake_param_count(cfg: DictConfig) -> int:
@@ -51,32 +53,58 @@ class FakeScorer:
 
     def _noise(self, split: str, generation: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1000 + generation * 2 + (split == "validation"))
-        return torch.randn(len(TASKS), generator=generator, dtype=torch.float64)
+        return torch.randn(len(TASKS), PROMPTS_PER_TASK, generator=generator, dtype=torch.float64)
 
-    def score(self, parameters: torch.Tensor, split: str, generation: int) -> CandidateScores:
+    def prompts(self, split: str, generation: int) -> list[tuple[str, int]]:
+        return [(task, index) for task in TASKS for index in range(PROMPTS_PER_TASK)]
+
+    def score(
+        self, parameters: torch.Tensor, split: str, generation: int, prompts: list[tuple[str, int]] | None = None
+    ) -> CandidateScores:
         if self.interrupt_at is not None and generation == self.interrupt_at and split == "train":
             raise KeyboardInterrupt(f"fake kill at generation {generation}")
         if self.raise_above is not None and bool((parameters[:, 0] > self.raise_above).any()):
             raise ValueError(f"fake failure: a first parameter above {self.raise_above}")
         if self.trace_dir:
             (Path(self.trace_dir) / f"scored-{os.getpid()}-{split}-{generation}-{len(parameters)}").touch()
-        x = parameters.double()
+        calibration = float(self._calibrate())
         noise = self._noise(split, generation)
-        if self.calibration is None:  # stands in for the NAMM's statistics, frozen at the first call
-            self.calibration = noise.sum().reshape(1)
-        task_scores = {}
-        for i, task in enumerate(TASKS):
-            distance = ((x - self.targets[task]) ** 2).sum(dim=1)
-            task_scores[task] = 50.0 - 10.0 * distance + noise[i] + 0.01 * self.calibration
-        if self.nan_candidate is not None and len(parameters) > 1:
-            task_scores["beta"][self.nan_candidate] = float("nan")
-        references = {task: 40.0 + float(noise[i]) for i, task in enumerate(TASKS)}
-        ratio = torch.sigmoid(x.mean(dim=1))
-        per_layer = torch.sigmoid(x.mean(dim=1, keepdim=True) + 0.1 * torch.arange(NUM_LAYERS))
-        return CandidateScores(task_scores, references, ratio, per_layer, tokens_processed=1000 * len(parameters))
+        records = []
+        for task, index in self.prompts(split, generation) if prompts is None else prompts:
+            t = TASKS.index(task)
+            scores, ratios, per_layer = [], [], []
+            for row in parameters.double():  # one candidate at a time: no kernel sees the batch
+                distance = float(((row - self.targets[task]) ** 2).sum())
+                scores.append(50.0 - 10.0 * distance + float(noise[t, index]) + 0.01 * calibration)
+                centre = float(row.mean())
+                ratios.append(1.0 / (1.0 + math.exp(-centre)))
+                per_layer.append([1.0 / (1.0 + math.exp(-(centre + 0.1 * layer))) for layer in range(NUM_LAYERS)])
+            if self.nan_candidate is not None and len(parameters) > 1 and task == "beta":
+                scores[self.nan_candidate] = float("nan")
+            records.append(
+                PromptRecord(task, index, scores, 40.0 + float(noise[t, index]), ratios, per_layer, 1000 * len(scores))
+            )
+        return CandidateScores.from_prompts(records)
+
+    def missing_references(self, prompts: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        return []  # the fake's references are part of its noise
+
+    def compute_references(self, prompts: list[tuple[str, int]]) -> dict[tuple[str, int], float]:
+        return {}
+
+    def add_references(self, references: dict[tuple[str, int], float], save: bool) -> None:
+        pass
+
+    def _calibrate(self) -> torch.Tensor:
+        """Stands in for the NAMM's statistics: computed once, before the first score, then frozen."""
+        if self.calibration is None:
+            self.calibration = self._noise("calibration", -1).sum().reshape(1)
+            if self.trace_dir:
+                (Path(self.trace_dir) / f"calibrated-{os.getpid()}").touch()
+        return self.calibration
 
     def normalisation_state(self) -> dict[str, Any]:
-        return {} if self.calibration is None else {"calibration": self.calibration.clone()}
+        return {"calibration": self._calibrate().clone()}
 
     def load_normalisation_state(self, state: dict[str, Any]) -> None:
         self.calibration = state["calibration"].clone() if state else None

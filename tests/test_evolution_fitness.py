@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from namm.evolution.fitness import candidate_fitness, population_fitness
-from namm.evolution.scoring import CandidateScores, ScoringOutcome, score_guarded
+from namm.evolution.scoring import CandidateScores, PromptRecord, ScoringOutcome, score_guarded
 
 
 def scores(alpha, beta, references=(40.0, 0.5)) -> CandidateScores:
@@ -64,7 +64,7 @@ class RowSensitiveScorer:
     def __init__(self):
         self.calls = []
 
-    def score(self, parameters, split, generation):
+    def score(self, parameters, split, generation, prompts=None):
         self.calls.append(len(parameters))
         if bool((parameters[:, 0] > 0).any()):
             raise ValueError("positive first parameter")
@@ -91,7 +91,7 @@ def test_guarded_scoring_isolates_the_failing_candidates():
 
 def test_malformed_scores_count_as_a_failure():
     class WrongShape(RowSensitiveScorer):
-        def score(self, parameters, split, generation):
+        def score(self, parameters, split, generation, prompts=None):
             return scores([1.0, 2.0, 3.0], [1.0, 1.0, 1.0])  # always 3 rows
 
     outcome = score_guarded(WrongShape(), torch.zeros(2, 3), "train", 1)
@@ -100,7 +100,7 @@ def test_malformed_scores_count_as_a_failure():
 
 def test_interrupts_are_not_swallowed():
     class Killed(RowSensitiveScorer):
-        def score(self, parameters, split, generation):
+        def score(self, parameters, split, generation, prompts=None):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -117,3 +117,46 @@ def test_merge_offsets_actor_chunks():
     assert merged.scores.task_scores["alpha"].tolist() == [1.0, 2.0, 3.0]
     assert merged.scores.tokens_processed == 30
     assert merged.seconds == 5.0
+
+
+def record(task, index, scores, reference=50.0, ratio=(0.5,), per_layer=((0.5, 0.5),)):
+    return PromptRecord(task, index, list(scores), reference, list(ratio), [list(layer) for layer in per_layer], 10)
+
+
+def test_scores_from_prompts_are_means_per_task_in_float64():
+    records = [
+        record("beta", 3, [30.0, 0.0], 20.0, (0.25, 1.0), ((0.0, 0.5), (1.0, 1.0))),
+        record("alpha", 1, [10.0, 40.0], 60.0, (0.5, 1.0), ((0.5, 0.5), (1.0, 1.0))),
+        record("alpha", 0, [20.0, 10.0], 40.0, (1.0, 1.0), ((1.0, 1.0), (1.0, 1.0))),
+    ]
+    scores = CandidateScores.from_prompts(records)
+    assert scores.task_scores["alpha"].tolist() == [15.0, 25.0] and scores.task_scores["beta"].tolist() == [30.0, 0.0]
+    assert scores.reference_scores == {"alpha": 50.0, "beta": 20.0}
+    assert scores.retained_ratio.dtype == torch.float64
+    assert scores.retained_ratio.tolist() == pytest.approx([(0.25 + 0.5 + 1.0) / 3, 1.0])
+    assert scores.retained_ratio_per_layer[0].tolist() == pytest.approx([0.5, 2 / 3])
+    assert scores.tokens_processed == 30
+
+
+def test_prompt_shards_join_to_the_unsplit_scores_bit_for_bit():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.rand(9, 3, generator=generator, dtype=torch.float64).tolist()
+    records = [
+        record("alpha" if i % 2 else "beta", i, [100 * v[0]], 100 * v[1], (v[2],), ((v[2], v[0]),))
+        for i, v in enumerate(values)
+    ]
+    whole = CandidateScores.from_prompts(records)
+    shards = [CandidateScores.from_prompts(records[i::3]) for i in range(3)]
+    outcome = ScoringOutcome.join_prompt_shards([ScoringOutcome(1, torch.tensor([0]), shard) for shard in shards])
+    joined = outcome.scores
+    assert joined.retained_ratio.equal(whole.retained_ratio)
+    assert joined.retained_ratio_per_layer.equal(whole.retained_ratio_per_layer)
+    assert all(joined.task_scores[t].equal(whole.task_scores[t]) for t in whole.task_scores)
+    assert joined.reference_scores == whole.reference_scores
+
+
+def test_a_failed_prompt_shard_fails_the_candidate():
+    good = ScoringOutcome(1, torch.tensor([0]), CandidateScores.from_prompts([record("alpha", 0, [1.0])]))
+    bad = ScoringOutcome(1, torch.zeros(0, dtype=torch.long), None, errors={0: "ValueError: boom"})
+    outcome = ScoringOutcome.join_prompt_shards([good, bad])
+    assert outcome.scores is None and outcome.errors == {0: "ValueError: boom"}

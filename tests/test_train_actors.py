@@ -1,5 +1,5 @@
-"""Ray actors (evo.num_actors=2) on CPU: each builds its scorer once, the population is split, and the
-search is identical to scoring in the main process."""
+"""Ray actors (evo.num_actors=2) on CPU: each builds its scorer once, the population is split, validation
+prompts are spread, calibration runs once, and the search is bit-identical to scoring in the main process."""
 
 import json
 import os
@@ -37,7 +37,9 @@ def test_two_actors_match_local_scoring(tmp_path, monkeypatch):
     assert str(os.getpid()) not in builders  # the main process never loaded it
     train_chunks = sorted(path.name for path in trace.glob("scored-*-train-*"))
     assert len(train_chunks) == 4 and all(name.endswith("-4") for name in train_chunks)  # 8 split in 2 x 4
-    assert len(list(trace.glob("scored-*-validation-2-1"))) == 1
+    for generation in (0, 2):  # the start and the last generation: the validation prompts spread over both actors
+        assert len({path.name.split("-")[1] for path in trace.glob(f"scored-*-validation-{generation}-1")}) == 2
+    assert len(list(trace.glob("calibrated-*"))) == 1  # calibrated once, its statistics sent to the other actor
     a, b = load_checkpoint(local / LATEST), load_checkpoint(distributed / LATEST)
     assert a["center"].equal(b["center"]) and a["sigma"].equal(b["sigma"])
     assert records(local) == records(distributed)

@@ -18,6 +18,11 @@ def records(run_dir):
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
 
 
+def generation_records(run_dir):
+    """The per-generation records (the generation-0 record holds only the start's validation)."""
+    return [record for record in records(run_dir) if record["generation"] > 0]
+
+
 def identical(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
@@ -60,7 +65,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path, monkeypatch, searcher):
     assert_same_state(load_checkpoint(straight / LATEST), load_checkpoint(killed / LATEST))
     assert_same_state(load_checkpoint(straight / BEST), load_checkpoint(killed / BEST))
     assert records(straight) == records(killed)
-    assert [r["generation"] for r in records(killed)] == [1, 2, 3, 4]
+    assert [r["generation"] for r in records(killed)] == [0, 1, 2, 3, 4]
 
 
 def test_resume_from_corrupted_latest_uses_the_previous_one_and_stays_exact(tmp_path, monkeypatch, caplog):
@@ -87,7 +92,7 @@ def test_nan_candidate_gets_the_worst_fitness_and_the_run_goes_on(tmp_path, capl
     with caplog.at_level(logging.WARNING):
         summary = train(fake_train_config(run_dir, scorer={"nan_candidate": 3}))
     assert summary.generation == 4
-    assert [r["failed_candidates"] for r in records(run_dir)] == [1, 1, 1, 1]
+    assert [r["failed_candidates"] for r in generation_records(run_dir)] == [1, 1, 1, 1]
     warnings = [r.getMessage() for r in caplog.records if "failed, given the worst fitness" in r.getMessage()]
     assert len(warnings) == 4 and all("candidate 3 failed" in m and "non-finite" in m for m in warnings)
 
@@ -97,7 +102,7 @@ def test_raising_candidates_get_the_worst_fitness_and_the_run_goes_on(tmp_path, 
     with caplog.at_level(logging.WARNING):
         summary = train(fake_train_config(run_dir, scorer={"raise_when_first_param_above": 0.0}))
     assert summary.generation == 4
-    failed = [r["failed_candidates"] for r in records(run_dir)]
+    failed = [r["failed_candidates"] for r in generation_records(run_dir)]
     assert 0 < sum(failed) < 4 * 8
     warnings = [r.getMessage() for r in caplog.records if "failed, given the worst fitness" in r.getMessage()]
     assert len(warnings) == sum(failed)
@@ -108,10 +113,10 @@ def test_outputs_metrics_plot_and_checkpoints(tmp_path, capsys):
     run_dir = tmp_path / "run"
     train(fake_train_config(run_dir, evo={"generations": 3, "eval_interval": 2}))
     lines = records(run_dir)
-    assert [r["generation"] for r in lines] == [1, 2, 3]
+    assert [r["generation"] for r in lines] == [0, 1, 2, 3]
     validated = [r["generation"] for r in lines if "validation/fitness" in r]
-    assert validated == [2, 3]  # every eval_interval, and after the last generation
-    first = lines[0]
+    assert validated == [0, 2, 3]  # the start, every eval_interval, and after the last generation
+    first = lines[1]
     for key in (
         "fitness/mean",
         "fitness/best",
@@ -167,7 +172,9 @@ def test_init_from_starts_at_the_saved_centre(tmp_path):
     # another searcher and a tiny step size: every first-generation candidate sits on the saved centre
     train(fake_train_config(second, init_from=str(first), evo={"searcher": "snes", "sigma": 1e-7, "generations": 1}))
     expected = torch.sigmoid(centre.double().mean()).item()  # the fake's retained ratio
-    assert records(second)[0]["retained_ratio/mean"] == pytest.approx(expected, abs=1e-5)
+    start, first_generation = records(second)
+    assert start["generation"] == 0 and start["validation/retained_ratio"] == pytest.approx(expected, abs=1e-6)
+    assert first_generation["retained_ratio/mean"] == pytest.approx(expected, abs=1e-5)
     wrong = tmp_path / "wrong"
     with pytest.raises(ConfigError, match="centre has 6 parameters"):
         train(fake_train_config(wrong, init_from=str(first), scorer={"dimension": 5}))

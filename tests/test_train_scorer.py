@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from namm.evolution.config import register_configs
-from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT
+from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores
+from namm.row_batches import RowBatches
 from tasks.evolution_scorer import TaskScorer
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -74,7 +76,9 @@ def test_scores_have_one_entry_per_candidate_and_references(scorer):
     scores = scorer.score(torch.zeros(2, scorer.param_count), TRAIN_SPLIT, 0)
     scores.check(2)
     name = scorer.tasks[0].spec.name
-    torch.testing.assert_close(scores.task_scores[name], torch.full((2,), scores.reference_scores[name]))
+    torch.testing.assert_close(
+        scores.task_scores[name], torch.full((2,), scores.reference_scores[name], dtype=torch.float64)
+    )
     assert scorer.normalisation_state()["count"] > 0
 
 
@@ -92,3 +96,55 @@ def test_train_py_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert [line["generation"] for line in lines if "fitness/mean" in line] == [1, 2]
     assert (run / "latest.pt").is_file() and (run / "best.pt").is_file()
     assert "python evaluate.py checkpoint=" in done.stdout
+
+
+def assert_identical(a, b) -> None:
+    assert a.retained_ratio.equal(b.retained_ratio)
+    assert a.retained_ratio_per_layer.equal(b.retained_ratio_per_layer)
+    assert a.task_scores.keys() == b.task_scores.keys()
+    assert all(a.task_scores[task].equal(b.task_scores[task]) for task in a.task_scores)
+    assert a.reference_scores == b.reference_scores and a.tokens_processed == b.tokens_processed
+
+
+@pytest.mark.slow
+def test_scores_do_not_depend_on_how_the_population_or_the_prompts_are_split(tmp_path, monkeypatch, caplog):
+    """8 prompts: a float32 mean over prompts (the old aggregation) changed the last bit with the split."""
+    monkeypatch.setenv("NAMM_REFERENCE_CACHE", str(tmp_path / "references"))
+    extra = ["task.num_samples=12", "task.context_length=300", "evo.prompts_per_task=8", "evo.validation_prompts=3"]
+    cfg = tiny_config(tmp_path, *extra)
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(cfg)
+    scorer = TaskScorer(cfg)
+    scorer._calibrate()
+    population = 0.3 * torch.randn(5, scorer.param_count, generator=torch.Generator().manual_seed(1))
+    population[:, -1] += torch.linspace(-0.5, 0.5, 5)  # read-out bias: candidates keep different amounts
+    whole = scorer.score(population, TRAIN_SPLIT, 1)
+    assert len(whole.prompts) == 8 and len(set(whole.retained_ratio.tolist())) > 1
+    split = CandidateScores.concat(
+        [scorer.score(population[:2], TRAIN_SPLIT, 1), scorer.score(population[2:], TRAIN_SPLIT, 1)]
+    )
+    assert_identical(whole, split)
+
+    scorer.row_batches = RowBatches(max_rows=2)  # micro-batches of 2, 2 and 1 rows
+    assert_identical(whole, scorer.score(population, TRAIN_SPLIT, 1))
+
+    generate = scorer.engine.generate  # an injected out-of-memory error above 3 rows halves the batch
+
+    def run_or_oom(prompts, *args, **kwargs):
+        if len(prompts) > 3:
+            raise torch.OutOfMemoryError("injected")
+        return generate(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(scorer.engine, "generate", run_or_oom)
+    scorer.row_batches = RowBatches(max_rows=None)
+    with caplog.at_level(logging.WARNING):
+        assert_identical(whole, scorer.score(population, TRAIN_SPLIT, 1))
+    halved = [r for r in caplog.records if "out of memory at 5 rows per batch; retrying with 2" in r.getMessage()]
+    assert len(halved) == 1 and scorer.row_batches.max_rows == 2
+
+    prompts = scorer.prompts(VALIDATION_SPLIT, 0)
+    centre = population[3:4]
+    alone = scorer.score(centre, VALIDATION_SPLIT, 0)
+    shards = [scorer.score(centre, VALIDATION_SPLIT, 0, prompts[i::2]) for i in range(2)]
+    assert_identical(alone, CandidateScores.join_prompts(shards))

@@ -28,7 +28,10 @@ def normalised_task_scores(scores: CandidateScores, reference_floor: float) -> d
 def candidate_fitness(scores: CandidateScores, reference_floor: float) -> torch.Tensor:
     """(P,) mean over tasks of the normalised scores (NaN where any task score is NaN)."""
     normalised = normalised_task_scores(scores, reference_floor)
-    return torch.stack([normalised[task] for task in sorted(normalised)]).mean(dim=0)
+    total = torch.zeros(scores.num_candidates, dtype=torch.float64)
+    for task in sorted(normalised):  # element-wise adds in one fixed order: no reduction kernel decides
+        total = total + normalised[task]
+    return total / len(normalised)
 
 
 @dataclass

@@ -8,6 +8,7 @@ resumed run sample differently, so it runs with that RNG's state saved and resto
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import ray
@@ -19,11 +20,24 @@ from namm.evolution.config import ConfigError
 from namm.evolution.fitness import PopulationFitness, population_fitness
 from namm.evolution.scoring import (
     TRAIN_SPLIT,
+    VALIDATION_SPLIT,
     CandidateScorer,
+    PromptId,
     ScoringOutcome,
     build_scorer,
     score_guarded,
 )
+
+log = logging.getLogger(__name__)
+
+
+def _split(items: list[PromptId], parts: int) -> list[list[PromptId]]:
+    """Consecutive, near-equal shards (the first ones one longer), like torch.tensor_split."""
+    size, extra = divmod(len(items), parts)
+    bounds = [0]
+    for part in range(parts):
+        bounds.append(bounds[-1] + size + (part < extra))
+    return [items[bounds[i] : bounds[i + 1]] for i in range(parts)]
 
 
 class EvolutionProblem(Problem):
@@ -99,48 +113,91 @@ class EvolutionProblem(Problem):
             self._scorer = scorer
         return self._scorer
 
-    def score_here(self, parameters: torch.Tensor, split: str, generation: int) -> ScoringOutcome:
-        return score_guarded(self.local_scorer(), parameters, split, generation)
+    def score_here(
+        self, parameters: torch.Tensor, split: str, generation: int, prompts: list[PromptId] | None = None
+    ) -> ScoringOutcome:
+        return score_guarded(self.local_scorer(), parameters, split, generation, prompts)
 
     def prepare_here(self) -> int:
         """Load the model in this process; returns the scorer's parameter count."""
         return int(self.local_scorer().param_count)
 
-    def normalisation_state_here(self) -> dict[str, Any]:
-        return self.local_scorer().normalisation_state()
+    def run_prompts_here(self, generations: list[int]) -> list[PromptId]:
+        """Every prompt a run over `generations` scores: their training draws and the validation set."""
+        scorer = self.local_scorer()
+        prompts = {prompt for generation in generations for prompt in scorer.prompts(TRAIN_SPLIT, generation)}
+        prompts.update(scorer.prompts(VALIDATION_SPLIT, 0))
+        return sorted(prompts)
 
-    def load_normalisation_state_here(self, state: dict[str, Any]) -> None:
-        self.local_scorer().load_normalisation_state(state)
+    def scorer_call_here(self, method: str, *args: Any) -> Any:
+        return getattr(self.local_scorer(), method)(*args)
 
-    def _on_workers(self, method: str, *args: Any) -> list[Any]:
-        """Run `method(*args)` on every actor, or here when there are none."""
+    def _on_first_worker(self, method: str, *args: Any) -> Any:
+        """Problem method `method(*args)` on the first actor, or here when there are none."""
+        return self._on_each_worker(method, [list(args)])[0]
+
+    def _on_each_worker(self, method: str, arguments: list[list[Any]]) -> list[Any]:
+        """Problem method `method` with `arguments[i]` on worker i (here when there are no actors)."""
         if self.actors is None:
-            return [getattr(self, method)(*args)]
-        return ray.get([actor.call.remote(method, list(args), {}) for actor in self.actors])
+            return [getattr(self, method)(*args) for args in arguments]
+        calls = [actor.call.remote(method, list(args), {}) for actor, args in zip(self.actors, arguments)]
+        return ray.get(calls)
+
+    @property
+    def num_workers(self) -> int:
+        return 1 if self.actors is None else len(self.actors)
 
     def start_workers(self) -> None:
         """Create the actors (if any) and load the model in each, before the first generation."""
         if self._num_actors >= 2 and not ray.is_initialized():
             ray.init(include_dashboard=False)
         self._parallelize()
-        self._on_workers("prepare_here")
+        self._on_each_worker("prepare_here", [[] for _ in range(self.num_workers)])
         self._prepared = True
 
     def score(self, parameters: torch.Tensor, split: str, generation: int) -> ScoringOutcome:
         """Score (P, d) candidates; with actors, the population is split into one chunk per actor."""
-        if self.actors is None:
-            return self.score_here(parameters, split, generation)
-        chunks = [chunk for chunk in torch.tensor_split(parameters, len(self.actors)) if len(chunk)]
-        pending = [
-            actor.call.remote("score_here", [chunk, split, generation], {}) for actor, chunk in zip(self.actors, chunks)
-        ]
-        return ScoringOutcome.merge(ray.get(pending))
+        chunks = [chunk for chunk in torch.tensor_split(parameters, self.num_workers) if len(chunk)]
+        parts = self._on_each_worker("score_here", [[chunk, split, generation] for chunk in chunks])
+        return ScoringOutcome.merge(parts)
+
+    def validate(self, centre: torch.Tensor, generation: int) -> ScoringOutcome:
+        """Score the centre on the validation prompts, which are spread over the actors."""
+        prompts = self._on_first_worker("scorer_call_here", "prompts", VALIDATION_SPLIT, generation)
+        shards = [shard for shard in _split(prompts, self.num_workers) if shard]
+        arguments = [[centre[None], VALIDATION_SPLIT, generation, shard] for shard in shards]
+        return ScoringOutcome.join_prompt_shards(self._on_each_worker("score_here", arguments))
+
+    def prepare_references(self, generations: list[int]) -> int:
+        """Compute the missing full-cache references of a run once, sharded over the actors; the first
+        worker writes them (one writer) and every worker uses them. Returns how many were computed."""
+        needed = self._on_first_worker("run_prompts_here", generations)
+        missing = self._on_first_worker("scorer_call_here", "missing_references", needed)
+        if not missing:
+            return 0
+        log.info("computing %d full-cache reference scores before the first generation", len(missing))
+        shards = [shard for shard in _split(missing, self.num_workers) if shard]
+        parts = self._on_each_worker("scorer_call_here", [["compute_references", shard] for shard in shards])
+        references = {prompt: score for part in parts for prompt, score in part.items()}
+        self._on_each_worker(
+            "scorer_call_here", [["add_references", references, worker == 0] for worker in range(self.num_workers)]
+        )
+        return len(references)
+
+    def share_normalisation(self) -> None:
+        """Calibrate once, on the first worker, and give its statistics to the others."""
+        self.load_normalisation_state(self.normalisation_state(), skip_first=True)
 
     def normalisation_state(self) -> dict[str, Any]:
-        return self._on_workers("normalisation_state_here")[0]
+        return self._on_first_worker("scorer_call_here", "normalisation_state")
 
-    def load_normalisation_state(self, state: dict[str, Any]) -> None:
-        self._on_workers("load_normalisation_state_here", state)
+    def load_normalisation_state(self, state: dict[str, Any], skip_first: bool = False) -> None:
+        if self.actors is None:
+            if not skip_first:
+                self.local_scorer().load_normalisation_state(state)
+            return
+        actors = self.actors[1:] if skip_first else self.actors
+        ray.get([actor.call.remote("scorer_call_here", ["load_normalisation_state", state], {}) for actor in actors])
 
     def kill_workers(self) -> None:
         """Stop the actors (end of a run; the next job of a multirun starts its own)."""

@@ -25,11 +25,37 @@ TRAIN_SPLIT = "train"
 VALIDATION_SPLIT = "validation"
 
 
+PromptId = tuple[str, int]  # (task name, sample index)
+
+
+@dataclass
+class PromptRecord:
+    """One prompt's outcome for every candidate of a batch: the unit all scores are aggregated from."""
+
+    task: str
+    index: int
+    scores: list[float]  # per candidate, in the task's units (LongBench: 0-100)
+    reference: float  # full-cache score of this prompt, same units
+    retained_ratio: list[float]  # per candidate
+    retained_ratio_per_layer: list[list[float]]  # per candidate, per layer
+    tokens: int  # prompt + generated tokens over all candidates
+
+
+def _mean_in_order(values: list[float]) -> float:
+    """Sequential float64 sum in the given order, one division: identical wherever it runs."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total / len(values)
+
+
 @dataclass
 class CandidateScores:
     """Scores of P candidates on one generation's prompts (every candidate saw the same prompts).
 
     Scores are in the task's own units (LongBench: 0-100); `evo.reference_floor` uses the same units.
+    Every figure is float64 and per candidate, so splitting a population over processes or batches cannot
+    change a candidate's numbers.
     """
 
     task_scores: dict[str, torch.Tensor]  # task -> (P,) mean metric on this generation's prompts
@@ -37,10 +63,47 @@ class CandidateScores:
     retained_ratio: torch.Tensor  # (P,) retained / seen tokens, averaged over prompts, layers and heads
     retained_ratio_per_layer: torch.Tensor  # (P, L)
     tokens_processed: int  # prompt + generated tokens over all candidates and prompts
+    prompts: list[PromptRecord] | None = None  # the per-prompt records, when built from them
 
     @property
     def num_candidates(self) -> int:
         return int(self.retained_ratio.shape[0])
+
+    @classmethod
+    def from_prompts(cls, records: list[PromptRecord]) -> CandidateScores:
+        """Means over prompts, per candidate, summed in float64 in (task, index) order: the one order,
+        however the prompts were split over processes."""
+        if not records:
+            raise ValueError("no prompt was scored; a scorer must score at least one prompt")
+        records = sorted(records, key=lambda record: (record.task, record.index))
+        candidates = len(records[0].scores)
+        by_task: dict[str, list[PromptRecord]] = {}
+        for record in records:
+            if len(record.scores) != candidates or len(record.retained_ratio) != candidates:
+                raise ValueError(f"prompt {record.task}[{record.index}] holds another number of candidates")
+            by_task.setdefault(record.task, []).append(record)
+        task_scores = {
+            task: torch.tensor(
+                [_mean_in_order([r.scores[c] for r in group]) for c in range(candidates)], dtype=torch.float64
+            )
+            for task, group in by_task.items()
+        }
+        layers = len(records[0].retained_ratio_per_layer[0])
+        per_layer = [
+            [_mean_in_order([r.retained_ratio_per_layer[c][layer] for r in records]) for layer in range(layers)]
+            for c in range(candidates)
+        ]
+        return cls(
+            task_scores=task_scores,
+            reference_scores={task: _mean_in_order([r.reference for r in group]) for task, group in by_task.items()},
+            retained_ratio=torch.tensor(
+                [_mean_in_order([r.retained_ratio[c] for r in records]) for c in range(candidates)],
+                dtype=torch.float64,
+            ),
+            retained_ratio_per_layer=torch.tensor(per_layer, dtype=torch.float64),
+            tokens_processed=sum(record.tokens for record in records),
+            prompts=records,
+        )
 
     def check(self, num_candidates: int) -> None:
         """Raise ValueError when the shapes do not describe `num_candidates` candidates."""
@@ -77,6 +140,14 @@ class CandidateScores:
             tokens_processed=sum(p.tokens_processed for p in parts),
         )
 
+    @staticmethod
+    def join_prompts(parts: list[CandidateScores]) -> CandidateScores:
+        """The same candidates scored on disjoint sets of prompts, aggregated as if scored together."""
+        records = [record for part in parts for record in (part.prompts or [])]
+        if any(part.prompts is None for part in parts):
+            raise ValueError("joining prompt shards needs scores built with CandidateScores.from_prompts")
+        return CandidateScores.from_prompts(records)
+
 
 @runtime_checkable
 class CandidateScorer(Protocol):
@@ -84,19 +155,49 @@ class CandidateScorer(Protocol):
 
     param_count: int
 
-    def score(self, parameters: torch.Tensor, split: str, generation: int) -> CandidateScores:
-        """`parameters` is (P, param_count). `split` is "train" (a fresh sample of prompts per
-        generation) or "validation" (the held-out prompts, disjoint from training)."""
+    def prompts(self, split: str, generation: int) -> list[PromptId]:
+        """The prompts of a split at a generation: "train" draws afresh per generation, "validation" is
+        the fixed held-out set, disjoint from training."""
+        ...
+
+    def score(
+        self, parameters: torch.Tensor, split: str, generation: int, prompts: list[PromptId] | None = None
+    ) -> CandidateScores:
+        """`parameters` is (P, param_count); `prompts` a subset of `prompts(split, generation)` (None: all)."""
+        ...
+
+    def missing_references(self, prompts: list[PromptId]) -> list[PromptId]:
+        """Those of `prompts` whose full-cache reference score is not known yet."""
+        ...
+
+    def compute_references(self, prompts: list[PromptId]) -> dict[PromptId, float]:
+        """Full-cache reference scores of `prompts` (nothing is written)."""
+        ...
+
+    def add_references(self, references: dict[PromptId, float], save: bool) -> None:
+        """Use these reference scores; `save` writes them to the shared cache (one process does)."""
         ...
 
     def normalisation_state(self) -> dict[str, Any]:
-        """Opaque statistics the policy calibrated (may be empty); saved in checkpoints, so it may hold
-        tensors, dicts, lists and scalars only. With Ray actors, the first actor's copy is saved."""
+        """Opaque statistics the policy calibrated (calibrating now if needed; may be empty); saved in
+        checkpoints, so it may hold tensors, dicts, lists and scalars only."""
         ...
 
     def load_normalisation_state(self, state: dict[str, Any]) -> None:
-        """Restore what `normalisation_state` returned (resume, init_from)."""
+        """Restore what `normalisation_state` returned (resume, init_from, the other actors)."""
         ...
+
+
+SCORER_METHODS = (
+    "param_count",
+    "prompts",
+    "score",
+    "missing_references",
+    "compute_references",
+    "add_references",
+    "normalisation_state",
+    "load_normalisation_state",
+)
 
 
 @dataclass
@@ -127,6 +228,22 @@ class ScoringOutcome:
             seconds=max((part.seconds for part in parts), default=0.0),  # chunks run in parallel
         )
 
+    @staticmethod
+    def join_prompt_shards(parts: list[ScoringOutcome]) -> ScoringOutcome:
+        """One candidate (the validated centre) scored on disjoint prompt shards, joined; it failed if
+        any shard failed."""
+        if any(part.num_candidates != 1 for part in parts):
+            raise ValueError("prompt shards are joined for a single candidate only")
+        failures = [message for part in parts for message in part.errors.values()]
+        if failures:
+            return ScoringOutcome(1, torch.zeros(0, dtype=torch.long), None, {0: failures[0]})
+        return ScoringOutcome(
+            num_candidates=1,
+            scored_rows=torch.zeros(1, dtype=torch.long),
+            scores=CandidateScores.join_prompts([part.scores for part in parts]),
+            seconds=max(part.seconds for part in parts),
+        )
+
 
 def _summarise(error: BaseException) -> str:
     frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
@@ -134,7 +251,13 @@ def _summarise(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}{where}"
 
 
-def score_guarded(scorer: CandidateScorer, parameters: torch.Tensor, split: str, generation: int) -> ScoringOutcome:
+def score_guarded(
+    scorer: CandidateScorer,
+    parameters: torch.Tensor,
+    split: str,
+    generation: int,
+    prompts: list[PromptId] | None = None,
+) -> ScoringOutcome:
     """Score a batch; if it raises, score the candidates one by one so only the culprits fail.
 
     Interrupts (KeyboardInterrupt, SystemExit) are not caught: a killed run must stop.
@@ -143,7 +266,7 @@ def score_guarded(scorer: CandidateScorer, parameters: torch.Tensor, split: str,
     count = parameters.shape[0]
     all_rows = torch.arange(count)
     try:
-        scores = scorer.score(parameters, split, generation)
+        scores = scorer.score(parameters, split, generation, prompts)
         scores.check(count)
         return ScoringOutcome(count, all_rows, scores, {}, time.perf_counter() - start)
     except Exception as error:  # noqa: BLE001 - one bad candidate must not end the run
@@ -153,7 +276,7 @@ def score_guarded(scorer: CandidateScorer, parameters: torch.Tensor, split: str,
     parts, rows, errors = [], [], {}
     for row in range(count):
         try:
-            scores = scorer.score(parameters[row : row + 1], split, generation)
+            scores = scorer.score(parameters[row : row + 1], split, generation, prompts)
             scores.check(1)
         except Exception as error:  # noqa: BLE001
             errors[row] = _summarise(error)
@@ -189,11 +312,7 @@ def check_scorer_targets(cfg: DictConfig) -> None:
 def build_scorer(cfg: DictConfig) -> CandidateScorer:
     """Call `scorer._target_(cfg)`: loads the model, so run it once per scoring process."""
     scorer = _load_target(cfg, "_target_")(cfg)
-    missing = [
-        name
-        for name in ("param_count", "score", "normalisation_state", "load_normalisation_state")
-        if not hasattr(scorer, name)
-    ]
+    missing = [name for name in SCORER_METHODS if not hasattr(scorer, name)]
     if missing:
         raise TypeError(
             f"scorer._target_={cfg.scorer._target_!r} returned {type(scorer).__name__}, which lacks {missing}"

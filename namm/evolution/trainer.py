@@ -28,7 +28,7 @@ from namm.evolution.problem import EvolutionProblem
 from namm.evolution.progress import METRICS_FILE, PLOT_FILE, MetricsLog, plot_progress
 from namm.evolution.resume import StartPoint, find_start_point
 from namm.evolution.rng_state import capture_rng_state, restore_rng_state
-from namm.evolution.scoring import VALIDATION_SPLIT, check_scorer_targets, scorer_param_count
+from namm.evolution.scoring import check_scorer_targets, scorer_param_count
 from namm.evolution.searchers import (
     build_searcher,
     load_searcher_state,
@@ -133,7 +133,7 @@ def _validate(
     problem: EvolutionProblem, centre: torch.Tensor, generation: int, floor: float, best: BestCentre, record: dict
 ) -> BestCentre:
     """Score the centre on the validation prompts, add the result to `record`; returns the new best."""
-    outcome = problem.score(centre[None], VALIDATION_SPLIT, generation)
+    outcome = problem.validate(centre, generation)
     validation = validation_metrics(outcome, floor)
     if validation is None:
         reason = next(iter(outcome.errors.values()), "non-finite validation fitness")
@@ -185,9 +185,21 @@ def train(cfg: DictConfig) -> RunSummary:
         log.info("loading the model in %s", f"{evo.num_actors} Ray actors" if evo.num_actors >= 2 else "this process")
         problem.start_workers()
         generation, best, wandb_run_id = _restore(start, searcher, problem, config)
+        if start.resume_state is None and start.init_state is None:
+            problem.share_normalisation()  # calibrated once, on the first worker
+        computed = problem.prepare_references(list(range(generation + 1, evo.generations + 1)))
+        if computed:
+            log.info("computed %d full-cache reference scores; every worker uses them", computed)
         metrics_log = MetricsLog(run_dir)
-        metrics_log.keep_up_to(generation)
+        metrics_log.keep_up_to(generation if start.resume_state is not None else -1)
         wandb_run = WandbRun(config.logger, run_dir, f"{config.name}-seed{config.seed}", wandb_run_id, resolved)
+        if start.resume_state is None:  # where the search starts, scored like every later centre
+            record: dict[str, Any] = {"generation": 0}
+            best = _validate(problem, searcher_center(searcher), 0, evo.reference_floor, best, record)
+            state = _checkpoint_state(0, searcher, config, resolved, problem, best, wandb_run.run_id)
+            _record_generation(record, state, run_dir, metrics_log, wandb_run)
+            if "validation/fitness" in record:
+                log.info("gen 0 (start): validation %.4f", record["validation/fitness"])
         with (
             logging_redirect_tqdm(),
             tqdm(total=evo.generations, initial=generation, desc="generations", unit="gen") as bar,
@@ -201,13 +213,7 @@ def train(cfg: DictConfig) -> RunSummary:
                 if best.validation_fitness is None:
                     best = BestCentre(centre, None, generation)  # the current centre stands in until validated
                 state = _checkpoint_state(generation, searcher, config, resolved, problem, best, wandb_run.run_id)
-                metrics_log.append(record)
-                plot_progress(metrics_log.read(), run_dir / PLOT_FILE)
-                save_latest(state, run_dir)
-                if record.get("validation/is_best"):
-                    save_checkpoint(state, run_dir / BEST)
-                    wandb_run.save_checkpoint(run_dir / BEST, "best", generation)
-                wandb_run.log(record)
+                _record_generation(record, state, run_dir, metrics_log, wandb_run)
                 log.info(generation_line(record, evo.generations))
                 bar.set_postfix(fitness=f"{record['fitness/mean']:.3f}", step=f"{record['search/step_size']:.3g}")
                 bar.update(1)
@@ -220,6 +226,20 @@ def train(cfg: DictConfig) -> RunSummary:
         if wandb_run is not None:
             wandb_run.finish(exit_code=0 if finished else 1)
         problem.kill_workers()
+
+
+def _record_generation(
+    record: dict[str, Any], state: dict[str, Any], run_dir: Path, metrics_log: MetricsLog, wandb_run: WandbRun
+) -> None:
+    """metrics.jsonl, the plot, latest.pt (and best.pt when validation improved), W&B: in that order, so a
+    kill at any point resumes to the same numbers."""
+    metrics_log.append(record)
+    plot_progress(metrics_log.read(), run_dir / PLOT_FILE)
+    save_latest(state, run_dir)
+    if record.get("validation/is_best"):
+        save_checkpoint(state, run_dir / BEST)
+        wandb_run.save_checkpoint(run_dir / BEST, "best", state["generation"])
+    wandb_run.log(record)
 
 
 def _run_generation(problem: EvolutionProblem, searcher: Any, generation: int, evo: Any) -> dict[str, Any]:
