@@ -6,8 +6,8 @@ The loop lives in `namm/evolution/trainer.py`; this file only hands Hydra's conf
 import hydra
 from omegaconf import DictConfig
 
-from namm.evolution.checkpoint import CheckpointError
-from namm.evolution.config import ConfigError, register_configs
+from namm.evolution.config import register_configs
+from namm.evolution.sweep import run_job
 from namm.evolution.trainer import train
 
 register_configs()
@@ -16,10 +16,7 @@ register_configs()
 @hydra.main(version_base=None, config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns the best validation fitness, so Hydra sweepers can optimise over runs."""
-    try:
-        return train(cfg).best_validation_fitness
-    except (ConfigError, CheckpointError) as error:  # the message says what to fix; a traceback would bury it
-        raise SystemExit(f"train.py: {error}") from error
+    return run_job(cfg, lambda job_cfg: train(job_cfg).best_validation_fitness)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ class TaskScorer:
         context = ReferenceContext.of(self.loaded, engine_generator_record(config))
         self.reference_cache = ReferenceCache(default_reference_dir(), context)
         self.references = {task.spec.name: self.reference_cache.load(task.settings) for task in self.tasks}
-        self.row_batches = RowBatches(cfg.evo.get("max_batch_rows"))
+        self.row_batches = RowBatches(cfg.evo.max_batch_rows)
         self.calibrated = not self.policy.namm.config.normalise
 
     # -- CandidateScorer ------------------------------------------------------------------------

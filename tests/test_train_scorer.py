@@ -148,3 +148,34 @@ def test_scores_do_not_depend_on_how_the_population_or_the_prompts_are_split(tmp
     alone = scorer.score(centre, VALIDATION_SPLIT, 0)
     shards = [scorer.score(centre, VALIDATION_SPLIT, 0, prompts[i::2]) for i in range(2)]
     assert_identical(alone, CandidateScores.join_prompts(shards))
+
+
+@pytest.mark.slow
+def test_a_sweep_gives_each_job_its_own_run_and_a_bad_job_fails_alone(tmp_path, monkeypatch):
+    """`train.py -m evo.sigma=-1,0.03,0.065` on a tiny model: two runs in two directories, one clear failure."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("NAMM_REFERENCE_CACHE", str(tmp_path / "references"))
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable,
+        str(root / "train.py"),
+        "-m",
+        "evo.sigma=-1,0.03,0.065",
+        *TINY,
+        "evo.generations=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    done = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 1, done.stderr[-3000:]  # the sweep ran to the end, then said a job failed
+    summary = json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())
+    assert [job["status"] for job in summary["jobs"]] == ["failed", "finished", "finished"]
+    runs = tmp_path / "runs" / "tiny-llama-passkey"  # runs/<name>/<the job's overrides, hashed when long>/seed0
+    finished = [Path(job["out_dir"]) for job in summary["jobs"][1:]]
+    assert finished[0] != finished[1] and all(path.parent.parent == runs for path in finished)
+    assert all((path / "latest.pt").is_file() and (path / "metrics.jsonl").is_file() for path in finished)
+    assert sorted(runs.glob("*/seed0/latest.pt")) == sorted(path / "latest.pt" for path in finished)
+    assert "evo.sigma is the initial step size" in summary["jobs"][0]["error"]
+    assert "job 0 [failed] evo.sigma=-1" in done.stdout and "2 of 3 job(s) finished" in done.stdout
+    assert "Traceback" not in done.stderr

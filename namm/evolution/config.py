@@ -16,6 +16,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from namm.config_resolvers import register_resolvers
+
 
 class Searcher(Enum):
     """EvoTorch search algorithms selectable with `evo=<name>`."""
@@ -56,6 +58,7 @@ class EvoConfig:
     reference_floor: float = 1.0  # lower bound of the full-cache denominator, in the task's score units
     num_actors: int = 0  # >= 2: Ray actors, each loading the model once; 0 or 1: score in this process
     num_gpus_per_actor: float | None = None  # None: 1 when CUDA is available, else 0
+    max_batch_rows: int | None = None  # most candidate rows per engine batch (None: the whole population chunk)
 
     def __post_init__(self) -> None:
         problems = []
@@ -80,6 +83,8 @@ class EvoConfig:
             problems.append(f"evo.num_actors must be >= 0, got {self.num_actors}")
         elif self.num_actors > self.popsize:
             problems.append(f"evo.num_actors ({self.num_actors}) must not exceed evo.popsize ({self.popsize})")
+        if self.max_batch_rows is not None and self.max_batch_rows < 1:
+            problems.append(f"evo.max_batch_rows must be >= 1 or null (all rows at once), got {self.max_batch_rows}")
         if self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0:
             problems.append(f"evo.num_gpus_per_actor must be >= 0 or null, got {self.num_gpus_per_actor}")
         if problems:
@@ -150,7 +155,8 @@ class TrainConfig:
 
 
 def register_configs() -> None:
-    """Make the schemas available to `conf/train.yaml` (`defaults: [train_schema, ...]`)."""
+    """Make the schemas and resolvers available to `conf/train.yaml` (`defaults: [train_schema, ...]`)."""
+    register_resolvers()
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
 

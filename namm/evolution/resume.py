@@ -29,6 +29,7 @@ RESUMABLE_CHANGES = (
     "evo.generations",
     "evo.num_actors",
     "evo.num_gpus_per_actor",
+    "evo.max_batch_rows",
     "evo.eval_interval",
     "logger",
     "resume",

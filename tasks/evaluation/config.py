@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from namm.config_resolvers import register_resolvers
 from namm.evolution.config import LoggerConfig, WandbMode
 
 #: `checkpoint=auto`: the newest checkpoint under `train_dir`, else the zero-parameter NAMM
@@ -30,9 +31,9 @@ EVICTION_MODES = ("per_head", "per_layer_max")
 class EngineSettings:
     """Engine schedule; null values take the checkpoint's training setting, else the engine default."""
 
-    update_interval: Optional[int] = None
-    eviction_mode: Optional[str] = None
-    prefill_chunk: Optional[int] = None
+    update_interval: int | None = None
+    eviction_mode: str | None = None
+    prefill_chunk: int | None = None
 
 
 def _disabled_logger() -> LoggerConfig:
@@ -48,8 +49,8 @@ class EvaluateConfig:
     checkpoint: str = AUTO_CHECKPOINT  # auto | zero | <checkpoint .pt or training run directory>
     checkpoint_params: str = "best"  # best: the best validated centre (best_params); center: the search mean
     train_dir: str = "runs/default"  # where checkpoint=auto looks for training runs (<train_dir>/seed*/)
-    compare: Optional[list[str]] = None  # policies run on the same samples; null: `policy`, else DEFAULT_COMPARISON
-    match_budget: Optional[bool] = None  # budgeted baselines at the NAMM's ratio; null: when a trained NAMM runs
+    compare: list[str] | None = None  # policies run on the same samples; null: `policy`, else DEFAULT_COMPARISON
+    match_budget: bool | None = None  # budgeted baselines at the NAMM's ratio; null: when a trained NAMM runs
     budget_tolerance: float = 0.02  # accepted relative gap between a matched baseline's and the NAMM's ratio
     budget_attempts: int = 3  # runs per baseline and task to land within the tolerance
     batch_size: int = 4  # prompts per engine call (rows are left-padded)
@@ -95,7 +96,8 @@ class EvaluateConfig:
 
 
 def register_configs() -> None:
-    """Make the schema available to `conf/evaluate.yaml` (`defaults: [evaluate_schema, ...]`)."""
+    """Make the schema and resolvers available to `conf/evaluate.yaml` (`defaults: [evaluate_schema, ...]`)."""
+    register_resolvers()
     ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 
 
