@@ -115,12 +115,21 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Entry point
 
 
-def load_model(config: ModelConfig) -> LoadedModel:
-    """Load the model and tokenizer `config` names, on its device and dtype, in eval mode, frozen."""
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+def check_model_config(config: ModelConfig) -> None:
+    """Every check that needs no weights (device, dtype, max_context, a name that can be found), so entry
+    points can fail on a bad model setting before anything expensive starts."""
+    resolve_dtype(config.dtype, resolve_device(config.device))
     if config.max_context is not None and config.max_context <= 0:
         raise ValueError(f"model.max_context must be positive, got {config.max_context}")
+    if config.name not in KNOWN_MODEL_NAMES:
+        _resolve_source(config.name)
+
+
+def load_model(config: ModelConfig) -> LoadedModel:
+    """Load the model and tokenizer `config` names, on its device and dtype, in eval mode, frozen."""
+    check_model_config(config)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
 
     if config.name in PACKAGED_MODELS:
         packaged = PACKAGED_MODELS[config.name]
@@ -475,7 +484,9 @@ def _resolve_max_context(config: ModelConfig, model: PreTrainedModel) -> int:
         return model_limit
     if model_limit is not None and config.max_context > model_limit:
         logger.warning(
-            "model.max_context=%d exceeds the %d positions %s was trained for", config.max_context, model_limit,
+            "model.max_context=%d exceeds the %d positions %s was trained for",
+            config.max_context,
+            model_limit,
             config.name,
         )
     return config.max_context

@@ -17,8 +17,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
+from namm.evolution.config import ConfigError
 from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores, PromptId, PromptRecord
-from namm.models import ModelConfig, load_model
+from namm.models import ModelConfig, check_model_config, load_model
 from namm.network.config import NAMMConfig
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
@@ -35,6 +36,7 @@ from tasks.references import (
 )
 from tasks.runner import PreparedTask
 from tasks.scoring import score_prediction
+from tasks.task_data import check_task_data
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,27 @@ def engine_config(cfg: DictConfig) -> EngineConfig:
 
 def model_config(cfg: DictConfig) -> ModelConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg.model))
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """`scorer.check_target`: the model, engine, task and NAMM settings and the task data, checked before
+    any model loads (so a missing LongBench file or an offline hub fails in seconds, with the fix)."""
+    try:
+        engine = engine_config(cfg)
+        check_model_config(model_config(cfg))
+        tasks = task_config(cfg.task)
+        namm = NAMMConfig.from_dict(OmegaConf.to_container(cfg.namm, resolve=True) if cfg.get("namm") else {})
+        namm.check_update_interval(engine.update_interval)
+        counts = check_task_data(tasks)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        raise ConfigError(str(error)) from error
+    validation = int(cfg.evo.validation_prompts)
+    short = {name: count for name, count in counts.items() if count <= validation}
+    if short:
+        raise ConfigError(
+            f"tasks {short} have too few samples for {validation} validation prompts plus a training pool: "
+            "raise task.num_samples or lower evo.validation_prompts."
+        )
 
 
 @dataclass(frozen=True)

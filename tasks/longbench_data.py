@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -44,8 +45,14 @@ def download_longbench(cache_dir: str | Path | None = None, revision: str = "mai
     Returns the folder holding `<task>.jsonl` / `<task>_e.jsonl`, named by the dataset commit.
     """
     from huggingface_hub import hf_hub_download  # imported here: only this path needs the network
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    archive = Path(hf_hub_download(HUB_REPO, HUB_ARCHIVE, repo_type="dataset", revision=revision))
+    try:  # a copy already in the hub cache needs no network
+        archive = hf_hub_download(HUB_REPO, HUB_ARCHIVE, repo_type="dataset", revision=revision, local_files_only=True)
+    except LocalEntryNotFoundError:
+        _check_hub_reachable()
+        archive = hf_hub_download(HUB_REPO, HUB_ARCHIVE, repo_type="dataset", revision=revision)
+    archive = Path(archive)
     commit = archive.parent.name  # hub cache layout: .../snapshots/<commit>/data.zip
     target = Path(cache_dir or default_cache_dir()) / commit
     if not target.is_dir():
@@ -57,6 +64,23 @@ def download_longbench(cache_dir: str | Path | None = None, revision: str = "mai
         inner.rename(target)  # atomic: a half-extracted folder is never seen as complete
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _check_hub_reachable() -> None:
+    """Fail at once when the hub's host does not resolve: the hub client would retry for ~40 s first.
+
+    Skipped behind a proxy, where the name may resolve only there."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as error:
+        raise ConnectionError(f"cannot reach the Hugging Face hub ({host}: {error})") from None
 
 
 def task_file(task: str, data_dir: str | Path) -> Path:

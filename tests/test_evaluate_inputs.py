@@ -19,7 +19,7 @@ from tasks.evaluation import evaluate, register_configs, validate_evaluate_confi
 from tasks.evaluation.config import DEFAULT_COMPARISON
 from tasks.evaluation.contenders import plan_contenders, wants_matched_budgets
 from tasks.evaluation.namm_source import load_namm_source, newest_checkpoint, resolve_namm_source, zero_namm_source
-from tasks.evaluation.task_data import TaskDataError
+from tasks.task_data import TaskDataError
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The generator seam, batching, scoring of runs, transformers greedy baseline, and reference scores."""
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import torch
 from tasks.config import TaskConfig
 from tasks.generators import full_cache_generator, transformers_generator
 from tasks.preparation import ModelInfo, prepare_tasks
-from tasks.references import ReferenceCache, ReferenceScores, fill_references
+from tasks.references import ReferenceCache, ReferenceContext, ReferenceScores, fill_references
 from tasks.runner import DecodeSettings, run_task
 from test_tasks_support import FIXTURES, byte_tokenizer, tiny_llama
 
@@ -130,8 +131,11 @@ def test_reference_scores_round_trip_in_the_published_shape(tmp_path):
     assert ReferenceScores.load(tmp_path / "aggregate.json").scores == {"lb/qasper": {"0": 1.0}}
 
 
+CONTEXT = ReferenceContext("tiny-random-seed0", "float32", "cpu", {"name": "engine", "update_interval": 512})
+
+
 def test_reference_cache_is_keyed_by_settings_and_fills_only_missing(tmp_path):
-    cache = ReferenceCache(tmp_path)
+    cache = ReferenceCache(tmp_path, CONTEXT)
     task = prepare("qasper")
     generate = ScriptedGenerator(lambda p: "PTB" if "dataset" in TOKENIZER.decode(p) else "yes")
     scores = fill_references(task, generate, TOKENIZER, cache, indices=[0], progress=False)
@@ -140,9 +144,36 @@ def test_reference_cache_is_keyed_by_settings_and_fills_only_missing(tmp_path):
     assert [n for n, _ in generate.calls] == [1, 1]  # the second call only ran sample 1
     assert cache.load(task.settings).scores == {"lb/qasper": {"0": 1.0, "1": 0.0}}
     path = cache.path(task.settings)
-    assert (
-        path.parent.name == "byte-model"
-        and json.loads(path.with_suffix(".settings.json").read_text())["task"] == "qasper"
-    )
+    record = json.loads(path.with_suffix(".settings.json").read_text())
+    assert path.parent.name == "byte-model" and record["task_settings"]["task"] == "qasper"
+    assert record["context"] == CONTEXT.to_dict()
     other = prepare("qasper", code_sim_backend="lcs", max_prompt_tokens=1000)
     assert cache.path(other.settings) != path and cache.load(other.settings).scores == {}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"weights": "tiny-random-seed1"},  # other weights under the same name
+        {"dtype": "bfloat16"},
+        {"device_type": "cuda"},
+        {"generator": {"name": "engine", "update_interval": 256}},
+        {"generator": {"name": "transformers"}},
+    ],
+)
+def test_references_of_another_context_are_not_reused(tmp_path, change):
+    task = prepare("qasper")
+    cache = ReferenceCache(tmp_path, CONTEXT)
+    cache.save(task.settings, ReferenceScores({"lb/qasper": {"0": 1.0}}))
+    assert ReferenceCache(tmp_path, CONTEXT).load(task.settings).scores == {"lb/qasper": {"0": 1.0}}
+    other = ReferenceCache(tmp_path, dataclasses.replace(CONTEXT, **change))
+    assert other.path(task.settings) != cache.path(task.settings) and other.load(task.settings).scores == {}
+
+
+def test_saving_references_merges_with_what_another_run_wrote(tmp_path):
+    task = prepare("qasper")
+    first, second = ReferenceCache(tmp_path, CONTEXT), ReferenceCache(tmp_path, CONTEXT)
+    first.save(task.settings, ReferenceScores({"lb/qasper": {"0": 1.0}}))
+    second.save(task.settings, ReferenceScores({"lb/qasper": {"1": 0.5}}))
+    assert first.load(task.settings).scores == {"lb/qasper": {"0": 1.0, "1": 0.5}}
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporary files

@@ -203,3 +203,14 @@ def test_bad_settings_fail_before_the_scorer_is_built(tmp_path, overrides, messa
             else fake_train_config(tmp_path / "run", **overrides)
         )
     assert not (tmp_path / "trace").exists()  # no scorer (model) was built
+
+
+def test_init_from_another_model_is_refused_unless_asked_for(tmp_path):
+    first = tmp_path / "stage1"
+    train(fake_train_config(first, model={"name": "tiny-llama"}, evo={"generations": 1}))
+    other = {"name": "tiny-qwen2"}
+    with pytest.raises(ConfigError, match="trained on model 'tiny-llama'.*init_from_any_model=true"):
+        train(fake_train_config(tmp_path / "refused", init_from=str(first), model=other))
+    assert not (tmp_path / "refused").exists()  # refused before anything was built or written
+    summary = train(fake_train_config(tmp_path / "transfer", init_from=str(first), init_from_any_model=True, model=other))
+    assert summary.generation == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from namm.row_batches import RowBatches
 from tasks.evolution_scorer import TaskScorer
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "longbench"
 TINY = [
     "model=tiny-llama",
     "task.context_length=600",
@@ -96,6 +98,16 @@ def test_train_py_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert [line["generation"] for line in lines if "fitness/mean" in line] == [1, 2]
     assert (run / "latest.pt").is_file() and (run / "best.pt").is_file()
     assert "python evaluate.py checkpoint=" in done.stdout
+    # references: computed once before generation 1 (the start's validation, 2 draws of 1 prompt), one file
+    computed = re.search(r"computed (\d+) full-cache reference scores; every worker uses them", done.stdout)
+    assert computed is not None, done.stdout[-3000:]
+    (file,) = [path for path in (tmp_path / "references").rglob("passkey-*.json") if "settings" not in path.name]
+    assert len(json.loads(file.read_text())["lb/passkey"]) == int(computed.group(1)) >= 2
+    context = json.loads(file.with_suffix(".settings.json").read_text())["context"]
+    assert (
+        context["dtype"] == "float32" and context["device_type"] == "cpu" and context["weights"] == "tiny-random-seed0"
+    )
+    assert context["generator"]["update_interval"] == 128
 
 
 def assert_identical(a, b) -> None:
@@ -179,3 +191,29 @@ def test_a_sweep_gives_each_job_its_own_run_and_a_bad_job_fails_alone(tmp_path, 
     assert "evo.sigma is the initial step size" in summary["jobs"][0]["error"]
     assert "job 0 [failed] evo.sigma=-1" in done.stdout and "2 of 3 job(s) finished" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
+    """task=qasper offline with no task.data_dir: one message naming task.data_dir and the hub file."""
+    import tasks.evolution_scorer as evolution_scorer
+    from namm.evolution.config import ConfigError
+    from namm.evolution.trainer import train
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("NAMM_DATA_CACHE", str(tmp_path / "longbench"))
+    monkeypatch.setattr(evolution_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
+    cfg = tiny_config(tmp_path, "task=qasper")
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # train() receives the job config, as under @hydra.main
+    with pytest.raises(ConfigError, match=r"(?s)task 'qasper' has no data from the hub.*data\.zip.*task\.data_dir="):
+        train(cfg)
+    with pytest.raises(ConfigError, match="too few samples for 2 validation prompts"):  # the fixture has 2 lines
+        evolution_scorer.check_inputs(tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}"))
+    evolution_scorer.check_inputs(
+        tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}", "evo.validation_prompts=1")
+    )

@@ -109,6 +109,8 @@ def _default_scorer() -> dict[str, Any]:
         "_target_": "tasks.evolution_scorer.build_scorer",
         # (train config) -> int; the parameter count without loading a model
         "param_count_target": "namm.evolution.scoring.namm_param_count",
+        # (train config) -> None; raises ConfigError on bad model/task settings or missing data, no model loaded
+        "check_target": "tasks.evolution_scorer.check_inputs",
     }
 
 
@@ -121,6 +123,7 @@ class TrainConfig:
     seed: int = 0
     resume: str = "never"  # never | auto | <checkpoint file or run directory>
     init_from: str | None = None  # checkpoint (file or run directory) whose centre starts the search
+    init_from_any_model: bool = False  # allow init_from a checkpoint of another model (a transfer experiment)
     out_dir: str = "runs/${name}/seed${seed}"
     evo: EvoConfig = field(default_factory=EvoConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -34,6 +34,7 @@ RESUMABLE_CHANGES = (
     "logger",
     "resume",
     "init_from",
+    "init_from_any_model",
     "out_dir",
 )
 
@@ -107,5 +108,22 @@ def find_start_point(config: TrainConfig, resolved: dict[str, Any]) -> StartPoin
         return StartPoint(resume_state=state, resume_path=path)
     if config.init_from is not None:
         path = resolve_checkpoint_path(config.init_from)
-        return StartPoint(init_state=load_checkpoint(path), init_path=path)
+        state = load_checkpoint(path)
+        if not config.init_from_any_model:
+            _check_same_model(state["config"], resolved, path)
+        return StartPoint(init_state=state, init_path=path)
     return StartPoint()
+
+
+def _model_name(config: dict[str, Any]) -> Any:
+    return (config.get("model") or {}).get("name")
+
+
+def _check_same_model(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """A NAMM's features (attention statistics, normalisation) are the model's own: starting from
+    another model's centre is a transfer experiment, so it must be asked for."""
+    if _model_name(saved) != _model_name(current):
+        raise ConfigError(
+            f"init_from={path} was trained on model {_model_name(saved)!r}, this run uses {_model_name(current)!r}. "
+            "Start from a checkpoint of the same model, or set init_from_any_model=true to transfer it on purpose."
+        )

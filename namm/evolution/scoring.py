@@ -304,9 +304,12 @@ def _load_target(cfg: DictConfig, key: str) -> Any:
 
 
 def check_scorer_targets(cfg: DictConfig) -> None:
-    """Import both factory functions now, so a typo fails before anything expensive starts."""
+    """Import the factory functions and run the scorer's own input checks (`scorer.check_target`, optional:
+    model, task and data settings), so a typo or missing data fails before any model loads."""
     _load_target(cfg, "_target_")
     _load_target(cfg, "param_count_target")
+    if cfg.scorer.get("check_target"):
+        _load_target(cfg, "check_target")(cfg)
 
 
 def build_scorer(cfg: DictConfig) -> CandidateScorer:

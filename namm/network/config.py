@@ -36,6 +36,15 @@ class NAMMConfig:
     budget_ratio: float | None = None  # hard top-k per head (fraction of tokens seen), for matched budgets
     budget_tokens: int | None = None  # hard top-k per head (token count); at most one budget field
 
+    def check_update_interval(self, update_interval: int) -> None:
+        """The spectrogram needs whole frames per update: raise ValueError with the nearest fix."""
+        if update_interval % self.hop:
+            raise ValueError(
+                f"engine.update_interval={update_interval} is not a multiple of the NAMM's hop ({self.hop}); the "
+                f"spectrogram needs whole frames per update. Use e.g. engine.update_interval="
+                f"{max(self.hop, update_interval // self.hop * self.hop)}."
+            )
+
     def __post_init__(self) -> None:
         problems = []
         if self.n_fft < 2 or not 0 < self.hop <= self.n_fft:

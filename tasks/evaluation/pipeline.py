@@ -19,7 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from namm.engine import EngineConfig
 from namm.evolution.checkpoint import library_versions
-from namm.models import ModelConfig, load_model, resolve_device, resolve_dtype
+from namm.models import ModelConfig, check_model_config, load_model
 from tasks.config import TaskConfig, task_config
 from tasks.evaluation.config import EngineSettings, EvaluateConfig, validate_evaluate_config
 from tasks.evaluation.contenders import Contender, plan_contenders, wants_matched_budgets
@@ -29,10 +29,10 @@ from tasks.evaluation.policy_runs import EvaluationContext, PolicyTaskRun, mean_
 from tasks.evaluation.report import RESULTS_CSV, RESULTS_JSON, markdown_table, write_results
 from tasks.evaluation.schema import SCHEMA_VERSION
 from tasks.evaluation.summary import add_relative_scores, policy_aggregate, task_result
-from tasks.evaluation.task_data import check_task_data
 from tasks.evaluation.wandb_log import log_to_wandb
 from tasks.preparation import prepare_tasks
 from tasks.runner import PreparedTask
+from tasks.task_data import check_task_data
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,8 @@ def resolve_engine_config(settings: EngineSettings, namm: NAMMSource | None) -> 
     values = {key: trained[key] for key in ("update_interval", "eviction_mode", "prefill_chunk") if key in trained}
     values |= {key: value for key, value in asdict(settings).items() if value is not None}
     config = EngineConfig(**values)
-    hop = namm.config.hop if namm is not None else 1
-    if config.update_interval % hop:
-        raise ValueError(
-            f"engine.update_interval={config.update_interval} is not a multiple of the NAMM's hop ({hop}); the "
-            f"spectrogram needs whole frames per update. Use e.g. engine.update_interval="
-            f"{max(hop, config.update_interval // hop * hop)}."
-        )
+    if namm is not None:
+        namm.config.check_update_interval(config.update_interval)
     return config
 
 
@@ -74,7 +69,7 @@ def plan_evaluation(cfg: DictConfig) -> EvaluationPlan:
         model = ModelConfig(**dict(config.model or {}))
     except TypeError as error:
         raise ValueError(f"model: {error}") from error
-    resolve_dtype(model.dtype, resolve_device(model.device))
+    check_model_config(model)
     contenders = plan_contenders(config)
     namm = None
     if any(contender.is_namm for contender in contenders):

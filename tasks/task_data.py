@@ -1,4 +1,5 @@
-"""Is every task's data there? Checked before the model loads, with the way to get what is missing."""
+"""Is every task's data there? Checked before the model loads (training and evaluation), with the way to get
+what is missing."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ class TaskDataError(FileNotFoundError):
     """A task's records are not on disk and could not be fetched."""
 
 
-def check_task_data(config: TaskConfig) -> None:
-    """Read every LongBench task's records (downloading the hub archive once when `data_dir` is null)."""
+def check_task_data(config: TaskConfig) -> dict[str, int]:
+    """Read every LongBench task's records (downloading the hub archive once when `data_dir` is null);
+    returns how many samples each task will have (`num_samples` caps the records)."""
+    counts = {}
     for name in config.tasks:
-        if name in SYNTHETIC_TASKS:
-            continue  # generated locally from the seed
+        if name in SYNTHETIC_TASKS:  # generated locally from the seed
+            counts[name] = int(config.num_samples)
+            continue
         try:
-            load_longbench(name, config.data_dir, config.cache_dir)
+            records, _ = load_longbench(name, config.data_dir, config.cache_dir)
         except Exception as error:  # a missing file, a bad record or no network: same remedy, cause chained
             where = f"task.data_dir={config.data_dir}" if config.data_dir else "the hub (task.data_dir=null)"
             raise TaskDataError(
@@ -27,3 +31,5 @@ def check_task_data(config: TaskConfig) -> None:
                 f"prints the folder), then pass task.data_dir=<folder with {name}.jsonl>. Synthetic tasks "
                 f"({', '.join(sorted(SYNTHETIC_TASKS))}) need no data."
             ) from error
+        counts[name] = len(records) if config.num_samples is None else min(len(records), config.num_samples)
+    return counts
