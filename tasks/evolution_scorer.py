@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
 from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores
@@ -21,24 +20,54 @@ from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
-from tasks.config import task_config
+from tasks.config import TaskConfig, task_config
 from tasks.generators import engine_generator, generation_settings
 from tasks.preparation import prepare_tasks
 from tasks.references import ReferenceCache, default_reference_dir, fill_references
 from tasks.runner import PreparedTask
 from tasks.scoring import score_prediction
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 log = logging.getLogger(__name__)
 
 
-def engine_config(cfg: DictConfig) -> EngineConfig:
-    """The optional `engine` node of a run config as an EngineConfig (defaults when absent)."""
-    values = OmegaConf.to_container(cfg.engine, resolve=True) if cfg.get("engine") is not None else {}
-    return EngineConfig(**values)
+@dataclass(frozen=True)
+class TaskScorerConfig:
+    """What the scorer reads of a run config, typed. Training builds it from Hydra's config; a script
+    that runs without Hydra or omegaconf (scripts/device_check.py) builds it directly."""
 
+    model: ModelConfig
+    task: TaskConfig
+    namm: NAMMConfig = field(default_factory=NAMMConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    prompts_per_task: int = 2
+    validation_prompts: int = 2
+    seed: int = 0
 
-def model_config(cfg: DictConfig) -> ModelConfig:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg.model))
+    def __post_init__(self) -> None:
+        for name in ("prompts_per_task", "validation_prompts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (evo.{name} in a run config), got {getattr(self, name)}.")
+
+    @classmethod
+    def from_run_config(cls, cfg: DictConfig) -> TaskScorerConfig:
+        """Validate the run config's `model`, `task`, `namm`, `engine`, `evo` and `seed` (no model is loaded)."""
+        from omegaconf import OmegaConf  # here: a TaskScorerConfig built directly needs no omegaconf
+
+        def plain(key: str) -> dict:  # an optional node as a dict (defaults when absent)
+            return OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) is not None else {}
+
+        return cls(
+            model=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg.model)),
+            task=task_config(cfg.task),
+            namm=NAMMConfig.from_dict(plain("namm")),
+            engine=EngineConfig(**plain("engine")),
+            prompts_per_task=int(cfg.evo.prompts_per_task),
+            validation_prompts=int(cfg.evo.validation_prompts),
+            seed=int(cfg.seed),
+        )
 
 
 @dataclass(frozen=True)
@@ -67,18 +96,18 @@ class Splits:
 class TaskScorer:
     """A `CandidateScorer` over the configured tasks (see namm.evolution.scoring)."""
 
-    def __init__(self, cfg: DictConfig) -> None:
-        config = engine_config(cfg)  # bad engine settings fail before the model loads
-        self.loaded = load_model(model_config(cfg))
-        self.tasks = prepare_tasks(task_config(cfg.task), self.loaded)
-        namm_values = OmegaConf.to_container(cfg.namm, resolve=True) if cfg.get("namm") is not None else {}
-        self.policy = NAMMPolicy(NAMMConfig.from_dict(namm_values))
+    def __init__(self, cfg: DictConfig | TaskScorerConfig) -> None:
+        # every setting is validated before the model loads
+        config = cfg if isinstance(cfg, TaskScorerConfig) else TaskScorerConfig.from_run_config(cfg)
+        self.loaded = load_model(config.model)
+        self.tasks = prepare_tasks(config.task, self.loaded)
+        self.policy = NAMMPolicy(config.namm)
         self.param_count = self.policy.param_count
-        self.engine = MemoryEngine(self.loaded.model, self.policy, config)
-        self.full_engine = MemoryEngine(self.loaded.model, build_policy(PolicyConfig(name="full")), config)
-        self.prompts_per_task = int(cfg.evo.prompts_per_task)
-        self.seed = int(cfg.seed)
-        self.splits = Splits.of(self.tasks, int(cfg.evo.validation_prompts), self.seed)
+        self.engine = MemoryEngine(self.loaded.model, self.policy, config.engine)
+        self.full_engine = MemoryEngine(self.loaded.model, build_policy(PolicyConfig(name="full")), config.engine)
+        self.prompts_per_task = config.prompts_per_task
+        self.seed = config.seed
+        self.splits = Splits.of(self.tasks, config.validation_prompts, self.seed)
         self.references = ReferenceCache(default_reference_dir())
         self.calibrated = not self.policy.namm.config.normalise
 

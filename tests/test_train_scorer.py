@@ -9,9 +9,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from namm.engine import EngineConfig
 from namm.evolution.config import register_configs
 from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT
-from tasks.evolution_scorer import TaskScorer
+from namm.models import ModelConfig
+from namm.network.config import NAMMConfig
+from tasks.config import TaskConfig
+from tasks.evolution_scorer import TaskScorer, TaskScorerConfig
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 TINY = [
@@ -86,9 +90,25 @@ def test_train_py_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     run = tmp_path / "run"
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, "train.py", *TINY, "evo.generations=2", f"out_dir={run}"]
-    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, check=False, cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["generation"] for line in lines if "fitness/mean" in line] == [1, 2]
     assert (run / "latest.pt").is_file() and (run / "best.pt").is_file()
     assert "python evaluate.py checkpoint=" in done.stdout
+
+
+def test_the_typed_scorer_config_is_what_the_run_config_says(tmp_path):
+    """scripts/device_check.py builds a TaskScorerConfig without Hydra; training converts its run config."""
+    expected = TaskScorerConfig(
+        model=ModelConfig(name="tiny-llama"),
+        task=TaskConfig(name="passkey", tasks=["passkey"], num_samples=6, context_length=600),
+        namm=NAMMConfig(),
+        engine=EngineConfig(update_interval=128),
+        prompts_per_task=1,
+        validation_prompts=2,
+        seed=0,
+    )
+    assert TaskScorerConfig.from_run_config(tiny_config(tmp_path)) == expected
+    with pytest.raises(ValueError, match="prompts_per_task must be >= 1"):
+        TaskScorerConfig(model=ModelConfig(name="tiny-llama"), task=TaskConfig(), prompts_per_task=0)
