@@ -443,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     args = PARSER.parse_args(argv)
     device = check_device(args)
     plan = SMOKE_PLAN if args.smoke else GPU_PLAN
+    bench_namm.check_windows(list(plan.bench_lengths), bench_arguments(plan))  # before any model is built
     report: dict = {
         "check": "smoke" if args.smoke else "full",
         "environment": environment(device),

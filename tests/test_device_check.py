@@ -12,6 +12,9 @@ import pytest
 import torch
 import transformers
 
+from namm.models import TINY_MAX_CONTEXT
+from namm.network import NAMMConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 #: not on the GPU machines' image: the training stack, the hub data loader, the GGUF reader, and the packages
@@ -154,3 +157,16 @@ def test_no_visible_gpu_names_the_smoke_run(device_check, capsys):
     with pytest.raises(SystemExit):
         device_check.main([])
     assert "no CUDA GPU is visible; on a CPU run `--smoke`" in capsys.readouterr().err
+
+
+def test_the_gpu_plan_passes_the_checks_made_before_work(device_check):
+    """The full plan cannot run here; what would stop it on the GPU before any figure is checked now."""
+    plan = device_check.GPU_PLAN
+    device_check.bench_namm.check_windows(list(plan.bench_lengths), device_check.bench_arguments(plan))
+    with pytest.raises(ValueError, match="too long"):
+        device_check.bench_namm.check_windows([65536], device_check.bench_arguments(plan))
+    assert max(plan.parity_lengths) + plan.parity_new_tokens <= TINY_MAX_CONTEXT
+    assert plan.scorer_context_length + 64 <= TINY_MAX_CONTEXT  # passkey answers in far fewer tokens
+    intervals = (plan.bench_update_interval, plan.parity_update_interval, plan.scorer_update_interval)
+    assert all(interval % NAMMConfig().hop == 0 for interval in intervals)
+    assert plan.candidates == 16 and plan.bench_lengths == (8192, 32768)  # the issue's sizes
