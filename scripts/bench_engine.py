@@ -111,6 +111,33 @@ def time_prefills(
     return best, peak
 
 
+def context_section(model: torch.nn.Module, watch: Stopwatch, length: int, args: argparse.Namespace) -> dict:
+    """One plain forward vs the engine under the full policy and under every baseline at `args.budget`."""
+    prompt = torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length))
+    settings = GenerationSettings(max_new_tokens=1, stop_on_eos=False)
+    engine_config = EngineConfig(update_interval=args.update_interval)
+    engines = {
+        name: MemoryEngine(model, build_policy(PolicyConfig(name=name, budget=args.budget)), engine_config)
+        for name in ["full", *BASELINES]
+    }
+    best, peak = time_prefills(model, engines, prompt, settings, watch, args.repeats)
+    entry: dict = {"plain_seconds": best["plain"]}
+    for name in engines:
+        seconds, memory = best[name], peak[name] / kv_bytes_full(model, length + 1)
+        entry[name] = {"seconds": seconds, "over_plain": seconds / best["plain"], "peak_kv_over_full": memory}
+    return entry
+
+
+def print_context(length: int, entry: dict) -> None:
+    print(f"{length:>7} {'plain':>10} {entry['plain_seconds']:>9.3f} {1.0:>8.2f} {'-':>15}")
+    for name, timing in entry.items():
+        if name != "plain_seconds":
+            print(
+                f"{length:>7} {name:>10} {timing['seconds']:>9.3f} {timing['over_plain']:>8.2f} "
+                f"{timing['peak_kv_over_full']:>15.2f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=["smollm2", "llama3-8b"], default="smollm2")
@@ -128,25 +155,12 @@ def main() -> None:
         model = load_model(ModelConfig(name="smollm2-135m")).model
         device = next(model.parameters()).device
         lengths = args.lengths or [2048, 4096]
-    vocab = model.config.vocab_size
-    settings = GenerationSettings(max_new_tokens=1, stop_on_eos=False)
-    engine_config = EngineConfig(update_interval=args.update_interval)
     watch = Stopwatch(device)
     report: dict = {"preset": args.preset, "device": str(device), "budget": args.budget, "lengths": {}}
     print(f"{'tokens':>7} {'policy':>10} {'seconds':>9} {'x plain':>8} {'peak KV / full':>15}")
     for length in lengths:
-        prompt = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(length))
-        engines = {
-            name: MemoryEngine(model, build_policy(PolicyConfig(name=name, budget=args.budget)), engine_config)
-            for name in ["full", *BASELINES]
-        }
-        best, peak = time_prefills(model, engines, prompt, settings, watch, args.repeats)
-        entry = {"plain_seconds": best["plain"]}
-        print(f"{length:>7} {'plain':>10} {best['plain']:>9.3f} {1.0:>8.2f} {'-':>15}")
-        for name in engines:
-            seconds, memory = best[name], peak[name] / kv_bytes_full(model, length + 1)
-            entry[name] = {"seconds": seconds, "over_plain": seconds / best["plain"], "peak_kv_over_full": memory}
-            print(f"{length:>7} {name:>10} {seconds:>9.3f} {seconds / best['plain']:>8.2f} {memory:>15.2f}")
+        entry = context_section(model, watch, length, args)
+        print_context(length, entry)
         report["lengths"][str(length)] = entry
     print(json.dumps(report))
 

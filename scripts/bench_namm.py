@@ -76,6 +76,12 @@ def half_keep_parameters(config: NAMMConfig, window: int, update_interval: int) 
     return theta
 
 
+def check_windows(lengths: list[int], args: argparse.Namespace) -> None:
+    """Raise now if a context or population length is too long for the recency-window NAMMs used below."""
+    for window in [length // 2 for length in lengths] + [args.population_length * 5 // 8]:
+        half_keep_parameters(NAMMConfig(), window, args.update_interval)
+
+
 @contextmanager
 def cost_hooks(watch: Stopwatch) -> Iterator[dict[str, list[float]]]:
     """Wrap the COST_PARTS functions with timers for the duration of the block.
@@ -269,8 +275,7 @@ def main() -> None:
     lengths = args.lengths or ([8192, 32768] if gpu else [2048, 4096])
     args.population_length = args.population_length or (8192 if gpu else 1024)
     args.population_new_tokens = args.population_new_tokens or (64 if gpu else 16)
-    for window in [length // 2 for length in lengths] + [args.population_length * 5 // 8]:  # fail before model work
-        half_keep_parameters(NAMMConfig(), window, args.update_interval)
+    check_windows(lengths, args)  # fail before model work
     if gpu:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = llama3_8b_shaped(str(device))

@@ -7,13 +7,15 @@ wrongly typed value is an error before any model is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING
 
 from tasks.longbench import LONGBENCH_TASKS
 from tasks.metrics import CODE_SIM_BACKENDS
 from tasks.synthetic import SYNTHETIC_TASKS, SyntheticParams
 from tasks.synthetic.niah import HAYSTACKS
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 @dataclass
@@ -60,5 +62,7 @@ class TaskConfig:
 
 def task_config(cfg: DictConfig | dict) -> TaskConfig:
     """Validate a composed `task` config against the schema and return it as a dataclass."""
+    from omegaconf import OmegaConf  # here: a TaskConfig built directly needs no omegaconf (scripts/device_check.py)
+
     schema = OmegaConf.structured(TaskConfig)
     return OmegaConf.to_object(OmegaConf.merge(schema, cfg))

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
-from namm.evolution.config import ConfigError
+from namm.errors import ConfigError
 from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores, PromptId, PromptRecord
 from namm.models import ModelConfig, check_model_config, load_model
 from namm.network.config import NAMMConfig
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
 from namm.row_batches import RowBatches
-from tasks.config import task_config
+from tasks.config import TaskConfig, task_config
 from tasks.generators import engine_generator, generation_settings
 from tasks.preparation import prepare_tasks
 from tasks.references import (
@@ -38,39 +37,68 @@ from tasks.runner import PreparedTask
 from tasks.scoring import score_prediction
 from tasks.task_data import check_task_data
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 log = logging.getLogger(__name__)
 
 REFERENCE_BATCH = 4  # prompts per full-cache batch (left-padded; each row's result is the one it gets alone)
 
 
-def engine_config(cfg: DictConfig) -> EngineConfig:
-    """The optional `engine` node of a run config as an EngineConfig (defaults when absent)."""
-    values = OmegaConf.to_container(cfg.engine, resolve=True) if cfg.get("engine") is not None else {}
-    return EngineConfig(**values)
+@dataclass(frozen=True)
+class TaskScorerConfig:
+    """What the scorer reads of a run config, typed. Training builds it from Hydra's config; a script
+    that runs without Hydra or omegaconf (scripts/device_check.py) builds it directly."""
 
+    model: ModelConfig
+    task: TaskConfig
+    namm: NAMMConfig = field(default_factory=NAMMConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    prompts_per_task: int = 2
+    validation_prompts: int = 2
+    seed: int = 0
+    max_batch_rows: int | None = None  # candidate rows per engine batch (None: all); halved on out-of-memory
 
-def model_config(cfg: DictConfig) -> ModelConfig:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg.model))
+    def __post_init__(self) -> None:
+        for name in ("prompts_per_task", "validation_prompts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (evo.{name} in a run config), got {getattr(self, name)}.")
+
+    @classmethod
+    def from_run_config(cls, cfg: DictConfig) -> TaskScorerConfig:
+        """Validate the run config's `model`, `task`, `namm`, `engine`, `evo` and `seed` (no model is loaded)."""
+        from omegaconf import OmegaConf  # here: a TaskScorerConfig built directly needs no omegaconf
+
+        def plain(key: str) -> dict:  # an optional node as a dict (defaults when absent)
+            return OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) is not None else {}
+
+        return cls(
+            model=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg.model)),
+            task=task_config(cfg.task),
+            namm=NAMMConfig.from_dict(plain("namm")),
+            engine=EngineConfig(**plain("engine")),
+            prompts_per_task=int(cfg.evo.prompts_per_task),
+            validation_prompts=int(cfg.evo.validation_prompts),
+            seed=int(cfg.seed),
+            max_batch_rows=cfg.evo.max_batch_rows,
+        )
 
 
 def check_inputs(cfg: DictConfig) -> None:
     """`scorer.check_target`: the model, engine, task and NAMM settings and the task data, checked before
     any model loads (so a missing LongBench file or an offline hub fails in seconds, with the fix)."""
     try:
-        engine = engine_config(cfg)
-        check_model_config(model_config(cfg))
-        tasks = task_config(cfg.task)
-        namm = NAMMConfig.from_dict(OmegaConf.to_container(cfg.namm, resolve=True) if cfg.get("namm") else {})
-        namm.check_update_interval(engine.update_interval)
-        counts = check_task_data(tasks)
+        config = TaskScorerConfig.from_run_config(cfg)
+        check_model_config(config.model)
+        config.namm.check_update_interval(config.engine.update_interval)
+        counts = check_task_data(config.task)
     except (ValueError, TypeError, FileNotFoundError) as error:
         raise ConfigError(str(error)) from error
-    validation = int(cfg.evo.validation_prompts)
-    short = {name: count for name, count in counts.items() if count <= validation}
+    short = {name: count for name, count in counts.items() if count <= config.validation_prompts}
     if short:
         raise ConfigError(
-            f"tasks {short} have too few samples for {validation} validation prompts plus a training pool: "
-            "raise task.num_samples or lower evo.validation_prompts."
+            f"tasks {short} have too few samples for {config.validation_prompts} validation prompts plus a "
+            "training pool: raise task.num_samples or lower evo.validation_prompts."
         )
 
 
@@ -100,23 +128,23 @@ class Splits:
 class TaskScorer:
     """A `CandidateScorer` over the configured tasks (see namm.evolution.scoring)."""
 
-    def __init__(self, cfg: DictConfig) -> None:
-        config = engine_config(cfg)  # bad engine settings fail before the model loads
-        self.loaded = load_model(model_config(cfg))
-        self.tasks = prepare_tasks(task_config(cfg.task), self.loaded)
+    def __init__(self, cfg: DictConfig | TaskScorerConfig) -> None:
+        # every setting is validated before the model loads
+        config = cfg if isinstance(cfg, TaskScorerConfig) else TaskScorerConfig.from_run_config(cfg)
+        self.loaded = load_model(config.model)
+        self.tasks = prepare_tasks(config.task, self.loaded)
         self.task_by_name = {task.spec.name: task for task in self.tasks}
-        namm_values = OmegaConf.to_container(cfg.namm, resolve=True) if cfg.get("namm") is not None else {}
-        self.policy = NAMMPolicy(NAMMConfig.from_dict(namm_values))
+        self.policy = NAMMPolicy(config.namm)
         self.param_count = self.policy.param_count
-        self.engine = MemoryEngine(self.loaded.model, self.policy, config)
-        self.full_engine = MemoryEngine(self.loaded.model, build_policy(PolicyConfig(name="full")), config)
-        self.prompts_per_task = int(cfg.evo.prompts_per_task)
-        self.seed = int(cfg.seed)
-        self.splits = Splits.of(self.tasks, int(cfg.evo.validation_prompts), self.seed)
-        context = ReferenceContext.of(self.loaded, engine_generator_record(config))
+        self.engine = MemoryEngine(self.loaded.model, self.policy, config.engine)
+        self.full_engine = MemoryEngine(self.loaded.model, build_policy(PolicyConfig(name="full")), config.engine)
+        self.prompts_per_task = config.prompts_per_task
+        self.seed = config.seed
+        self.splits = Splits.of(self.tasks, config.validation_prompts, self.seed)
+        context = ReferenceContext.of(self.loaded, engine_generator_record(config.engine))
         self.reference_cache = ReferenceCache(default_reference_dir(), context)
         self.references = {task.spec.name: self.reference_cache.load(task.settings) for task in self.tasks}
-        self.row_batches = RowBatches(cfg.evo.max_batch_rows)
+        self.row_batches = RowBatches(config.max_batch_rows)
         self.calibrated = not self.policy.namm.config.normalise
 
     # -- CandidateScorer ------------------------------------------------------------------------

@@ -18,18 +18,18 @@ import difflib
 import re
 import string
 from collections import Counter
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
-import jieba
-from rapidfuzz import fuzz
-from rouge import Rouge
+# jieba, rouge and rapidfuzz are imported by the metrics that use them: the synthetic tasks (and so the
+# training scorer on a bare torch + transformers machine, scripts/device_check.py) need none of them.
 
 CodeSimBackend = Literal["difflib", "lcs"]
 CODE_SIM_BACKENDS: tuple[str, ...] = ("difflib", "lcs")
 
 _ASCII_PUNCTUATION = frozenset(string.punctuation)
 # LongBench's list of Chinese/full-width punctuation (it has 》 but not 《); data, kept character for character
-_CN_PUNCTUATION = "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏."  # noqa: E501
+_CN_PUNCTUATION = "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏."
 _ZH_PUNCTUATION = frozenset(string.punctuation + _CN_PUNCTUATION)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NUMBER = re.compile(r"\d+")
@@ -61,8 +61,15 @@ def qa_f1_score(prediction: str, ground_truth: str, **kwargs) -> float:
     return f1_score(normalize_answer(prediction).split(), normalize_answer(ground_truth).split())
 
 
+def _jieba_words(text: str) -> list[str]:
+    """jieba's precise-mode segmentation, as LongBench calls it."""
+    import jieba
+
+    return list(jieba.cut(text, cut_all=False))
+
+
 def _zh_tokens(text: str) -> list[str]:
-    tokens = (normalize_zh_answer(token) for token in jieba.cut(text, cut_all=False))
+    tokens = (normalize_zh_answer(token) for token in _jieba_words(text))
     return [token for token in tokens if token]
 
 
@@ -72,15 +79,17 @@ def qa_f1_zh_score(prediction: str, ground_truth: str, **kwargs) -> float:
 
 def rouge_score(prediction: str, ground_truth: str, **kwargs) -> float:
     """ROUGE-L F of `rouge` 1.0.1; 0 when it raises (empty hypothesis, recursion depth on long sentences)."""
+    from rouge import Rouge  # outside the try: a missing package must raise, not score 0
+
     try:
         scores = Rouge().get_scores([prediction], [ground_truth], avg=True)
-    except Exception:  # the official code's bare except: every failure scores 0
+    except Exception:  # noqa: BLE001 - the official code's bare except: every failure scores 0
         return 0.0
     return scores["rouge-l"]["f"]
 
 
 def rouge_zh_score(prediction: str, ground_truth: str, **kwargs) -> float:
-    return rouge_score(" ".join(jieba.cut(prediction, cut_all=False)), " ".join(jieba.cut(ground_truth, cut_all=False)))
+    return rouge_score(" ".join(_jieba_words(prediction)), " ".join(_jieba_words(ground_truth)))
 
 
 def classification_score(prediction: str, ground_truth: str, **kwargs) -> float:
@@ -126,9 +135,11 @@ def fuzz_ratio(a: str, b: str, backend: CodeSimBackend) -> int:
     if not a or not b:
         return 0
     if backend == "lcs":  # python-Levenshtein's ratio = 2*LCS/(len a + len b) = rapidfuzz's Indel ratio
-        return int(round(fuzz.ratio(a, b)))
+        from rapidfuzz import fuzz
+
+        return round(fuzz.ratio(a, b))
     if backend == "difflib":  # fuzzywuzzy's fallback without Levenshtein (asymmetric, autojunk on)
-        return int(round(100 * difflib.SequenceMatcher(None, a, b).ratio()))
+        return round(100 * difflib.SequenceMatcher(None, a, b).ratio())
     raise ValueError(f"code_sim_backend must be one of {CODE_SIM_BACKENDS}, got {backend!r}.")
 
 

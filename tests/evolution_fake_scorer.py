@@ -115,6 +115,7 @@ def fake_scorer_node(**options: Any) -> dict[str, Any]:
     return {
         "_target_": f"{__name__}.build_fake_scorer",
         "param_count_target": f"{__name__}.fake_param_count",
+        "check_target": None,  # no model or task settings to check
         "dimension": 6,
         **options,
     }

@@ -11,10 +11,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from namm.engine import EngineConfig
 from namm.evolution.config import register_configs
 from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores
+from namm.models import ModelConfig
+from namm.network.config import NAMMConfig
 from namm.row_batches import RowBatches
-from tasks.evolution_scorer import TaskScorer
+from tasks.config import TaskConfig
+from tasks.evolution_scorer import TaskScorer, TaskScorerConfig
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "longbench"
@@ -92,7 +96,7 @@ def test_train_py_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     run = tmp_path / "run"
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, "train.py", *TINY, "evo.generations=2", f"out_dir={run}"]
-    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, check=False, cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["generation"] for line in lines if "fitness/mean" in line] == [1, 2]
@@ -195,9 +199,9 @@ def test_a_sweep_gives_each_job_its_own_run_and_a_bad_job_fails_alone(tmp_path, 
 
 def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
     """task=qasper offline with no task.data_dir: one message naming task.data_dir and the hub file."""
-    import tasks.evolution_scorer as evolution_scorer
     from namm.evolution.config import ConfigError
     from namm.evolution.trainer import train
+    from tasks import evolution_scorer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -217,3 +221,19 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
     evolution_scorer.check_inputs(
         tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}", "evo.validation_prompts=1")
     )
+
+
+def test_the_typed_scorer_config_is_what_the_run_config_says(tmp_path):
+    """scripts/device_check.py builds a TaskScorerConfig without Hydra; training converts its run config."""
+    expected = TaskScorerConfig(
+        model=ModelConfig(name="tiny-llama"),
+        task=TaskConfig(name="passkey", tasks=["passkey"], num_samples=6, context_length=600),
+        namm=NAMMConfig(),
+        engine=EngineConfig(update_interval=128),
+        prompts_per_task=1,
+        validation_prompts=2,
+        seed=0,
+    )
+    assert TaskScorerConfig.from_run_config(tiny_config(tmp_path)) == expected
+    with pytest.raises(ValueError, match="prompts_per_task must be >= 1"):
+        TaskScorerConfig(model=ModelConfig(name="tiny-llama"), task=TaskConfig(), prompts_per_task=0)

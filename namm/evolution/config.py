@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from namm.config_resolvers import register_resolvers
+from namm.errors import ConfigError
 
 
 class Searcher(Enum):
@@ -36,10 +37,6 @@ class WandbMode(Enum):
 
 
 RESUME_MODES = ("never", "auto")
-
-
-class ConfigError(ValueError):
-    """A setting is wrong; the message names the key and the fix. Raised before any model loads."""
 
 
 @dataclass

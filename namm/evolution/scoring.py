@@ -11,13 +11,14 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
-from hydra.utils import get_method
-from omegaconf import DictConfig, OmegaConf
 
-from namm.evolution.config import ConfigError
+from namm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +294,9 @@ def score_guarded(
 
 
 def _load_target(cfg: DictConfig, key: str) -> Any:
+    # Imported here, not at the top: the seam above must import without Hydra (scripts/device_check.py).
+    from hydra.utils import get_method
+
     path = cfg.scorer[key]
     try:
         return get_method(path)
@@ -333,6 +337,8 @@ def scorer_param_count(cfg: DictConfig) -> int:
 
 def namm_param_count(cfg: DictConfig) -> int:
     """The default count: the NAMM parameter vector described by the `namm` group."""
+    from omegaconf import OmegaConf
+
     from namm.network.config import NAMMConfig
     from namm.network.parameters import param_count
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import random
 import string
 import uuid
-from functools import lru_cache
-
-from wonderwords import RandomWord
+from functools import cache
 
 
-@lru_cache(maxsize=None)
+@cache
 def word_list(category: str) -> tuple[str, ...]:
     """wonderwords' sorted list for "noun", "adjective" or "verb" (lowercase entries only)."""
+    from wonderwords import RandomWord  # here: passkey, the default task, draws no words
+
     words = RandomWord().filter(include_categories=[category])
     return tuple(word for word in words if word.isalpha() and word.islower())
 
