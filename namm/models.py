@@ -145,7 +145,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
         source = _resolve_source(config.name)
         model, tokenizer = _load_pretrained(source, config, dtype, device)
         default_chat_template = bool(tokenizer.chat_template)
-        weights_id = f"{source}@{getattr(model.config, '_commit_hash', None) or 'local'}"
+        weights_id = _weights_id(source, model)
 
     check_supported(model)
     model.eval().requires_grad_(False)
@@ -226,6 +226,17 @@ def _load_pretrained(
         source, dtype=dtype, attn_implementation=config.attn_implementation, device_map=str(device)
     )
     return model, tokenizer
+
+
+def _weights_id(source: str, model: PreTrainedModel) -> str:
+    """A hub model's commit; a local directory's weight files by name, size and modification time (cheap,
+    and it changes when the weights are rewritten)."""
+    directory = Path(source)
+    if not directory.is_dir():
+        return f"{source}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
+    files = sorted(path for pattern in ("*.safetensors", "*.bin") for path in directory.glob(pattern))
+    stamp = ";".join(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files)
+    return f"{directory.resolve()}@{hashlib.sha256(stamp.encode()).hexdigest()[:16]}"
 
 
 def _causal_lm_class(hf_config: PretrainedConfig, source: str) -> type[PreTrainedModel]:

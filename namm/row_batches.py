@@ -39,12 +39,12 @@ class RowBatches:
             stop = min(rows, start + (self.max_rows or rows))
             try:
                 results.extend(run_batch(start, stop))
+                start = stop
+                continue
             except torch.OutOfMemoryError:
                 if stop - start == 1:
-                    raise
-                self._halve(stop - start)
-                continue
-            start = stop
+                    raise  # one row does not fit: that candidate fails (worst fitness), the run goes on
+            self._halve(stop - start)  # outside the except: the failed batch's tensors are released first
         return results
 
     def _halve(self, size: int) -> None:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REFERENCE_BATCH = 4  # prompts per full-cache batch (left-padded; each row's result is the one it gets alone)
+REFERENCE_BATCH = 4  # prompts per full-cache batch (left-padded); batches are fixed, whoever computes them
 
 
 @dataclass(frozen=True)
@@ -179,14 +179,26 @@ class TaskScorer:
     def missing_references(self, prompts: list[PromptId]) -> list[PromptId]:
         return [(name, index) for name, index in prompts if self.references[name].get(name, index) is None]
 
+    def reference_batches(self, prompts: list[PromptId]) -> list[list[PromptId]]:
+        batches = []
+        for task in self.tasks:
+            indices = sorted(index for name, index in prompts if name == task.spec.name)
+            batches += [
+                [(task.spec.name, index) for index in indices[start : start + REFERENCE_BATCH]]
+                for start in range(0, len(indices), REFERENCE_BATCH)
+            ]
+        return batches
+
     def compute_references(self, prompts: list[PromptId]) -> dict[PromptId, float]:
         full_cache = engine_generator(self.full_engine)
         computed: dict[PromptId, float] = {}
-        for task in self.tasks:
-            indices = sorted(index for name, index in prompts if name == task.spec.name)
-            if indices:
-                scores = full_cache_scores(task, full_cache, self.loaded.tokenizer, indices, REFERENCE_BATCH)
-                computed.update({(task.spec.name, index): score for index, score in scores.items()})
+        for batch in self.reference_batches(prompts):
+            name = batch[0][0]
+            indices = [index for _, index in batch]
+            scores = full_cache_scores(
+                self.task_by_name[name], full_cache, self.loaded.tokenizer, indices, len(indices)
+            )
+            computed.update({(name, index): score for index, score in scores.items()})
         return computed
 
     def add_references(self, references: dict[PromptId, float], save: bool) -> None:

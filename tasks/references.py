@@ -8,6 +8,7 @@ stored next to it. A published file of the same shape can be read directly.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -97,8 +98,10 @@ class ReferenceContext:
 
 
 def engine_generator_record(config: EngineConfig) -> dict[str, Any]:
-    """The `generator` entry of a context whose references come from the engine's full-cache policy."""
-    return {"name": "engine", **asdict(config)}
+    """The `generator` entry of a context whose references come from the engine's full-cache policy: only
+    the settings that move a full-cache score (how the prefill is chunked), so runs that differ in eviction
+    settings share their references."""
+    return {"name": "engine", "update_interval": config.update_interval, "prefill_chunk": config.prefill_chunk}
 
 
 @dataclass(frozen=True)
@@ -124,12 +127,15 @@ class ReferenceCache:
     def save(self, settings: TaskSettings, scores: ReferenceScores) -> None:
         """Merge `scores` into what is on disk (another run may have added samples) and write atomically."""
         path = self.path(settings)
-        merged = self.load(settings)
-        for task, by_index in scores.scores.items():
-            merged.scores.setdefault(task, {}).update(by_index)
-        record = {"task_settings": settings.to_dict(), "context": self.context.to_dict()}
-        atomic_write_json(path.with_suffix(".settings.json"), record)
-        merged.save(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.with_suffix(".lock").open("w") as lock:  # runs sharing the cache merge one at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = self.load(settings)
+            for task, by_index in scores.scores.items():
+                merged.scores.setdefault(task, {}).update(by_index)
+            record = {"task_settings": settings.to_dict(), "context": self.context.to_dict()}
+            atomic_write_json(path.with_suffix(".settings.json"), record)
+            merged.save(path)
 
 
 def full_cache_scores(

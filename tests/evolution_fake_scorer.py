@@ -89,6 +89,9 @@ class FakeScorer:
     def missing_references(self, prompts: list[tuple[str, int]]) -> list[tuple[str, int]]:
         return []  # the fake's references are part of its noise
 
+    def reference_batches(self, prompts: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+        return [[prompt] for prompt in prompts]
+
     def compute_references(self, prompts: list[tuple[str, int]]) -> dict[tuple[str, int], float]:
         return {}
 

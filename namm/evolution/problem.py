@@ -143,6 +143,11 @@ class EvolutionProblem(Problem):
         calls = [actor.call.remote(method, list(args), {}) for actor, args in zip(self.actors, arguments)]
         return ray.get(calls)
 
+    def _on_workers_after_first(self, method: str, *args: Any) -> None:
+        """Problem method `method(*args)` on every actor but the first (nothing without actors)."""
+        if self.actors is not None and len(self.actors) > 1:
+            ray.get([actor.call.remote(method, list(args), {}) for actor in self.actors[1:]])
+
     @property
     def num_workers(self) -> int:
         return 1 if self.actors is None else len(self.actors)
@@ -169,35 +174,37 @@ class EvolutionProblem(Problem):
         return ScoringOutcome.join_prompt_shards(self._on_each_worker("score_here", arguments))
 
     def prepare_references(self, generations: list[int]) -> int:
-        """Compute the missing full-cache references of a run once, sharded over the actors; the first
-        worker writes them (one writer) and every worker uses them. Returns how many were computed."""
+        """Compute the missing full-cache references of a run once, before its first generation.
+
+        The scorer groups them into its own batches; whole batches go to the workers, one each per round, so
+        the batching (and so every reference) is the same for any number of actors. The first worker writes
+        each round to the shared cache (one writer; an interrupted run keeps the finished rounds), and every
+        worker uses them all. Returns how many were computed."""
         needed = self._on_first_worker("run_prompts_here", generations)
         missing = self._on_first_worker("scorer_call_here", "missing_references", needed)
         if not missing:
             return 0
+        batches = self._on_first_worker("scorer_call_here", "reference_batches", missing)
         log.info("computing %d full-cache reference scores before the first generation", len(missing))
-        shards = [shard for shard in _split(missing, self.num_workers) if shard]
-        parts = self._on_each_worker("scorer_call_here", [["compute_references", shard] for shard in shards])
-        references = {prompt: score for part in parts for prompt, score in part.items()}
-        self._on_each_worker(
-            "scorer_call_here", [["add_references", references, worker == 0] for worker in range(self.num_workers)]
-        )
+        references: dict[PromptId, float] = {}
+        for start in range(0, len(batches), self.num_workers):
+            work = batches[start : start + self.num_workers]
+            parts = self._on_each_worker("scorer_call_here", [["compute_references", batch] for batch in work])
+            computed = {prompt: score for part in parts for prompt, score in part.items()}
+            self._on_first_worker("scorer_call_here", "add_references", computed, True)
+            references.update(computed)
+        self._on_workers_after_first("scorer_call_here", "add_references", references, False)
         return len(references)
 
     def share_normalisation(self) -> None:
         """Calibrate once, on the first worker, and give its statistics to the others."""
-        self.load_normalisation_state(self.normalisation_state(), skip_first=True)
+        self._on_workers_after_first("scorer_call_here", "load_normalisation_state", self.normalisation_state())
 
     def normalisation_state(self) -> dict[str, Any]:
         return self._on_first_worker("scorer_call_here", "normalisation_state")
 
-    def load_normalisation_state(self, state: dict[str, Any], skip_first: bool = False) -> None:
-        if self.actors is None:
-            if not skip_first:
-                self.local_scorer().load_normalisation_state(state)
-            return
-        actors = self.actors[1:] if skip_first else self.actors
-        ray.get([actor.call.remote("scorer_call_here", ["load_normalisation_state", state], {}) for actor in actors])
+    def load_normalisation_state(self, state: dict[str, Any]) -> None:
+        self._on_each_worker("scorer_call_here", [["load_normalisation_state", state]] * self.num_workers)
 
     def kill_workers(self) -> None:
         """Stop the actors (end of a run; the next job of a multirun starts its own)."""

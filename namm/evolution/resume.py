@@ -115,15 +115,21 @@ def find_start_point(config: TrainConfig, resolved: dict[str, Any]) -> StartPoin
     return StartPoint()
 
 
-def _model_name(config: dict[str, Any]) -> Any:
-    return (config.get("model") or {}).get("name")
+MODEL_IDENTITY = ("name", "seed")  # the model (a tiny model's weights follow its seed), not how it is run
+
+
+def _model_identity(config: dict[str, Any]) -> dict[str, Any]:
+    model = config.get("model") or {}
+    return {key: model.get(key) for key in MODEL_IDENTITY}
 
 
 def _check_same_model(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     """A NAMM's features (attention statistics, normalisation) are the model's own: starting from
     another model's centre is a transfer experiment, so it must be asked for."""
-    if _model_name(saved) != _model_name(current):
+    trained_on, running = _model_identity(saved), _model_identity(current)
+    if trained_on != running:
         raise ConfigError(
-            f"init_from={path} was trained on model {_model_name(saved)!r}, this run uses {_model_name(current)!r}. "
-            "Start from a checkpoint of the same model, or set init_from_any_model=true to transfer it on purpose."
+            f"init_from={path} was trained on model {trained_on['name']!r} ({trained_on}), this run uses "
+            f"{running['name']!r} ({running}). Start from a checkpoint of the same model, or set "
+            "init_from_any_model=true to transfer it on purpose."
         )

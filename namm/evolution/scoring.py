@@ -171,8 +171,13 @@ class CandidateScorer(Protocol):
         """Those of `prompts` whose full-cache reference score is not known yet."""
         ...
 
+    def reference_batches(self, prompts: list[PromptId]) -> list[list[PromptId]]:
+        """`prompts` grouped as the scorer batches them for `compute_references`; a batch is computed as a
+        whole, so the references do not depend on how batches are spread over processes."""
+        ...
+
     def compute_references(self, prompts: list[PromptId]) -> dict[PromptId, float]:
-        """Full-cache reference scores of `prompts` (nothing is written)."""
+        """Full-cache reference scores of `prompts`, one `reference_batches` batch (nothing is written)."""
         ...
 
     def add_references(self, references: dict[PromptId, float], save: bool) -> None:
@@ -194,6 +199,7 @@ SCORER_METHODS = (
     "prompts",
     "score",
     "missing_references",
+    "reference_batches",
     "compute_references",
     "add_references",
     "normalisation_state",

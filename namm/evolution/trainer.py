@@ -185,7 +185,7 @@ def train(cfg: DictConfig) -> RunSummary:
         log.info("loading the model in %s", f"{evo.num_actors} Ray actors" if evo.num_actors >= 2 else "this process")
         problem.start_workers()
         generation, best, wandb_run_id = _restore(start, searcher, problem, config)
-        if start.resume_state is None and start.init_state is None:
+        if start.resume_state is None and not (start.init_state or {}).get("normalisation_state"):
             problem.share_normalisation()  # calibrated once, on the first worker
         computed = problem.prepare_references(list(range(generation + 1, evo.generations + 1)))
         if computed:
@@ -231,13 +231,14 @@ def train(cfg: DictConfig) -> RunSummary:
 def _record_generation(
     record: dict[str, Any], state: dict[str, Any], run_dir: Path, metrics_log: MetricsLog, wandb_run: WandbRun
 ) -> None:
-    """metrics.jsonl, the plot, latest.pt (and best.pt when validation improved), W&B: in that order, so a
-    kill at any point resumes to the same numbers."""
+    """metrics.jsonl, the plot, best.pt (when validation improved), latest.pt, W&B: in that order, so a kill
+    at any point resumes to the same numbers (a resumed generation rewrites what latest.pt did not cover)."""
     metrics_log.append(record)
     plot_progress(metrics_log.read(), run_dir / PLOT_FILE)
+    if record.get("validation/is_best"):  # before latest.pt: a kill in between must not lose the best centre
+        save_checkpoint(state, run_dir / BEST)
     save_latest(state, run_dir)
     if record.get("validation/is_best"):
-        save_checkpoint(state, run_dir / BEST)
         wandb_run.save_checkpoint(run_dir / BEST, "best", state["generation"])
     wandb_run.log(record)
 
