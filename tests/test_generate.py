@@ -238,5 +238,5 @@ def test_smollm2_generate_matches_the_engine_with_a_namm():
         torch.tensor([prompt]), past_key_values=cache, max_new_tokens=12, do_sample=False, eos_token_id=None
     )
     assert out[0, len(prompt) :].tolist() == expected.token_ids
-    assert cache.retained_ratio == expected.retained_ratio
+    assert cache.retained_ratio == expected.retained_ratio < 1.0
     assert len(expected.update_positions) >= 2
