@@ -187,6 +187,14 @@ def test_unsupported_parts_of_generate_name_themselves(llama, kwargs, message):
     assert llama.model.config._attn_implementation == "sdpa"
 
 
+def test_inputs_embeds_are_refused(llama):
+    ids = torch.tensor(random_prompts(lengths=(40,)))
+    cache = MemoryManagedCache(llama.model, namm_policy(), EngineConfig(update_interval=16))
+    embeds = llama.model.get_input_embeddings()(ids)
+    with pytest.raises(UnsupportedGenerationError, match="inputs_embeds are not supported"):
+        llama.model.generate(inputs_embeds=embeds, past_key_values=cache, max_new_tokens=2, pad_token_id=0)
+
+
 def test_assisted_decoding_is_refused(llama):
     """transformers itself refuses a cache that cannot be cropped (5.24) or our crop() does (older versions)."""
     ids = torch.tensor(random_prompts(lengths=(40,)))
