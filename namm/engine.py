@@ -9,10 +9,11 @@ left padding), so each row sees exactly the schedule it would see alone.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import torch
 from transformers import PreTrainedModel
@@ -20,6 +21,7 @@ from transformers import PreTrainedModel
 from namm.attention import attention_rows, register_memory_attention
 from namm.cache import ChunkInfo, MemoryCache, MemoryCacheLayer
 from namm.policies.base import LayerView, MemoryPolicy, top_k_keep
+from namm.schedule import chunk_ends
 
 EvictionMode = Literal["per_head", "per_layer_max"]
 
@@ -135,6 +137,11 @@ class MemoryEngine:
             self.model.set_attn_implementation(previous)
 
 
+def records_queries(policy: MemoryPolicy) -> bool:
+    """The cache buffers post-RoPE queries only for a policy that evicts and reads attention rows."""
+    return getattr(policy, "evicts", True) and policy.needs_attention
+
+
 class _Run:
     """State of one `generate` call (kept apart so the engine itself stays reusable)."""
 
@@ -145,7 +152,9 @@ class _Run:
         lengths: list[int],
         settings: GenerationSettings,
         row_parameters: torch.Tensor | None,
+        cache: MemoryCache | None = None,
     ) -> None:
+        """`cache`: storage sized by the caller (transformers' generate() brings its own), else one sized here."""
         self.engine, self.settings = engine, settings
         self.config = engine.config
         self.policy = engine.policy
@@ -171,28 +180,23 @@ class _Run:
         self.evicts = getattr(self.policy, "evicts", True)
         interval = self.config.update_interval
         total = self.width + settings.max_new_tokens
-        self.cache = MemoryCache(
-            engine.num_layers,
-            initial_capacity=total if not self.evicts else min(total, 2 * interval),
-            growth=2 * interval,
-            record_queries=self.evicts and self.policy.needs_attention,
-            query_window=interval,
-            max_capacity=total,
+        self.cache = (
+            cache
+            if cache is not None
+            else MemoryCache(
+                engine.num_layers,
+                initial_capacity=total if not self.evicts else min(total, 2 * interval),
+                growth=2 * interval,
+                record_queries=records_queries(self.policy),
+                query_window=interval,
+                max_capacity=total,
+            )
         )
 
     # -- schedule ---------------------------------------------------------------------------------
     def chunk_ends(self) -> list[int]:
-        interval = self.config.update_interval
-        limit = self.config.prefill_chunk or interval
-        ends = {self.width}
-        for pad in set(self.pads):
-            ends.update(range(pad + interval, self.width, interval))
-        result, start = [], 0
-        for end in sorted(ends):
-            result.extend(range(start + limit, end, limit))
-            result.append(end)
-            start = end
-        return result
+        start = torch.zeros(self.batch, dtype=torch.long)
+        return chunk_ends(self.real, start, self.config.update_interval, self.config.prefill_chunk)
 
     def execute(self) -> list[GenerationResult]:
         start, logits = 0, None
@@ -229,13 +233,17 @@ class _Run:
             memory_cache=self.cache,
             **{self.engine._cache_keyword: self.cache},
         )
+        self.advance(real)
+        return output.logits
+
+    def advance(self, real: torch.Tensor) -> None:
+        """After a forward of `real` (B, L) tokens: count them, and update the rows that reached a boundary."""
         advanced = real.sum(dim=1)
         self.tokens_seen += advanced
         interval = self.config.update_interval
         due = (advanced > 0) & (self.tokens_seen % interval == 0) & ~self.finished
         if self.evicts and bool(due.any()):
             self.update(due.nonzero().flatten())
-        return output.logits
 
     # -- eviction ---------------------------------------------------------------------------------
     def update(self, rows: torch.Tensor) -> None:

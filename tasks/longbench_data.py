@@ -2,6 +2,10 @@
 
 The sample index is the jsonl line order (reference scores are keyed by it), so every line must parse:
 a malformed line, a blank line or a missing field is an error naming the file and line, never skipped.
+The checked lines become a `datasets.Dataset` (`longbench_dataset`): parsed once into datasets' Arrow
+cache, fingerprinted by the file's path, size and modification time (an edited file is read again),
+memory-mapped on every later read, or streamed without a cache (`streaming=True`). `datasets`' own json
+loader is not used because its errors name neither the file nor the line.
 """
 
 from __future__ import annotations
@@ -12,8 +16,12 @@ import shutil
 import socket
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from datasets import Dataset, Features, IterableDataset, Sequence, Value
+from datasets.exceptions import DatasetGenerationError
 
 HUB_REPO = "THUDM/LongBench"
 HUB_ARCHIVE = "data.zip"
@@ -95,7 +103,7 @@ def task_file(task: str, data_dir: str | Path) -> Path:
 
 def _record(raw: object, where: str) -> LongBenchRecord:
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}.")
+        raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}.")  # noqa: TRY004 (a bad file)
     missing = [name for name in RECORD_FIELDS if name not in raw]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing}; a LongBench record has {list(RECORD_FIELDS)}.")
@@ -106,9 +114,9 @@ def _record(raw: object, where: str) -> LongBenchRecord:
         raise ValueError(f"{where}: 'all_classes' must be null or a list of strings, got {classes!r}.")
     for name in ("input", "context", "dataset", "language", "_id"):
         if not isinstance(raw[name], str):
-            raise ValueError(f"{where}: field {name!r} must be a string, got {type(raw[name]).__name__}.")
+            raise ValueError(f"{where}: field {name!r} must be a string, got {type(raw[name]).__name__}.")  # noqa: TRY004 (a bad file)
     if not isinstance(raw["length"], int):
-        raise ValueError(f"{where}: field 'length' must be an integer, got {raw['length']!r}.")
+        raise ValueError(f"{where}: field 'length' must be an integer, got {raw['length']!r}.")  # noqa: TRY004 (a bad file)
     return LongBenchRecord(
         input=raw["input"],
         context=raw["context"],
@@ -121,22 +129,90 @@ def _record(raw: object, where: str) -> LongBenchRecord:
     )
 
 
-def read_records(path: str | Path) -> list[LongBenchRecord]:
-    """Every line of a LongBench jsonl file, in order."""
-    records = []
+def iter_records(path: str | Path) -> Iterator[LongBenchRecord]:
+    """Every line of a LongBench jsonl file, in order, checked; an empty file is an error."""
+    count = 0
     with Path(path).open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            where = f"{path}, line {number}"
+        for count, line in enumerate(lines, start=1):
+            where = f"{path}, line {count}"
             if not line.strip():
                 raise ValueError(f"{where}: blank line (sample indices follow line order; remove it).")
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: malformed JSON ({error.msg} at column {error.colno}).") from None
-            records.append(_record(raw, where))
-    if not records:
+            yield _record(raw, where)
+    if count == 0:
         raise ValueError(f"{path} holds no records.")
-    return records
+
+
+def read_records(path: str | Path) -> list[LongBenchRecord]:
+    """Every line of a LongBench jsonl file, in order (no `datasets` cache: for small files and checks)."""
+    return list(iter_records(path))
+
+
+FEATURES = Features(
+    {
+        "input": Value("string"),
+        "context": Value("string"),
+        "answers": Sequence(Value("string")),
+        "length": Value("int64"),
+        "dataset": Value("string"),
+        "language": Value("string"),
+        "all_classes": Sequence(Value("string")),
+        "_id": Value("string"),
+    }
+)
+
+
+def _rows(path: str, size: int, modified_ns: int) -> Iterator[dict]:
+    """datasets' generator: `size` and `modified_ns` are only there to key the cache to the file's state."""
+    for record in iter_records(path):
+        row = asdict(record)
+        row["_id"] = row.pop("id")
+        yield row
+
+
+def longbench_dataset(
+    task: str,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    streaming: bool = False,
+) -> Dataset | IterableDataset:
+    """One task's records as a `datasets` table in line order (columns: the 8 LongBench fields).
+
+    `data_dir`: a folder of unzipped jsonl files (null: the hub's data.zip, cached under `cache_dir`). The
+    Arrow cache lives in `<cache_dir>/datasets`; `streaming=True` reads the file lazily instead.
+    """
+    path = task_file(task, download_longbench(cache_dir) if data_dir is None else data_dir).resolve()
+    stat = path.stat()
+    arguments = {"path": str(path), "size": stat.st_size, "modified_ns": stat.st_mtime_ns}
+    if streaming:
+        return IterableDataset.from_generator(_rows, features=FEATURES, gen_kwargs=arguments)
+    try:
+        return Dataset.from_generator(
+            _rows,
+            features=FEATURES,
+            gen_kwargs=arguments,
+            cache_dir=str(Path(cache_dir or default_cache_dir()) / "datasets"),
+        )
+    except DatasetGenerationError as error:  # datasets wraps the generator's error; ours names file and line
+        raise (error.__cause__ or error) from None
+
+
+def record_of(row: dict) -> LongBenchRecord:
+    """A dataset row back as a LongBenchRecord."""
+    classes = row["all_classes"]
+    return LongBenchRecord(
+        input=row["input"],
+        context=row["context"],
+        answers=tuple(row["answers"]),
+        length=row["length"],
+        dataset=row["dataset"],
+        language=row["language"],
+        all_classes=None if classes is None else tuple(classes),
+        id=row["_id"],
+    )
 
 
 def load_longbench(
@@ -148,4 +224,4 @@ def load_longbench(
         source = f"hub:{HUB_REPO}@{Path(data_dir).name}"
     else:
         source = str(Path(data_dir).resolve())
-    return read_records(task_file(task, data_dir)), source
+    return [record_of(row) for row in longbench_dataset(task, data_dir, cache_dir)], source

@@ -79,3 +79,46 @@ def sample_lines(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
 
 def results_by(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(row["policy"], row["task"]): row for row in document["results"]}
+
+
+MEAN = [0.5 + 0.25 * bin for bin in range(17)]
+VAR = [2.0 + bin for bin in range(17)]
+
+
+def training_run(run_dir: Path, parameters: torch.Tensor) -> Path:
+    """A run directory as the trainer leaves it: best.pt with calibrated statistics, and metrics.jsonl."""
+    state = {
+        "format_version": FORMAT_VERSION,
+        "generation": 6,
+        "best_generation": 4,
+        "center": parameters * 0.5,
+        "sigma": 0.065,
+        "best_params": parameters,
+        "best_validation_fitness": 0.75,
+        "config": {
+            "model": {"name": "tiny-llama"},
+            "task": {"tasks": ["passkey"], "context_length": 400},
+            "namm": NAMMConfig().to_dict(),
+            "engine": {"update_interval": 128, "eviction_mode": "per_layer_max", "prefill_chunk": None},
+            "evo": {"searcher": "cmaes_separable", "popsize": 4, "reference_floor": 1.0},
+            "seed": 3,
+        },
+        "searcher_state": {},
+        "rng_state": {},
+        "normalisation_state": {
+            "count": torch.tensor(500.0, dtype=torch.float64),
+            "mean": torch.tensor(MEAN, dtype=torch.float64),
+            "var": torch.tensor(VAR, dtype=torch.float64),
+        },
+        "wandb_run_id": None,
+        "versions": {},
+    }
+    run_dir.mkdir(parents=True)
+    save_checkpoint(state, run_dir / "best.pt")
+    records = [
+        {"generation": 4, "validation/fitness": 0.75, "validation/retained_ratio": 0.61, "validation/passkey/score": 50.0,
+         "validation/passkey/reference": 66.7},
+        {"generation": 5, "fitness/mean": 0.1},
+    ]  # fmt: skip
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    return run_dir

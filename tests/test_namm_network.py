@@ -12,6 +12,7 @@ from namm.network import NAMM, KVCacheManager, NAMMConfig, NormalizationStats, p
 from namm.network.recency import RecencyCode
 from namm.network.scorer import bam_scores
 from namm.network.spectrogram import SpectrogramState, update_spectrogram
+from namm.pretrained import PretrainedNAMM
 
 
 def causal_attention(rows: int, heads: int, queries: int, slots: int, seed: int = 0) -> torch.Tensor:
@@ -249,7 +250,7 @@ def test_parallel_variance_merge_equals_pooled_statistics():
     assert float(merged.count) == pooled.shape[0]
 
 
-def test_calibration_collects_all_keep_statistics_then_freezes():
+def test_calibration_collects_all_keep_statistics_then_freezes(tmp_path):
     theta = torch.randn(4172, generator=torch.Generator().manual_seed(7))
     namm = NAMM(NAMMConfig(), theta)
     manager = KVCacheManager(namm)
@@ -270,8 +271,8 @@ def test_calibration_collects_all_keep_statistics_then_freezes():
     pooled = torch.cat(spectrograms).double()
     torch.testing.assert_close(namm.normalizer.stats.mean, pooled.mean(dim=0))
     torch.testing.assert_close(namm.normalizer.stats.var, pooled.var(dim=0, unbiased=False))
-    restored = NAMM.from_state_dict(namm.state_dict())
-    torch.testing.assert_close(restored.normalizer.stats.var, namm.normalizer.stats.var)
+    restored = PretrainedNAMM.from_pretrained(PretrainedNAMM(namm).save_pretrained(tmp_path)).namm
+    assert torch.equal(restored.normalizer.stats.var, namm.normalizer.stats.var)  # JSON floats round-trip exactly
     assert torch.equal(restored.parameters, theta)
 
 

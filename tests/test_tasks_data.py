@@ -4,10 +4,10 @@ import json
 import zipfile
 
 import pytest
+from test_tasks_support import FIXTURES
 
 from tasks import longbench_data
-from tasks.longbench_data import RECORD_FIELDS, load_longbench, read_records
-from test_tasks_support import FIXTURES
+from tasks.longbench_data import RECORD_FIELDS, load_longbench, longbench_dataset, read_records
 
 
 def test_fixtures_have_exactly_the_eight_fields():
@@ -70,3 +70,43 @@ def test_hub_archive_is_unzipped_once_into_a_commit_folder(tmp_path, monkeypatch
     assert source == "hub:THUDM/LongBench@abc123" and len(records) == 2
     assert (tmp_path / "cache" / "abc123" / "qasper.jsonl").is_file()
     assert longbench_data.download_longbench(tmp_path / "cache") == tmp_path / "cache" / "abc123"
+
+
+# -- through datasets: cached, fingerprinted by the file, streamable ------------------------------------
+
+
+def copy_fixture(tmp_path, name="qasper"):
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.jsonl").write_text((FIXTURES / f"{name}.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    return folder
+
+
+def test_a_dataset_is_parsed_once_and_read_again_when_the_file_changes(tmp_path):
+    folder = copy_fixture(tmp_path)
+    first = longbench_dataset("qasper", folder, tmp_path / "cache")
+    again = longbench_dataset("qasper", folder, tmp_path / "cache")
+    assert again._fingerprint == first._fingerprint and again.cache_files == first.cache_files
+    assert str(tmp_path / "cache" / "datasets") in again.cache_files[0]["filename"]
+    assert [longbench_data.record_of(row) for row in first] == read_records(folder / "qasper.jsonl")
+    lines = (folder / "qasper.jsonl").read_text(encoding="utf-8").splitlines()
+    (folder / "qasper.jsonl").write_text("\n".join([lines[1], lines[0]]) + "\n", encoding="utf-8")
+    edited = longbench_dataset("qasper", folder, tmp_path / "cache")
+    assert edited._fingerprint != first._fingerprint
+    assert edited["input"] == ["Is the model multilingual?", "What dataset do they use?"]
+
+
+def test_streaming_gives_the_same_rows_without_a_cache(tmp_path):
+    folder = copy_fixture(tmp_path, "trec")
+    streamed = list(longbench_dataset("trec", folder, tmp_path / "cache", streaming=True))
+    assert [longbench_data.record_of(row) for row in streamed] == read_records(folder / "trec.jsonl")
+    assert not (tmp_path / "cache" / "datasets").exists()
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("malformed", r"malformed\.jsonl, line 3: malformed JSON"), ("blank_line", r"blank_line\.jsonl, line 2")],
+)
+def test_bad_lines_keep_their_message_through_datasets(tmp_path, name, message):
+    with pytest.raises(ValueError, match=message):
+        longbench_dataset(name, FIXTURES / "broken", tmp_path / "cache")

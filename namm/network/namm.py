@@ -146,17 +146,3 @@ class NAMM:
         finally:
             self.set_parameters(saved)
         self.normalizer.freeze()
-
-    def state_dict(self) -> dict[str, object]:
-        """Parameters, normalisation statistics and the config: everything needed to reuse this NAMM."""
-        return {
-            "config": self.config.to_dict(),
-            "parameters": self.parameters.clone(),
-            "normalization": self.normalizer.state_dict(),
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, object]) -> NAMM:
-        namm = cls(NAMMConfig.from_dict(dict(state["config"])), state["parameters"])
-        namm.normalizer.load_state_dict(dict(state["normalization"]))
-        return namm

@@ -46,7 +46,7 @@ class EvaluateConfig:
 
     name: str = "default"  # names the output directory
     out_dir: str = "runs/eval/${name}"  # results, per-sample predictions and plots; rerunning resumes here
-    checkpoint: str = AUTO_CHECKPOINT  # auto | zero | <checkpoint .pt or training run directory>
+    checkpoint: str = AUTO_CHECKPOINT  # auto | zero | <checkpoint .pt, training run directory or exported NAMM folder>
     checkpoint_params: str = "best"  # best: the best validated centre (best_params); center: the search mean
     train_dir: str = "runs/default"  # where checkpoint=auto looks for training runs (<train_dir>/seed*/)
     compare: list[str] | None = None  # policies run on the same samples; null: `policy`, else DEFAULT_COMPARISON

@@ -1,6 +1,7 @@
-"""Which NAMM is evaluated: a training checkpoint (file or run directory), the newest one of the default
-training run, or the zero-parameter NAMM. Reads small files only, so a bad checkpoint fails before any
-model is loaded.
+"""Which NAMM is evaluated: a training checkpoint (file or run directory), an exported NAMM folder
+(`scripts/export_namm.py`), the newest checkpoint of the default training run, or the zero-parameter NAMM.
+All are read through `namm.pretrained.PretrainedNAMM`; only small files are read, so a bad input fails
+before any model is loaded.
 """
 
 from __future__ import annotations
@@ -8,17 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from namm.evolution.checkpoint import BEST, LATEST, CheckpointError, load_checkpoint, resolve_checkpoint_path
+from namm.evolution.checkpoint import BEST, LATEST, CheckpointError, resolve_checkpoint_path
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
 from namm.network.parameters import parameter_layout
 from namm.policies.namm_policy import NAMMPolicy
+from namm.pretrained import PretrainedNAMM, is_exported_namm
 from tasks.evaluation.config import AUTO_CHECKPOINT, ZERO_CHECKPOINT
 
 log = logging.getLogger(__name__)
@@ -26,25 +28,41 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class NAMMSource:
-    """The parameters, config and normalisation statistics of the NAMM under evaluation, and their origin."""
+    """The NAMM under evaluation (an exported artefact, however it was read) and its origin."""
 
-    parameters: torch.Tensor  # (P,) float32
-    config: NAMMConfig
-    normalization: dict[str, torch.Tensor] = field(default_factory=dict)  # FeatureNormalizer state; {}: none
+    artefact: PretrainedNAMM
+    kind: str = "zero"  # checkpoint | exported | zero
     path: Path | None = None  # None: the zero-parameter NAMM
-    generation: int | None = None
-    params_kind: str = "zero"  # best | center | zero
-    trained_on: str | None = None  # model name of the training run
-    checkpoint_sha256: str | None = None
-    training_engine: dict[str, Any] | None = None  # the engine schedule the NAMM was evolved with, if saved
+    params_kind: str = "zero"  # best | center (checkpoints) | exported | zero
 
     @property
     def is_zero(self) -> bool:
-        return self.path is None
+        return self.kind == "zero"
+
+    @property
+    def parameters(self) -> torch.Tensor:
+        return self.artefact.namm.parameters
+
+    @property
+    def config(self) -> NAMMConfig:
+        return self.artefact.config
+
+    @property
+    def normalization(self) -> dict[str, torch.Tensor]:
+        return self.artefact.namm.normalizer.state_dict()
 
     @property
     def param_count(self) -> int:
         return int(self.parameters.numel())
+
+    @property
+    def trained_on(self) -> str | None:
+        return self.artefact.trained_on
+
+    @property
+    def training_engine(self) -> dict[str, Any] | None:
+        """The engine schedule the NAMM was evolved with (None for the zero NAMM: the engine defaults)."""
+        return None if self.is_zero else asdict(self.artefact.engine)
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the NAMM's decisions (keys its per-sample results)."""
@@ -55,19 +73,18 @@ class NAMMSource:
         return digest.hexdigest()[:12]
 
     def build_policy(self) -> NAMMPolicy:
-        namm = NAMM(self.config, self.parameters)
-        namm.normalizer.load_state_dict(self.normalization)
-        return NAMMPolicy(namm)
+        return self.artefact.policy()
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready record for results.json."""
+        checkpoint = self.artefact.training.get("checkpoint") or {}
         return {
-            "kind": "zero" if self.is_zero else "checkpoint",
+            "kind": self.kind,
             "path": None if self.path is None else str(self.path),
-            "generation": self.generation,
+            "generation": self.artefact.training.get("generation"),
             "params": self.params_kind,
             "param_count": self.param_count,
-            "sha256": self.checkpoint_sha256,
+            "sha256": checkpoint.get("sha256"),
             "fingerprint": self.fingerprint(),
             "trained_on_model": self.trained_on,
             "normalization": bool(self.normalization),
@@ -92,14 +109,9 @@ def _namm_config(values: dict[str, Any] | None, where: str) -> NAMMConfig:
         raise ValueError(f"{where}: {error}") from error
 
 
-def _check_shape(requested: NAMMConfig, saved: NAMMConfig, parameters: torch.Tensor, path: Path) -> None:
-    """The requested NAMM must have the checkpoint's parameter layout (block names and shapes)."""
+def _check_shape(requested: NAMMConfig, saved: NAMMConfig, path: Path) -> None:
+    """The requested NAMM must have the saved one's parameter layout (block names and shapes)."""
     wanted, stored = parameter_layout(requested), parameter_layout(saved)
-    if parameters.numel() != stored.size:
-        raise CheckpointError(
-            f"{path} holds {parameters.numel()} NAMM parameters but its own namm config describes {stored.size}; "
-            "the checkpoint is inconsistent (was it written by another version?)."
-        )
     shape = [(block.name, block.shape) for block in wanted.blocks]
     saved_shape = [(block.name, block.shape) for block in stored.blocks]
     if shape != saved_shape:
@@ -113,64 +125,37 @@ def _check_shape(requested: NAMMConfig, saved: NAMMConfig, parameters: torch.Ten
         )
 
 
-def _normalization(state: Any, path: Path, config: NAMMConfig) -> dict[str, torch.Tensor]:
-    """The FeatureNormalizer statistics inside a checkpoint's `normalisation_state` (or {} when none)."""
-    if not state:
-        return {}
-    stats = state.get("normalization", state) if isinstance(state, dict) else None
-    if not isinstance(stats, dict) or (stats and not {"count", "mean", "var"} <= set(stats)):
-        raise CheckpointError(
-            f"{path}: normalisation_state has keys {sorted(state) if isinstance(state, dict) else type(state)}; "
-            "expected the NAMM's normalisation statistics (count, mean, var)."
-        )
-    if stats and torch.as_tensor(stats["mean"]).numel() != config.bins:
-        raise CheckpointError(
-            f"{path}: normalisation statistics have {torch.as_tensor(stats['mean']).numel()} "
-            f"bins, the NAMM config has {config.bins}."
-        )
-    return dict(stats)
-
-
 def load_namm_source(path: Path, params_kind: str, namm_override: dict[str, Any] | None) -> NAMMSource:
-    """Read and check a checkpoint; `namm_override` (the `namm` group, if given) must match its shape."""
+    """Read and check a checkpoint (file or run directory) or an exported NAMM folder; `namm_override` (the
+    `namm` group, if given) must match its shape and replaces its settings (e.g. a budget)."""
     if not path.exists():
         raise CheckpointError(
-            f"checkpoint={path} does not exist. Give a .pt file (best.pt, latest.pt) or a training run directory "
-            "(e.g. runs/<name>/seed0), or checkpoint=zero for the zero-parameter NAMM."
+            f"checkpoint={path} does not exist. Give a .pt file (best.pt, latest.pt), a training run directory "
+            "(e.g. runs/<name>/seed0) or an exported NAMM folder, or checkpoint=zero for the zero-parameter NAMM."
         )
-    path = resolve_checkpoint_path(path)
-    state = load_checkpoint(path)
-    saved_config = state["config"] if isinstance(state["config"], dict) else {}
-    saved = _namm_config(saved_config.get("namm"), f"the namm config saved in {path}")
-    parameters = state["best_params"] if params_kind == "best" else state["center"]
-    parameters = torch.as_tensor(parameters).detach().float().reshape(-1)
-    requested = saved if namm_override is None else _namm_config(namm_override, "namm")
-    _check_shape(requested, saved, parameters, path)
-    model = saved_config.get("model")
-    normalization = _normalization(state.get("normalisation_state"), path, requested)
-    if requested.normalise and not normalization and parameters.any():
+    if is_exported_namm(path):
+        artefact, kind, params_kind = PretrainedNAMM.from_pretrained(path), "exported", "exported"
+    else:
+        path = resolve_checkpoint_path(path)
+        artefact, kind = PretrainedNAMM.from_checkpoint(path, params_kind), "checkpoint"
+    if namm_override is not None:
+        requested = _namm_config(namm_override, "namm")
+        _check_shape(requested, artefact.config, path)
+        namm = NAMM(requested, artefact.namm.parameters)
+        namm.normalizer.load_state_dict(artefact.namm.normalizer.state_dict())
+        artefact = replace(artefact, namm=namm)
+    if artefact.config.normalise and artefact.namm.normalizer.stats is None and artefact.namm.parameters.any():
         log.warning(
             "%s has no normalisation statistics although namm.normalise is on: its NAMM will see raw "
             "spectrograms, unlike in training",
             path,
         )
-    return NAMMSource(
-        parameters=parameters,
-        config=requested,
-        normalization=normalization,
-        path=path,
-        generation=int(state["generation"]),
-        params_kind=params_kind,
-        trained_on=model.get("name") if isinstance(model, dict) else None,
-        checkpoint_sha256=state.get("sha256"),
-        training_engine=saved_config.get("engine"),
-    )
+    return NAMMSource(artefact, kind=kind, path=path, params_kind=params_kind)
 
 
 def zero_namm_source(namm_override: dict[str, Any] | None) -> NAMMSource:
     """The NAMM with every parameter zero: every score is 0 >= threshold 0, so it keeps every token."""
-    config = _namm_config(namm_override, "namm")
-    return NAMMSource(parameters=torch.zeros(parameter_layout(config).size), config=config)
+    return NAMMSource(PretrainedNAMM(NAMM(_namm_config(namm_override, "namm"))))
 
 
 def resolve_namm_source(

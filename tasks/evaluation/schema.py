@@ -126,10 +126,10 @@ RESULTS_SCHEMA: dict[str, Any] = {
                     {"type": "null"},
                     _object(
                         {
-                            "kind": {"enum": ["checkpoint", "zero"]},
+                            "kind": {"enum": ["checkpoint", "exported", "zero"]},
                             "path": {"type": ["string", "null"]},
                             "generation": {"type": ["integer", "null"]},
-                            "params": {"enum": ["best", "center", "zero"]},
+                            "params": {"enum": ["best", "center", "exported", "zero"]},
                             "param_count": {"type": "integer", "minimum": 1},
                             "sha256": {"type": ["string", "null"]},
                             "fingerprint": _STRING,

@@ -1,0 +1,189 @@
+"""Exported NAMMs: the folder format, round trips from a training checkpoint, offline hub upload, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from evaluation_helpers import MEAN, VAR, evicting_parameters, training_run, write_checkpoint
+from safetensors.torch import load_file
+
+from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
+from namm.models import ModelConfig, load_model
+from namm.network import NAMM, NAMMConfig
+from namm.policies.namm_policy import NAMMPolicy
+from namm.pretrained import (
+    CARD_FILE,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    PretrainedNAMM,
+    PretrainedNAMMError,
+    layout_record,
+)
+from scripts.export_namm import main as export_main
+from tasks.evaluation.namm_source import load_namm_source
+
+
+@pytest.fixture
+def exported(tmp_path):
+    run = training_run(tmp_path / "run", evicting_parameters())
+    export_main([str(run), str(tmp_path / "namm")])
+    return tmp_path / "namm"
+
+
+def test_the_folder_holds_named_weights_a_complete_config_and_a_card(exported):
+    weights = load_file(exported / WEIGHTS_FILE)
+    assert {name: tuple(t.shape) for name, t in weights.items()} == {  # the README's table of the BAM layout
+        "qkv_weight": (25, 96),
+        "qkv_bias": (96,),
+        "out_weight": (32, 50),
+        "out_bias": (50,),
+        "readout_weight": (25, 1),
+        "readout_bias": (1,),
+    }
+    theta = evicting_parameters()
+    assert torch.equal(weights["qkv_weight"].flatten(), theta[:2400])  # input-major, as the reference stores it
+    assert torch.equal(weights["readout_bias"], theta[4171:])
+    config = json.loads((exported / CONFIG_FILE).read_text())
+    assert config["normalization"] == {"count": 500.0, "mean": MEAN, "var": VAR}
+    assert config["engine"] == {"update_interval": 128, "eviction_mode": "per_layer_max", "prefill_chunk": None}
+    assert config["training"]["model"] == {"name": "tiny-llama"} and config["training"]["generation"] == 4
+    assert config["training"]["evo"]["reference_floor"] == 1.0
+    assert config["measured"]["retained_ratio"] == 0.61 and config["measured"]["task_scores"] == {"passkey": 50.0}
+    card = (exported / CARD_FILE).read_text()
+    assert card.startswith("---\nlibrary_name: namm-evolve")
+    assert "| passkey | 50.00 | 66.70 |" in card and "retained ratio 0.610" in card
+    assert "every 128 tokens" in card and "4,172 parameters" in card
+
+
+def test_round_trip_gives_the_checkpoints_decisions(exported, tmp_path):
+    """The loaded NAMM evicts exactly as one built by hand from the checkpoint's numbers."""
+    loaded = PretrainedNAMM.from_pretrained(exported)
+    by_hand = NAMM(NAMMConfig(), evicting_parameters())
+    by_hand.normalizer.set_stats(torch.tensor(MEAN), torch.tensor(VAR), count=500.0)
+    assert torch.equal(loaded.namm.normalizer.stats.mean, by_hand.normalizer.stats.mean)
+    assert loaded.engine == EngineConfig(update_interval=128)
+    model = load_model(ModelConfig(name="tiny-llama")).model
+    prompts = [torch.randint(3, 256, (300,), generator=torch.Generator().manual_seed(1)).tolist()]
+    settings = GenerationSettings(max_new_tokens=8, stop_on_eos=False)
+    ours = MemoryEngine(model, loaded.policy(), loaded.engine).generate(prompts, settings)[0]
+    reference = MemoryEngine(model, NAMMPolicy(by_hand), loaded.engine).generate(prompts, settings)[0]
+    assert (ours.token_ids, ours.retained_ratio) == (reference.token_ids, reference.retained_ratio)
+    assert ours.retained_ratio < 1.0
+    # saved again, the folder is the same
+    again = loaded.save_pretrained(tmp_path / "again")
+    assert (again / WEIGHTS_FILE).read_bytes() == (exported / WEIGHTS_FILE).read_bytes()
+    first, second = (json.loads((folder / CONFIG_FILE).read_text()) for folder in (exported, again))
+    assert first == second
+
+
+def test_evaluation_reads_an_exported_folder_like_its_checkpoint(exported, tmp_path):
+    from_folder = load_namm_source(exported, "best", None)
+    from_checkpoint = load_namm_source(tmp_path / "run", "best", None)
+    assert (from_folder.kind, from_folder.params_kind) == ("exported", "exported")
+    assert from_folder.fingerprint() == from_checkpoint.fingerprint()
+    assert from_folder.training_engine == from_checkpoint.training_engine
+    with pytest.raises(ValueError, match=r"NAMM of 4172 parameters \(bam.*asks for .* \(mlp"):
+        load_namm_source(exported, "best", NAMMConfig(scorer="mlp").to_dict())
+
+
+def edit_config(folder: Path, edit) -> None:
+    document = json.loads((folder / CONFIG_FILE).read_text())
+    edit(document)
+    (folder / CONFIG_FILE).write_text(json.dumps(document))
+
+
+def test_a_folder_for_another_parameter_layout_fails_naming_it(exported):
+    other = NAMMConfig(hidden=16)
+
+    def relabel(document):
+        document["namm"] = other.to_dict()
+        document["parameter_layout"] = layout_record(NAMM(other).layout)
+
+    edit_config(exported, relabel)
+    with pytest.raises(PretrainedNAMMError, match="exported for another parameter layout"):
+        PretrainedNAMM.from_pretrained(exported)
+
+
+def test_a_layout_that_disagrees_with_its_config_fails(exported):
+    edit_config(exported, lambda document: document["namm"].update(hidden=16))
+    with pytest.raises(PretrainedNAMMError, match="is not the layout of its own namm config"):
+        PretrainedNAMM.from_pretrained(exported)
+
+
+@pytest.mark.parametrize("field", ["normalization", "engine", "namm"])
+def test_a_missing_config_field_is_named(exported, field):
+    edit_config(exported, lambda document: document.pop(field))
+    with pytest.raises(PretrainedNAMMError, match=rf"lacks the field\(s\) \['{field}'\]"):
+        PretrainedNAMM.from_pretrained(exported)
+
+
+def test_missing_files_and_bad_names_say_what_to_give(exported, tmp_path):
+    (exported / WEIGHTS_FILE).unlink()
+    with pytest.raises(PretrainedNAMMError, match="has no model.safetensors.*export_namm.py"):
+        PretrainedNAMM.from_pretrained(exported)
+    with pytest.raises(PretrainedNAMMError, match="neither a folder nor a hub repo id"):
+        PretrainedNAMM.from_pretrained(tmp_path / "nowhere")
+
+
+def test_normalisation_of_another_size_is_refused(exported):
+    edit_config(exported, lambda document: document["normalization"].update(mean=[0.0] * 9))
+    with pytest.raises(PretrainedNAMMError, match="normalization has 9 bins, the namm config has 17"):
+        PretrainedNAMM.from_pretrained(exported)
+
+
+class LocalHub:
+    """Stands in for huggingface_hub.HfApi: repos are folders under `root` (nothing leaves the machine)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def __call__(self, token=None):
+        assert token == "test-token"
+        return self
+
+    def create_repo(self, repo_id, private=None, exist_ok=False):
+        (self.root / repo_id).mkdir(parents=True, exist_ok=exist_ok)
+
+    def upload_folder(self, repo_id, folder_path, commit_message):
+        shutil.copytree(folder_path, self.root / repo_id, dirs_exist_ok=True)
+        return f"local://{repo_id}"
+
+    def snapshot_download(self, repo_id, revision=None, allow_patterns=None):
+        return str(self.root / repo_id)
+
+
+def test_push_to_hub_and_load_by_repo_id_offline(exported, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    hub = LocalHub(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub, "HfApi", hub)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "test-token")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
+    artefact = PretrainedNAMM.from_pretrained(exported)
+    assert artefact.push_to_hub("someone/passkey-namm") == "local://someone/passkey-namm"
+    assert sorted(path.name for path in (tmp_path / "hub" / "someone" / "passkey-namm").iterdir()) == sorted(
+        [CARD_FILE, CONFIG_FILE, WEIGHTS_FILE]
+    )
+    downloaded = PretrainedNAMM.from_pretrained("someone/passkey-namm")
+    assert torch.equal(downloaded.namm.parameters, artefact.namm.parameters)
+
+
+def test_push_to_hub_without_credentials_says_how_to_log_in(exported, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(PretrainedNAMMError, match="no Hugging Face credentials: run `hf auth login`"):
+        PretrainedNAMM.from_pretrained(exported).push_to_hub("someone/passkey-namm")
+
+
+def test_a_checkpoint_without_validation_exports_without_figures(tmp_path):
+    path = write_checkpoint(tmp_path / "run" / "latest.pt", evicting_parameters())
+    artefact = PretrainedNAMM.from_checkpoint(path.parent, "center")
+    assert torch.equal(artefact.namm.parameters, evicting_parameters() * 0.5)
+    assert artefact.measured == {} and artefact.training["params"] == "center"
+    card = (artefact.save_pretrained(tmp_path / "out") / CARD_FILE).read_text()
+    assert "No held-out validation was recorded" in card
