@@ -4,6 +4,7 @@ import json
 import zipfile
 
 import pytest
+from huggingface_hub.errors import LocalEntryNotFoundError
 from test_tasks_support import FIXTURES
 
 from tasks import longbench_data
@@ -60,16 +61,36 @@ def test_hub_archive_is_unzipped_once_into_a_commit_folder(tmp_path, monkeypatch
         archive.write(FIXTURES / "qasper.jsonl", "data/qasper.jsonl")
     calls = []
 
-    def fake_download(repo, filename, repo_type, revision):
-        calls.append((repo, filename, repo_type))
+    def fake_download(repo, filename, repo_type, revision, local_files_only=False):
+        calls.append((repo, filename, repo_type, "local" if local_files_only else "network"))
+        if local_files_only and len(calls) == 1:  # not in the hub cache yet
+            raise LocalEntryNotFoundError("not cached")
         return str(snapshot / "data.zip")
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
+    monkeypatch.setattr(longbench_data, "_check_hub_reachable", lambda: None)
     records, source = load_longbench("qasper", cache_dir=tmp_path / "cache")
-    assert calls == [("THUDM/LongBench", "data.zip", "dataset")]
+    assert calls == [
+        ("THUDM/LongBench", "data.zip", "dataset", "local"),
+        ("THUDM/LongBench", "data.zip", "dataset", "network"),
+    ]
     assert source == "hub:THUDM/LongBench@abc123" and len(records) == 2
     assert (tmp_path / "cache" / "abc123" / "qasper.jsonl").is_file()
     assert longbench_data.download_longbench(tmp_path / "cache") == tmp_path / "cache" / "abc123"
+    assert calls[-1][-1] == "local"  # the second time, the hub cache's copy: no network
+
+
+def test_an_unreachable_hub_fails_at_once(monkeypatch):
+    def no_host(host, port):
+        raise OSError("Name or service not known")
+
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    monkeypatch.setattr(longbench_data.socket, "getaddrinfo", no_host)
+    with pytest.raises(ConnectionError, match="cannot reach the Hugging Face hub"):
+        longbench_data._check_hub_reachable()
 
 
 # -- through datasets: cached, fingerprinted by the file, streamable ------------------------------------
