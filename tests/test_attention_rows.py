@@ -8,6 +8,7 @@ import torch
 
 from namm import attention
 from namm.attention import attention_rows
+from namm.attention_variant import AttentionVariant
 from namm.cache import MemoryCacheLayer
 
 Q_HEADS, KV_HEADS, HEAD_DIM, WINDOW = 6, 2, 8, 16
@@ -22,7 +23,7 @@ def filled_layer(rows: int, slots: int, real: torch.Tensor | None = None) -> Mem
     positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)
     layer.append(keys, keys.clone(), positions, real)
     layer.record(torch.randn(rows, Q_HEADS, WINDOW, HEAD_DIM, generator=generator) * 2)
-    layer.scaling = HEAD_DIM**-0.5
+    layer.variant = AttentionVariant(scaling=HEAD_DIM**-0.5)
     return layer
 
 
@@ -34,7 +35,7 @@ def eager_rows(layer: MemoryCacheLayer, rows: torch.Tensor, count: int) -> torch
     queries = layer.query_buffer[rows, :, layer.query_count - count : layer.query_count]
     newest = positions.masked_fill(~valid, -1).amax(dim=(1, 2))
     query_positions = newest[:, None] - count + 1 + torch.arange(count)
-    logits = queries @ keys.transpose(-1, -2) * layer.scaling
+    logits = queries @ keys.transpose(-1, -2) * layer.variant.scaling
     visible = valid[:, :, None, :] & (positions[:, :, None, :] <= query_positions[:, None, :, None])
     probs = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1)
     return probs.view(len(rows), KV_HEADS, -1, count, layer.length).mean(dim=2)
