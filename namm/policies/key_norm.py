@@ -2,9 +2,10 @@
 
 Norms are rounded to 12 significant bits before ranking. Identical tokens give keys of equal norm (RoPE is
 a rotation), but the stored post-RoPE keys carry float rounding, and a batched forward rounds differently
-from a forward alone (padding changes how SDPA blocks its sums, ~1e-6 at layer 1 of the tiny models); the
-rounding makes such ties compare equal so they fall to position, as every score tie does. Norms closer than
-1 part in 4096 count as equal.
+from a forward alone (other shapes and kernels: layer-1 keys of the tiny models differ by ~2e-6); the
+rounding makes such ties compare equal so they fall to position, as every score tie does. The price: norms
+within 1 part in 2**12-2**13 of each other may count as equal; the guard is not absolute either, since two
+near-equal norms straddling a rounding boundary still fall on its two sides.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ At each update the newest `window` queries (the observation window) vote: their 
 KV head over the prefix, the live tokens older than the window. Votes are pooled over `kernel_size`
 neighbouring prefix tokens so whole phrases survive; the window is always kept, so its own votes are not
 pooled onto the tokens just before it (at the prefix's edge pooling pads, as SnapKV's code does: -inf
-for max, zeros for average). Defaults: window 32 with max pooling over 7 tokens, the LongBench settings
-of KVCache-Factory, the harness most SnapKV comparisons on LongBench run; the SnapKV repository's own
-defaults are window 32, kernel 5, average pooling (`pooling=avg kernel_size=5`). Unlike the paper, which
-compresses once after the prompt, the engine applies the rule at every update; votes are the GQA group's
-mean attention.
+for max, zeros for average). Defaults: window 32 with max pooling over 7 tokens, the LongBench settings in
+the scripts of KVCache-Factory (the PyramidKV authors' harness, a common ground for comparing with SnapKV);
+the SnapKV repository's own defaults are window 32, kernel 5, average pooling (`pooling=avg kernel_size=5`).
+Unlike the paper, which compresses once after the prompt, the engine applies the rule at every update;
+votes are the GQA group's mean attention.
 """
 
 from __future__ import annotations
