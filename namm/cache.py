@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from namm.attention_variant import AttentionVariant
+
 
 class MemoryCacheLayer(CacheLayerMixin):
     """Storage of one decoder layer (the transformers layer interface plus eviction bookkeeping)."""
@@ -36,7 +38,7 @@ class MemoryCacheLayer(CacheLayerMixin):
         self.positions: torch.Tensor | None = None
         self.query_buffer: torch.Tensor | None = None
         self.query_count = 0
-        self.scaling = 1.0  # set by the attention function: the model's own softmax scale
+        self.variant = AttentionVariant()  # set by the attention function: the model's scale, window, cap, sinks
 
     # -- transformers layer interface -------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:

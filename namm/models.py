@@ -39,6 +39,8 @@ from transformers import (
     Qwen2Config,
 )
 
+from namm.attention_variant import unsupported_attention_features
+
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -160,10 +162,13 @@ def load_model(config: ModelConfig) -> LoadedModel:
     )
 
 
-def check_supported(model: PreTrainedModel | type[PreTrainedModel]) -> None:
+def check_supported(model: PreTrainedModel | type[PreTrainedModel], hf_config: PretrainedConfig | None = None) -> None:
     """Fail unless the model (instance or class) computes attention through transformers'
-    `ALL_ATTENTION_FUNCTIONS` interface, the extension point the memory engine hooks into."""
+    `ALL_ATTENTION_FUNCTIONS` interface, the extension point the memory engine hooks into, and its config
+    (`hf_config`, or an instance's own) asks for no attention feature the engine does not reproduce."""
     model_class = model if isinstance(model, type) else type(model)
+    if hf_config is None and not isinstance(model, type):
+        hf_config = model.config
     if not (isinstance(model_class, type) and issubclass(model_class, PreTrainedModel)):
         raise UnsupportedModelError(f"{model_class!r} is not a transformers PreTrainedModel")
     # `is_backend_compatible` reports the class flag `_supports_attention_backend`.
@@ -172,6 +177,12 @@ def check_supported(model: PreTrainedModel | type[PreTrainedModel]) -> None:
             f"Architecture {model_class.__name__} is not supported: its attention modules do not go through "
             "transformers' attention interface (ALL_ATTENTION_FUNCTIONS), which the memory engine hooks into. "
             "Use a decoder that does, such as Llama, Mistral, Qwen2 or Qwen3."
+        )
+    problems = [] if hf_config is None else unsupported_attention_features(hf_config.get_text_config())
+    if problems:
+        raise UnsupportedModelError(
+            f"{model_class.__name__} is configured for {'; '.join(problems)}, which the memory engine does not "
+            "implement: its attention would silently differ. Use a model (or config) without it."
         )
 
 
@@ -220,7 +231,8 @@ def _load_pretrained(
     source: str, config: ModelConfig, dtype: torch.dtype, device: torch.device
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     # The architecture is checked from config.json alone, before any weights are fetched.
-    check_supported(_causal_lm_class(AutoConfig.from_pretrained(source), source))
+    hf_config = AutoConfig.from_pretrained(source)
+    check_supported(_causal_lm_class(hf_config, source), hf_config)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=dtype, attn_implementation=config.attn_implementation, device_map=str(device)
@@ -299,7 +311,7 @@ def _load_packaged_gguf(
 def _convert_gguf(gguf_path: Path, directory: Path) -> None:
     """Dequantise the GGUF into float32 safetensors plus its tokenizer (the ~15 s step)."""
     logger.info("Converting %s to safetensors once (about 20 s); cached in %s", gguf_path.name, directory)
-    source = dict(pretrained_model_name_or_path=str(gguf_path.parent), gguf_file=gguf_path.name)
+    source = {"pretrained_model_name_or_path": str(gguf_path.parent), "gguf_file": gguf_path.name}
     tokenizer = AutoTokenizer.from_pretrained(**source)
     loaded = AutoModelForCausalLM.from_pretrained(**source, dtype=torch.float32)
     # The GGUF-loaded model is marked quantized and refuses save_pretrained: copy its dense weights

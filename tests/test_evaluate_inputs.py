@@ -47,7 +47,7 @@ def test_default_config_composes_and_compares_every_policy(tmp_path):
     trained, zero = load_namm_source(checkpoint, "best", None), zero_namm_source(None)
     assert wants_matched_budgets(config, plan_contenders(config), trained)
     assert not wants_matched_budgets(config, plan_contenders(config), zero)  # it keeps all: ratio 1.0 is full cache
-    assert config.baselines["snapkv"]["options"] == {"window": 32, "kernel_size": 7}  # from conf/policy/
+    assert config.baselines["snapkv"]["options"] == {"window": 32, "kernel_size": 7, "pooling": "max"}  # conf/policy/
 
 
 def test_default_paths_follow_the_training_run_layout():

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -80,8 +81,10 @@ class Budget:
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.tokens is None):
             raise ValueError("Budget: give exactly one of `ratio` (0 < ratio <= 1) or `tokens` (> 0).")
-        if self.ratio is not None and not (0.0 < self.ratio <= 1.0) or (
-            self.ratio is not None and math.isnan(self.ratio)
+        if (
+            self.ratio is not None
+            and not (0.0 < self.ratio <= 1.0)
+            or (self.ratio is not None and math.isnan(self.ratio))
         ):
             raise ValueError(f"Budget ratio must be in (0, 1], got {self.ratio}; e.g. policy.budget=0.5.")
         if self.tokens is not None and self.tokens <= 0:
@@ -94,8 +97,17 @@ class Budget:
         return torch.ceil(tokens_seen.double() * self.ratio).long().clamp(min=1)
 
 
+#: the rank of a policy's protected slots (sinks, windows, recent tokens): above every score, below the newest
+PROTECTED_SCORE = torch.finfo(torch.float32).max
+
+
 def top_k_keep(scores: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """(R, H, S) bool keeping the `counts[r]` best-scoring valid slots of every head (ties: lower slot)."""
+    """(R, H, S) bool keeping the `counts[r]` best-scoring valid slots of every head.
+
+    Ties go to the older token: a stable sort keeps slot order, and live slots are in position order (the
+    cache appends tokens in order and compacts stably). Each row and head is ranked on its own, so which
+    rows share the batch cannot change the result.
+    """
     masked = scores.masked_fill(~valid, float("-inf"))
     order = masked.argsort(dim=-1, descending=True, stable=True)
     rank = torch.empty_like(order)
@@ -136,17 +148,37 @@ class MemoryPolicy(ABC):
 
 
 class BudgetPolicy(MemoryPolicy):
-    """A policy that ranks slots by a score and keeps a fixed budget per head, newest token always kept."""
+    """A policy that keeps a fixed budget per head: the newest token first, then the policy's protected
+    tokens (oldest first), then the best scores (ties: the older token).
+
+    A token budget too small for what the policy always keeps is refused when the policy is built; a ratio
+    budget that is too small at some update keeps the newest token and as many protected ones as fit.
+    """
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
 
     @abstractmethod
     def score(self, view: LayerView) -> torch.Tensor:
-        """(R, H, S) float: higher means more worth keeping."""
+        """(R, H, S) float: higher means more worth keeping (any value on protected or invalid slots)."""
+
+    def protected(self, view: LayerView) -> torch.Tensor | None:
+        """(R, H, S) bool: slots kept before any scored one (sinks, a window); None when there are none."""
+        return None
+
+    def require_budget_for(self, tokens: int, what: str, option: str) -> None:
+        """Refuse a token budget smaller than the `tokens` the policy always keeps, naming `option` to lower."""
+        if self.budget.tokens is not None and self.budget.tokens < tokens:
+            raise ValueError(
+                f"{self.name} always keeps {what} ({tokens} tokens), more than policy.budget_tokens="
+                f"{self.budget.tokens}: raise the budget or lower policy.options.{option}."
+            )
 
     def select(self, view: LayerView) -> Selection:
         scores = self.score(view).float()
+        protected = self.protected(view)
+        if protected is not None:
+            scores = scores.masked_fill(protected, PROTECTED_SCORE)
         scores = scores.masked_fill(view.newest_mask, float("inf")).masked_fill(~view.valid, float("-inf"))
         keep = top_k_keep(scores, view.valid, self.budget.keep_counts(view.tokens_seen))
         return Selection(scores=scores, keep=keep)

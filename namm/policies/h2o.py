@@ -47,9 +47,12 @@ class H2OPolicy(BudgetPolicy):
         self.received[view.layer_idx] = state
         total = state[view.rows, :, :slots] + view.attention.sum(dim=2)
         state[view.rows, :, :slots] = total
+        return total
+
+    def protected(self, view: LayerView) -> torch.Tensor:
+        """The recent window: its share of the budget, never more than the budget itself."""
         recent = torch.floor(self.budget.keep_counts(view.tokens_seen).double() * self.recent_share).long()
-        in_window = view.positions >= (view.tokens_seen - recent).view(-1, 1, 1)
-        return total.masked_fill(in_window, float("inf"))  # select() sets invalid slots to -inf afterwards
+        return view.positions >= (view.tokens_seen - recent).view(-1, 1, 1)
 
     def reindex(self, layer_idx: int, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> None:
         state = self.received[layer_idx]

@@ -1,7 +1,14 @@
-"""SnapKV-style (Li et al. 2024): keep the tokens the last `window` queries attend to, pooled over neighbours.
+"""SnapKV (Li et al. 2024): keep the prefix tokens the last `window` queries attend to, plus the window itself.
 
-At each update the newest `window` queries vote (attention summed over them, per KV head), votes are
-max-pooled over `kernel_size` neighbouring slots so whole phrases survive, and the window itself is kept.
+At each update the newest `window` queries (the observation window) vote: their attention is summed per
+KV head over the prefix, the live tokens older than the window. Votes are pooled over `kernel_size`
+neighbouring prefix tokens so whole phrases survive; the window is always kept, so its own votes are not
+pooled onto the tokens just before it (at the prefix's edge pooling pads, as SnapKV's code does: -inf
+for max, zeros for average). Defaults: window 32 with max pooling over 7 tokens, the LongBench settings in
+the scripts of KVCache-Factory (the PyramidKV authors' harness, a common ground for comparing with SnapKV);
+the SnapKV repository's own defaults are window 32, kernel 5, average pooling (`pooling=avg kernel_size=5`).
+Unlike the paper, which compresses once after the prompt, the engine applies the rule at every update;
+votes are the GQA group's mean attention.
 """
 
 from __future__ import annotations
@@ -14,26 +21,38 @@ import torch.nn.functional as F
 from namm.policies.base import Budget, BudgetPolicy, LayerView
 from namm.policies.registry import register_policy
 
+POOLING_PADDING = {"max": float("-inf"), "avg": 0.0}
+
 
 @register_policy
 class SnapKVPolicy(BudgetPolicy):
     name: ClassVar[str] = "snapkv"
     needs_attention: ClassVar[bool] = True
 
-    def __init__(self, budget: Budget, window: int = 32, kernel_size: int = 7) -> None:
+    def __init__(self, budget: Budget, window: int = 32, kernel_size: int = 7, pooling: str = "max") -> None:
         super().__init__(budget)
         if window < 1 or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"snapkv needs window >= 1 and an odd kernel_size >= 1, got {window}, {kernel_size}.")
-        self.window, self.kernel_size = window, kernel_size
+        if pooling not in POOLING_PADDING:
+            raise ValueError(f"snapkv pooling must be one of {', '.join(POOLING_PADDING)}, got {pooling!r}.")
+        self.window, self.kernel_size, self.pooling = window, kernel_size, pooling
+        self.require_budget_for(window, f"its observation window of {window} tokens", "window")
+
+    def observed(self, view: LayerView) -> int:
+        """The observation window at this update: at most the queries recorded since the last one."""
+        return min(self.window, view.num_new_tokens)
+
+    def protected(self, view: LayerView) -> torch.Tensor:
+        return view.positions >= (view.tokens_seen - self.observed(view)).view(-1, 1, 1)
 
     def score(self, view: LayerView) -> torch.Tensor:
-        window = min(self.window, view.num_new_tokens)
-        votes = view.recent_attention(window).sum(dim=2)
+        votes = view.recent_attention(self.observed(view)).sum(dim=2)
         rows, heads, slots = votes.shape
-        # pool over live tokens in positional order, so gaps left by eviction do not separate neighbours
-        order = torch.argsort((~view.valid).to(torch.int8), dim=-1, stable=True)
-        compact = votes.gather(-1, order).view(rows * heads, 1, slots)
-        pooled_compact = F.max_pool1d(compact, self.kernel_size, stride=1, padding=self.kernel_size // 2)
-        pooled = torch.empty_like(votes).scatter_(-1, order, pooled_compact.view(rows, heads, slots))
-        in_window = view.positions >= (view.tokens_seen - window).view(-1, 1, 1)
-        return pooled.masked_fill(in_window, float("inf"))
+        prefix = view.valid & ~self.protected(view)
+        # pool the live prefix in positional order, so eviction gaps do not separate neighbours; what is not
+        # prefix (the window, invalid slots) is moved past its end and holds the padding value
+        order = torch.argsort((~prefix).to(torch.int8), dim=-1, stable=True)
+        compact = votes.masked_fill(~prefix, POOLING_PADDING[self.pooling]).gather(-1, order)
+        pool = F.max_pool1d if self.pooling == "max" else F.avg_pool1d
+        pooled = pool(compact.view(rows * heads, 1, slots), self.kernel_size, stride=1, padding=self.kernel_size // 2)
+        return torch.empty_like(votes).scatter_(-1, order, pooled.view(rows, heads, slots))

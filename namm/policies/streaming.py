@@ -19,8 +19,10 @@ class StreamingPolicy(BudgetPolicy):
         if sink_tokens < 0:
             raise ValueError(f"sink_tokens must be >= 0, got {sink_tokens}.")
         self.sink_tokens = sink_tokens
+        self.require_budget_for(sink_tokens + 1, f"{sink_tokens} attention sinks and the newest token", "sink_tokens")
 
     def score(self, view: LayerView) -> torch.Tensor:
-        recency = view.positions.double()
-        sinks = view.positions < self.sink_tokens
-        return recency.masked_fill(sinks, float("inf"))
+        return view.positions.float()  # recency
+
+    def protected(self, view: LayerView) -> torch.Tensor:
+        return view.positions < self.sink_tokens
