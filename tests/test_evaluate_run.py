@@ -228,3 +228,21 @@ def test_wandb_gets_the_table_aggregates_and_plots(tmp_path, monkeypatch):
     assert [row[:2] for row in table["data"]] == [["full", "passkey"], ["streaming", "passkey"]]
     assert fake.summary["streaming/retained_ratio"] == document["aggregates"]["streaming"]["retained_ratio"]
     assert {"score_vs_retained_ratio", "task_scores"} <= set(fake.logged) and fake.finished
+
+
+def test_full_cache_scores_go_to_the_reference_cache_training_reads(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAMM_REFERENCE_CACHE", str(tmp_path / "references"))
+    document = evaluate(compose_evaluate(tmp_path / "run", *TINY, "compare=[full]"))
+    (full,) = [row for row in document["results"] if row["policy"] == "full"]
+    (stored,) = [path for path in (tmp_path / "references").rglob("passkey-*.json") if "settings" not in path.name]
+    scores = json.loads(stored.read_text())["lb/passkey"]
+    assert len(scores) == full["num_samples"] == 3
+    assert 100 * sum(scores.values()) / len(scores) == pytest.approx(full["score"])
+    record = json.loads(stored.with_suffix(".settings.json").read_text())
+    assert record["context"] == {  # the key training computes for the same model, dtype, device and schedule
+        "weights": "tiny-random-seed0",
+        "dtype": "float32",
+        "device_type": "cpu",
+        "generator": {"name": "engine", "update_interval": 128, "prefill_chunk": None},
+    }
+    assert record["task_settings"]["seed"] == document["tasks"]["passkey"]["seed"]  # the held-out prompts' settings

@@ -31,6 +31,13 @@ from tasks.evaluation.schema import SCHEMA_VERSION
 from tasks.evaluation.summary import add_relative_scores, policy_aggregate, task_result
 from tasks.evaluation.wandb_log import log_to_wandb
 from tasks.preparation import prepare_tasks
+from tasks.references import (
+    ReferenceCache,
+    ReferenceContext,
+    ReferenceScores,
+    default_reference_dir,
+    engine_generator_record,
+)
 from tasks.runner import PreparedTask
 from tasks.task_data import check_task_data
 
@@ -104,8 +111,21 @@ def run_task_policies(
             run = run_policy(context, contender, contender.config, task)
         if contender.is_namm:
             namm_records = run.records
+        if contender.config.name == "full":
+            share_full_cache_scores(context, task, run.records)
         runs.append((contender, run))
     return runs
+
+
+def share_full_cache_scores(context: EvaluationContext, task: PreparedTask, records: list[dict[str, Any]]) -> None:
+    """Add the full-cache scores to the reference cache training reads (same key: task settings, weights,
+    dtype, device type, engine chunking), so a training run on these prompts does not compute them again."""
+    generator = engine_generator_record(context.engine_config)
+    cache = ReferenceCache(default_reference_dir(), ReferenceContext.of(context.loaded, generator))
+    scores = ReferenceScores()
+    for record in records:
+        scores.put(task.spec.name, record["index"], record["score"])
+    cache.save(task.settings, scores)
 
 
 def result_row(contender: Contender, task: PreparedTask, run: PolicyTaskRun, run_dir: Path) -> dict[str, Any]:
