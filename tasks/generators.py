@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
 from namm.policies import PolicyConfig, build_policy
@@ -45,15 +45,18 @@ def transformers_generator(model: PreTrainedModel) -> Generator:
             mask[row, width - len(prompt) :] = 1
         stops = list(settings.eos_token_ids if settings.stop_on_eos else ())
         stops += list(settings.newline_token_ids if settings.stop_on_newline else ())
-        config = GenerationConfig(
+        device = next(model.parameters()).device
+        # Keyword arguments, not a GenerationConfig: transformers fills a config's unset eos_token_id from the
+        # model's own, which would stop at EOS even with stop_on_eos=False.
+        output = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
             max_new_tokens=settings.max_new_tokens,
             do_sample=False,
             num_beams=1,
             eos_token_id=stops or None,
             pad_token_id=settings.pad_token_id,
         )
-        device = next(model.parameters()).device
-        output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
         results = []
         for row in output[:, width:].tolist():
             end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))

@@ -97,6 +97,8 @@ def test_transformers_generator_left_pads_like_single_prompts_and_cuts_at_stops(
     stop = alone[0][2]
     cut = generate(prompts[:1], DecodeSettings(max_new_tokens=6, eos_token_ids=(stop,), pad_token_id=2))
     assert cut[0].token_ids == alone[0][: alone[0].index(stop) + 1]
+    model.generation_config.eos_token_id = stop  # the model's own EOS must not stop a run with stop_on_eos=False
+    assert generate(prompts[:1], settings)[0].token_ids == alone[0]
 
 
 def test_engine_and_transformers_agree_through_the_seam():
