@@ -1,33 +1,80 @@
 """The attention function the engine registers with transformers, and attention-row recomputation.
 
 Registering a function through `AttentionInterface` (instead of patching model classes) lets every
-decoder that uses the standard attention interface run on the evictable cache. When every cached slot
-is live the fast path is one SDPA call (flash-eligible: bottom-right causal alignment for chunks);
-otherwise a boolean mask built from slot validity and absolute positions hides evicted or padded slots.
+decoder that uses the standard attention interface run on the evictable cache. Attention runs once per
+slot store (one per layer, or one per KV head in `per_head` storage). When every slot of a store is live
+the fast path is one SDPA call (bottom-right causal alignment for chunks); otherwise a boolean mask from
+slot validity and absolute positions hides evicted or padded slots, built one block of queries at a time
+so its size stays bounded however long the context.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface
 
-from namm.cache import MemoryCache, MemoryCacheLayer
+from namm.cache import MemoryCache, MemoryCacheLayer, SlotStore
 
 ATTENTION_NAME = "namm_memory"
-MASK_ELEMENTS_PER_BLOCK = 1 << 26  # bounds the boolean mask of the masked path (64M elements)
+MASK_ELEMENTS_PER_BLOCK = 1 << 26  # bounds a masked-attention block: its (heads x queries x slots) mask (64M)
 ROW_ELEMENTS_PER_BLOCK = 1 << 25  # bounds the fp32 logits when recomputing attention rows (accelerators)
 ROW_ELEMENTS_PER_BLOCK_CPU = 1 << 19  # on CPU: a block of logits that stays in cache (2 MiB)
+SUM_QUERIES_PER_BLOCK = 64  # query block of column sums: fixed, so sums add up in the same order at any batch
 
 
-def visible_mask(layer: MemoryCacheLayer, query_positions: torch.Tensor, rows: torch.Tensor | None = None):
+def masked_block_queries(batch: int, q_heads: int, slots: int) -> int:
+    """Queries per block of the masked path: the block's mask (batch x q_heads x queries x slots) fits the budget."""
+    return max(1, MASK_ELEMENTS_PER_BLOCK // max(1, batch * q_heads * slots))
+
+
+def masked_block_bytes(batch: int, q_heads: int, kv_heads: int, queries: int, slots: int) -> int:
+    """Bytes of the temporaries one masked-path block builds: the per-KV-head mask and its GQA expansion."""
+    block = min(queries, masked_block_queries(batch, q_heads, slots))
+    return batch * (kv_heads + q_heads) * block * slots  # torch.bool: one byte per element
+
+
+def visible_mask(slots_valid: torch.Tensor, slot_positions: torch.Tensor, query_positions: torch.Tensor):
     """(B, H, L, S) bool: which cached slots each query may attend to (live and not in its future)."""
-    valid = layer.valid[:, :, : layer.length]
-    positions = layer.positions[:, :, : layer.length]
-    if rows is not None:
-        valid, positions = valid[rows], positions[rows]
-    return valid[:, :, None, :] & (positions[:, :, None, :] <= query_positions[:, None, :, None])
+    return slots_valid[:, :, None, :] & (slot_positions[:, :, None, :] <= query_positions[:, None, :, None])
+
+
+def store_attention(
+    store: SlotStore, layer: MemoryCacheLayer, query: torch.Tensor, chunk_positions: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """(B, q_heads, L, D) attention of `query` (this store's query heads) over one store's used slots."""
+    used = store.used()
+    batch, q_heads, q_len, head_dim = query.shape
+    kv_heads, slots = store.num_heads, store.length
+    group = q_heads // kv_heads
+    if store.all_valid:
+        mask = None if q_len == 1 else causal_lower_right(q_len, slots)
+        return F.scaled_dot_product_attention(
+            query, used.keys, used.values, attn_mask=mask, scale=scaling, enable_gqa=group > 1
+        )
+    # Masked path: fold each GQA group into the query axis so the per-KV-head mask needs no repeat of K/V.
+    grouped = query.reshape(batch, kv_heads, group, q_len, head_dim)
+    step = masked_block_queries(batch, q_heads, slots)
+    layer.meter.temporary(masked_block_bytes(batch, q_heads, kv_heads, q_len, slots))
+    outputs = []
+    for start in range(0, q_len, step):
+        stop = min(q_len, start + step)
+        visible = visible_mask(used.valid, used.positions, chunk_positions[:, start:stop])
+        visible |= ~visible.any(dim=-1, keepdim=True)  # padding queries: avoid all-masked rows (NaN)
+        block_mask = visible[:, :, None].expand(-1, -1, group, -1, -1).reshape(batch, kv_heads, -1, slots)
+        block_out = F.scaled_dot_product_attention(
+            grouped[:, :, :, start:stop].reshape(batch, kv_heads, group * (stop - start), head_dim),
+            used.keys,
+            used.values,
+            attn_mask=block_mask,
+            scale=scaling,
+        )
+        outputs.append(block_out.view(batch, kv_heads, group, stop - start, -1))
+    return torch.cat(outputs, dim=3).reshape(batch, q_heads, q_len, -1)
 
 
 def memory_attention(
@@ -49,33 +96,15 @@ def memory_attention(
     layer = memory_cache.layers[module.layer_idx]
     layer.scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer.record(query)
-    batch, q_heads, q_len, head_dim = query.shape
-    kv_heads = key.shape[1]
-    group = q_heads // kv_heads
-    if layer.all_valid:
-        mask = None if q_len == 1 else causal_lower_right(q_len, key.shape[2])
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=group > 1)
-        return out.transpose(1, 2), None
-
-    # Masked path: fold each GQA group into the query axis so the per-KV-head mask needs no repeat of K/V.
-    visible = visible_mask(layer, memory_cache.chunk.positions)  # (B, H, L, S)
-    visible = visible | ~visible.any(dim=-1, keepdim=True)  # padding queries: avoid all-masked rows (NaN)
-    grouped = query.reshape(batch, kv_heads, group, q_len, head_dim)
-    step = max(1, MASK_ELEMENTS_PER_BLOCK // max(1, batch * kv_heads * group * key.shape[2]))
-    outputs = []
-    for start in range(0, q_len, step):
-        stop = min(q_len, start + step)
-        block_mask = visible[:, :, None, start:stop].expand(-1, -1, group, -1, -1)
-        block_query = grouped[:, :, :, start:stop]
-        block_out = F.scaled_dot_product_attention(
-            block_query.reshape(batch, kv_heads, group * (stop - start), head_dim),
-            key,
-            value,
-            attn_mask=block_mask.reshape(batch, kv_heads, group * (stop - start), -1),
-            scale=scaling,
+    group = query.shape[1] // key.shape[1]
+    positions = memory_cache.chunk.positions
+    outputs = [
+        store_attention(
+            store, layer, query[:, store.heads.start * group : store.heads.stop * group], positions, layer.scaling
         )
-        outputs.append(block_out.view(batch, kv_heads, group, stop - start, -1))
-    out = torch.cat(outputs, dim=3).reshape(batch, q_heads, q_len, -1)
+        for store in layer.stores
+    ]
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     return out.transpose(1, 2), None
 
 
@@ -86,52 +115,101 @@ def register_memory_attention() -> str:
     return ATTENTION_NAME
 
 
-def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: torch.Tensor, count: int) -> torch.Tensor:
-    """(R, H, count, S) float32 softmax rows of the newest `count` queries, averaged over each GQA group.
+@dataclass
+class ProbabilityBlock:
+    """Softmax rows of some (row, KV head) pairs and queries over the first `width` slots of a store."""
 
-    Recomputed from the recorded queries against the current cache, so they equal the probabilities
-    eager attention produced (no eviction happens between updates), with zeros for invisible slots.
-    Work goes in blocks of (row, KV head) pairs and queries small enough for the CPU's caches (large
-    ones on accelerators, where launches cost more than memory traffic); a block takes whole pairs when
-    it can, so many-row batches still make large matmuls. When every slot is live, only the newest
-    `count` slots need the causal mask and each block's matmul stops at its last visible slot.
+    pairs: slice
+    queries: slice
+    width: int
+    probabilities: torch.Tensor  # (pairs, group, queries, width) float32
+
+
+def probability_blocks(
+    store: SlotStore,
+    layer: MemoryCacheLayer,
+    rows: torch.Tensor,
+    every_row: bool,
+    tokens_seen: torch.Tensor,
+    count: int,
+    queries_per_block: int | None = None,
+) -> Iterator[ProbabilityBlock]:
+    """The softmax rows of the newest `count` queries against one store, block by block.
+
+    Recomputed from the recorded queries, so they equal the probabilities eager attention produced (no
+    eviction happens between updates); invisible slots get zero. Blocks take (row, KV head) pairs and
+    queries small enough for the CPU's caches (large ones on accelerators, where launches cost more than
+    memory traffic); a block takes whole pairs when it can, so many-row batches still make large matmuls.
+    Keys are upcast to float32 per block of pairs, never the whole cache at once. When every slot is live,
+    only the newest `count` slots need the causal mask and each block's matmul stops at its last visible
+    slot. `queries_per_block` fixes the query blocking (for sums that must not depend on the batch).
     """
-    queries = layer.recent_queries(rows, count)  # (R, Hq, n, D)
-    every_row = rows.numel() == layer.keys.shape[0]
-    keys = (layer.keys[:, :, : layer.length] if every_row else layer.keys[rows, :, : layer.length]).float()
-    num_rows, q_heads, _, head_dim = queries.shape
-    kv_heads, slots = keys.shape[1], keys.shape[2]
-    group, pairs = q_heads // kv_heads, num_rows * kv_heads
+    group = layer.query_buffer.shape[1] // layer.num_kv_heads
+    queries = layer.recent_queries(rows, count)[:, store.heads.start * group : store.heads.stop * group]
+    used = store.used(None if every_row else rows)
+    num_rows, _, _, head_dim = queries.shape
+    kv_heads, slots = store.num_heads, store.length
+    pairs = num_rows * kv_heads
     grouped = queries.reshape(pairs, group, count, head_dim)
-    keys = keys.reshape(pairs, slots, head_dim)
-    out = torch.empty(pairs, count, slots, dtype=torch.float32, device=keys.device)
+    keys = used.keys.reshape(pairs, slots, head_dim)
     budget = ROW_ELEMENTS_PER_BLOCK_CPU if keys.device.type == "cpu" else ROW_ELEMENTS_PER_BLOCK
-    step = max(1, min(count, budget // max(1, group * slots)))  # queries per block
-    pair_step = max(1, budget // max(1, group * slots * step))  # (row, KV head) pairs per block
-    dense = layer.all_valid and slots >= count  # the newest `count` slots hold the queries' own tokens, in order
+    step = queries_per_block or max(1, min(count, budget // max(1, group * slots)))
+    pair_step = max(1, budget // max(1, group * slots * step))
+    layer.meter.temporary(
+        min(pairs, pair_step) * slots * (4 * head_dim + 8 * group * min(step, count))  # fp32 keys, logits, softmax
+    )
+    dense = store.all_valid and slots >= count  # the newest `count` slots hold the queries' own tokens, in order
     if dense:
         older = slots - count
         future = torch.full((count, count), float("-inf"), device=keys.device).triu_(1)  # added: faster than a fill
-        out[..., older:].zero_()  # the future keys each block's softmax leaves out
     else:
         query_positions = tokens_seen[:, None] - count + torch.arange(count, device=tokens_seen.device)
         query_positions = query_positions.repeat_interleave(kv_heads, dim=0)  # (pairs, n)
-        valid = layer.valid[:, :, : layer.length] if every_row else layer.valid[rows, :, : layer.length]
-        positions = layer.positions[:, :, : layer.length] if every_row else layer.positions[rows, :, : layer.length]
         # an invalid slot gets a position no query reaches: one comparison then hides it and every future key
-        key_positions = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max).reshape(pairs, slots)
+        key_positions = used.positions.masked_fill(~used.valid, torch.iinfo(used.positions.dtype).max)
+        key_positions = key_positions.reshape(pairs, slots)
     for first in range(0, pairs, pair_step):
         last = min(pairs, first + pair_step)
+        block_keys = keys[first:last].float()
         for start in range(0, count, step):
             stop = min(count, start + step)
             width = older + stop if dense else slots
             block_queries = grouped[first:last, :, start:stop].reshape(last - first, group * (stop - start), head_dim)
-            logits = torch.matmul(block_queries.float(), keys[first:last, :width].transpose(-1, -2))
+            logits = torch.matmul(block_queries.float(), block_keys[:, :width].transpose(-1, -2))
             logits = logits.view(last - first, group, stop - start, width).mul_(layer.scaling)
             if dense:
                 logits[..., older:].add_(future[start:stop, :stop])
             else:
                 hidden = key_positions[first:last, None, :] > query_positions[first:last, start:stop, None]
                 logits.add_(torch.where(hidden, float("-inf"), 0.0)[:, None])  # a broadcast add beats masked_fill_
-            torch.mean(torch.softmax(logits, dim=-1), dim=1, out=out[first:last, start:stop, :width])
-    return out.view(num_rows, kv_heads, count, slots)
+            yield ProbabilityBlock(slice(first, last), slice(start, stop), width, torch.softmax(logits, dim=-1))
+
+
+def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: torch.Tensor, count: int) -> torch.Tensor:
+    """(R, H, count, S) float32 softmax rows of the newest `count` queries, averaged over each GQA group.
+
+    S is the layer's slot axis (the longest store); slots past a shorter store's end get zero.
+    """
+    every_row = rows.numel() == layer.stores[0].keys.shape[0]
+    out = torch.zeros(rows.numel(), layer.num_kv_heads, count, layer.length, dtype=torch.float32, device=rows.device)
+    layer.meter.temporary(out.numel() * out.element_size())
+    for store in layer.stores:
+        target = out[:, store.heads].flatten(0, 1)  # (pairs, count, S): a view, also for one head of many
+        for block in probability_blocks(store, layer, rows, every_row, tokens_seen, count):
+            torch.mean(block.probabilities, dim=1, out=target[block.pairs, block.queries, : block.width])
+    return out
+
+
+def attention_column_sums(
+    layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: torch.Tensor, count: int
+) -> torch.Tensor:
+    """(R, H, S) float32: the attention each slot received from the newest `count` queries (GQA-averaged),
+    accumulated block by block so the (count x S) rows are never held at once."""
+    every_row = rows.numel() == layer.stores[0].keys.shape[0]
+    sums = torch.zeros(rows.numel(), layer.num_kv_heads, layer.length, dtype=torch.float32, device=rows.device)
+    for store in layer.stores:
+        target = sums[:, store.heads].flatten(0, 1)
+        queries_per_block = min(count, SUM_QUERIES_PER_BLOCK)
+        for block in probability_blocks(store, layer, rows, every_row, tokens_seen, count, queries_per_block):
+            target[block.pairs, : block.width] += block.probabilities.mean(dim=1).sum(dim=1)
+    return sums

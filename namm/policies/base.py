@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -32,6 +33,7 @@ class LayerView:
     tokens_seen: torch.Tensor  # (R,) int64 real tokens processed so far by each row
     num_new_tokens: int  # n
     attention_fn: Callable[[int], torch.Tensor] | None = None
+    attention_sums_fn: Callable[[int], torch.Tensor] | None = None
 
     @cached_property
     def attention(self) -> torch.Tensor:
@@ -50,6 +52,14 @@ class LayerView:
         if "attention" in self.__dict__:
             return self.__dict__["attention"][:, :, self.num_new_tokens - count :]
         return self.attention_fn(count)
+
+    def attention_received(self, count: int | None = None) -> torch.Tensor:
+        """(R, H, S) float32: the attention each slot received from the newest `count` queries (default n),
+        summed over queries; accumulated block by block, so the (n x S) rows are never held at once."""
+        count = self.num_new_tokens if count is None else count
+        if "attention" in self.__dict__ or self.attention_sums_fn is None:
+            return self.recent_attention(count).sum(dim=2)
+        return self.attention_sums_fn(count)
 
     @property
     def newest_mask(self) -> torch.Tensor:
@@ -80,8 +90,10 @@ class Budget:
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.tokens is None):
             raise ValueError("Budget: give exactly one of `ratio` (0 < ratio <= 1) or `tokens` (> 0).")
-        if self.ratio is not None and not (0.0 < self.ratio <= 1.0) or (
-            self.ratio is not None and math.isnan(self.ratio)
+        if (
+            self.ratio is not None
+            and not (0.0 < self.ratio <= 1.0)
+            or (self.ratio is not None and math.isnan(self.ratio))
         ):
             raise ValueError(f"Budget ratio must be in (0, 1], got {self.ratio}; e.g. policy.budget=0.5.")
         if self.tokens is not None and self.tokens <= 0:
@@ -114,6 +126,8 @@ class MemoryPolicy(ABC):
     needs_attention: ClassVar[bool] = False
     #: registry name used in configs and result files
     name: ClassVar[str] = "policy"
+    #: every update must bring a multiple of this many queries (the NAMM's STFT hop); checked before a run
+    update_query_multiple: int = 1
 
     def reset(self, batch_size: int, num_layers: int, num_kv_heads: int, device: torch.device) -> None:
         """Forget all per-sequence state before a new batch."""

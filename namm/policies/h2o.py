@@ -45,7 +45,7 @@ class H2OPolicy(BudgetPolicy):
         if state.shape[-1] < slots:
             state = torch.nn.functional.pad(state, (0, slots - state.shape[-1]))
         self.received[view.layer_idx] = state
-        total = state[view.rows, :, :slots] + view.attention.sum(dim=2)
+        total = state[view.rows, :, :slots] + view.attention_received()
         state[view.rows, :, :slots] = total
         recent = torch.floor(self.budget.keep_counts(view.tokens_seen).double() * self.recent_share).long()
         in_window = view.positions >= (view.tokens_seen - recent).view(-1, 1, 1)

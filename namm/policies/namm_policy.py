@@ -56,6 +56,11 @@ class NAMMPolicy(MemoryPolicy):
     def param_count(self) -> int:
         return self.namm.param_count
 
+    @property
+    def update_query_multiple(self) -> int:
+        """The spectrogram needs whole frames: every update must bring a multiple of `hop` queries."""
+        return self.namm.config.hop
+
     def reset(self, batch_size: int, num_layers: int, num_kv_heads: int, device: torch.device) -> None:
         self.states = {}
         self.batch_size = batch_size
