@@ -38,6 +38,17 @@ def masked_block_bytes(batch: int, q_heads: int, kv_heads: int, queries: int, sl
     return batch * (kv_heads + q_heads) * block * slots  # torch.bool: one byte per element
 
 
+def row_blocking(pairs: int, group: int, slots: int, count: int, budget: int, queries: int | None) -> tuple[int, int]:
+    """(queries, pairs) per block of attention-row recomputation: the block's logits fit `budget` elements."""
+    step = queries or max(1, min(count, budget // max(1, group * slots)))
+    return step, max(1, budget // max(1, group * slots * step))
+
+
+def row_block_bytes(pairs: int, group: int, slots: int, count: int, head_dim: int, step: int, pair_step: int) -> int:
+    """Bytes of one row-recomputation block's temporaries: float32 keys of its pairs, logits and softmax."""
+    return min(pairs, pair_step) * slots * 4 * (head_dim + 2 * group * min(step, count))
+
+
 def visible_mask(slots_valid: torch.Tensor, slot_positions: torch.Tensor, query_positions: torch.Tensor):
     """(B, H, L, S) bool: which cached slots each query may attend to (live and not in its future)."""
     return slots_valid[:, :, None, :] & (slot_positions[:, :, None, :] <= query_positions[:, None, :, None])
@@ -153,11 +164,8 @@ def probability_blocks(
     grouped = queries.reshape(pairs, group, count, head_dim)
     keys = used.keys.reshape(pairs, slots, head_dim)
     budget = ROW_ELEMENTS_PER_BLOCK_CPU if keys.device.type == "cpu" else ROW_ELEMENTS_PER_BLOCK
-    step = queries_per_block or max(1, min(count, budget // max(1, group * slots)))
-    pair_step = max(1, budget // max(1, group * slots * step))
-    layer.meter.temporary(
-        min(pairs, pair_step) * slots * (4 * head_dim + 8 * group * min(step, count))  # fp32 keys, logits, softmax
-    )
+    step, pair_step = row_blocking(pairs, group, slots, count, budget, queries_per_block)
+    layer.meter.temporary(row_block_bytes(pairs, group, slots, count, head_dim, step, pair_step))
     dense = store.all_valid and slots >= count  # the newest `count` slots hold the queries' own tokens, in order
     if dense:
         older = slots - count
@@ -192,7 +200,7 @@ def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: tor
     """
     every_row = rows.numel() == layer.stores[0].keys.shape[0]
     out = torch.zeros(rows.numel(), layer.num_kv_heads, count, layer.length, dtype=torch.float32, device=rows.device)
-    layer.meter.temporary(out.numel() * out.element_size())
+    layer.meter.hold(out.numel() * out.element_size())
     for store in layer.stores:
         target = out[:, store.heads].flatten(0, 1)  # (pairs, count, S): a view, also for one head of many
         for block in probability_blocks(store, layer, rows, every_row, tokens_seen, count):
@@ -207,6 +215,7 @@ def attention_column_sums(
     accumulated block by block so the (count x S) rows are never held at once."""
     every_row = rows.numel() == layer.stores[0].keys.shape[0]
     sums = torch.zeros(rows.numel(), layer.num_kv_heads, layer.length, dtype=torch.float32, device=rows.device)
+    layer.meter.hold(sums.numel() * sums.element_size())
     for store in layer.stores:
         target = sums[:, store.heads].flatten(0, 1)
         queries_per_block = min(count, SUM_QUERIES_PER_BLOCK)

@@ -256,7 +256,7 @@ class MemoryCacheLayer(CacheLayerMixin):
             return out
 
         slots = Slots(padded("keys", 0), padded("values", 0), padded("valid", False), padded("positions", -1))
-        self.meter.temporary(sum(t.numel() * t.element_size() for t in vars(slots).values()))
+        self.meter.hold(sum(t.numel() * t.element_size() for t in vars(slots).values()))
         return slots
 
     def compact(self, rows: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

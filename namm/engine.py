@@ -188,6 +188,7 @@ class _Run:
         self.last_update = [0] * self.batch  # tokens_seen at each row's latest update
         self.finished = [False] * self.batch
         self.updates: list[tuple[list[int], list[int], torch.Tensor]] = []  # rows, seen, (R, layers) kept
+        self.policy_state_bytes = 0
 
         self.policy.reset(self.batch, engine.num_layers, engine.num_kv_heads, self.device)
         self.policy.set_row_parameters(None if row_parameters is None else row_parameters.to(self.device))
@@ -291,14 +292,18 @@ class _Run:
         seen = torch.tensor(seen_list, device=self.device)
         sizes = []
         for layer_idx, layer in enumerate(self.cache.layers):
-            view = self.layer_view(layer_idx, layer, index, seen, count)
-            selection = self.policy.select(view)
-            keep = selection.keep & view.valid
-            if self.config.eviction_mode == "per_layer_max":
-                keep = top_k_keep(selection.scores, view.valid, keep.sum(dim=-1).amax(dim=-1))
-            order, new_valid = layer.compact(index, keep)
+            with self.cache.meter.scope():  # the view's attention rows live until the layer is compacted
+                view = self.layer_view(layer_idx, layer, index, seen, count)
+                selection = self.policy.select(view)
+                keep = selection.keep & view.valid
+                if self.config.eviction_mode == "per_layer_max":
+                    keep = top_k_keep(selection.scores, view.valid, keep.sum(dim=-1).amax(dim=-1))
+                order, new_valid = layer.compact(index, keep)
             self.policy.reindex(layer_idx, index, order, new_valid)
             sizes.append(new_valid.sum(dim=-1).double().mean(dim=-1))
+        state = self.policy.state_bytes()
+        self.cache.meter.allocated(overhead=state - self.policy_state_bytes)
+        self.policy_state_bytes = state
         for row in rows:
             self.last_update[row] = self.tokens_seen[row]
         self.updates.append((rows, seen_list, torch.stack(sizes, dim=1)))

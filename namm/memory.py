@@ -11,6 +11,8 @@ are not counted.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +46,7 @@ class MemoryMeter:
     def __init__(self) -> None:
         self.storage = self.peak_storage = 0
         self.persistent_overhead = self.peak_overhead = 0
+        self.held = 0  # temporaries alive until the end of the current scope (attention rows of one layer)
         self.row_live_peak: torch.Tensor | None = None
         self.batch_live_peak: torch.Tensor | None = None
 
@@ -55,8 +58,22 @@ class MemoryMeter:
         self.peak_overhead = max(self.peak_overhead, self.persistent_overhead)
 
     def temporary(self, nbytes: int) -> None:
-        """Record a temporary that lives alongside the persistent overhead (freed by the caller)."""
-        self.peak_overhead = max(self.peak_overhead, self.persistent_overhead + nbytes)
+        """Record a short-lived temporary (freed by the caller before anything else is built)."""
+        self.peak_overhead = max(self.peak_overhead, self.persistent_overhead + self.held + nbytes)
+
+    def hold(self, nbytes: int) -> None:
+        """Record a temporary that stays alive until the enclosing `scope` ends."""
+        self.held += nbytes
+        self.temporary(0)
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """Temporaries held inside the block are freed when it ends (one layer's update)."""
+        held = self.held
+        try:
+            yield
+        finally:
+            self.held = held
 
     def observe_live(self, row_bytes: torch.Tensor) -> None:
         """(B,) int64 live bytes of every row now; kept on the device to avoid a sync."""

@@ -143,6 +143,10 @@ class MemoryPolicy(ABC):
         marks the new slots that hold a live token (the others are padding of the compacted storage).
         """
 
+    def state_bytes(self) -> int:
+        """Bytes of the per-token state the policy holds now (counted as engine overhead)."""
+        return 0
+
     def set_row_parameters(self, parameters: torch.Tensor | None) -> None:
         """Give each batch row its own parameter vector (B, P); only learned policies use it."""
         if parameters is not None:

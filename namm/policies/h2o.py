@@ -51,6 +51,9 @@ class H2OPolicy(BudgetPolicy):
         in_window = view.positions >= (view.tokens_seen - recent).view(-1, 1, 1)
         return total.masked_fill(in_window, float("inf"))  # select() sets invalid slots to -inf afterwards
 
+    def state_bytes(self) -> int:
+        return sum(state.numel() * state.element_size() for state in self.received.values())
+
     def reindex(self, layer_idx: int, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> None:
         state = self.received[layer_idx]
         moved = state[rows].gather(2, index).masked_fill(~valid, 0.0)

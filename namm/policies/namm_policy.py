@@ -65,6 +65,10 @@ class NAMMPolicy(MemoryPolicy):
         self.states = {}
         self.batch_size = batch_size
 
+    def state_bytes(self) -> int:
+        tensors = [t for state in self.states.values() for t in (state.ema, state.carry)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def set_row_parameters(self, parameters: torch.Tensor | None) -> None:
         """(B, P): one vector per batch row; (P,): one for all rows; None: the NAMM's own parameters."""
         if parameters is not None:

@@ -33,6 +33,7 @@ class EngineSettings:
     update_interval: Optional[int] = None
     eviction_mode: Optional[str] = None
     prefill_chunk: Optional[int] = None
+    update_at_prefill_end: Optional[bool] = None
 
 
 def _disabled_logger() -> LoggerConfig:
