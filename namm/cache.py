@@ -37,6 +37,7 @@ class ChunkInfo:
     positions: torch.Tensor  # (B, L) int64
     real: torch.Tensor  # (B, L) bool (False for left padding and finished rows)
     all_real: bool  # known on the host, so appending never waits on the device
+    compacted_next: bool = False  # every row is updated right after this forward: no headroom needed
 
 
 @dataclass
@@ -98,19 +99,21 @@ class SlotStore:
         return min(self.sizing.headroom, self.sizing.max_slots - self.appended)
 
     def append(self, keys: torch.Tensor, values: torch.Tensor, chunk: ChunkInfo) -> None:
-        """Write a chunk (B, heads, L, D) after the used slots, growing storage by one copy when needed."""
+        """Write a chunk (B, heads, L, D) after the used slots, growing storage by one copy when needed
+        (with headroom for what comes before the next compaction, unless that follows this chunk)."""
         batch, heads, size, _ = keys.shape
+        self.appended += size
+        headroom = 0 if chunk.compacted_next else self._headroom()
         if self.keys is None:
-            capacity = min(self.sizing.max_slots, size + self.sizing.headroom)
+            capacity = size + headroom
             self.keys = keys.new_zeros(batch, heads, capacity, keys.shape[-1])
             self.values = values.new_zeros(batch, heads, capacity, values.shape[-1])
             self.valid = torch.zeros(batch, heads, capacity, dtype=torch.bool, device=keys.device)
             self.positions = torch.full((batch, heads, capacity), -1, dtype=torch.long, device=keys.device)
             self.meter.allocated(*self._bytes())
         start, end = self.length, self.length + size
-        self.appended += size
         if end > self.capacity:
-            self._resize(end + self._headroom())
+            self._resize(end + headroom)
         self.keys[:, :, start:end] = keys
         self.values[:, :, start:end] = values
         self.valid[:, :, start:end] = chunk.real[:, None, :]
@@ -281,7 +284,7 @@ class MemoryCacheLayer(CacheLayerMixin):
         chunk = queries.shape[2]
         if self.query_buffer is None:
             batch, heads, _, dim = queries.shape
-            self._set_query_buffer(queries.new_zeros(batch, heads, self.query_window + chunk, dim))
+            self._set_query_buffer(queries.new_zeros(batch, heads, max(self.query_window, chunk), dim))
         if self.query_count + chunk > self.query_buffer.shape[2]:
             keep = min(self.query_count, self.query_window)
             tail = self.query_buffer[:, :, self.query_count - keep : self.query_count].clone()

@@ -222,7 +222,8 @@ class _Run:
         for end in self.chunk_ends():
             advanced = [max(0, end - max(start, pad)) for pad in self.pads]
             span = slice(start, end)
-            logits = self.forward(self.input_ids[:, span], self.positions[:, span], self.real[:, span], advanced)
+            ids, positions, real = self.input_ids[:, span], self.positions[:, span], self.real[:, span]
+            logits = self.forward(ids, positions, real, advanced, prefill_end=end == self.width)
             start = end
         if self.config.update_at_prefill_end and self.evicts:
             self.update([row for row in range(self.batch) if self.tokens_seen[row] > self.last_update[row]])
@@ -253,11 +254,23 @@ class _Run:
         return self.results(tokens, generated, step_logits)
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, real: torch.Tensor, advanced: list[int]
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        real: torch.Tensor,
+        advanced: list[int],
+        prefill_end: bool = False,
     ) -> torch.Tensor:
         """One forward; `advanced` (host) counts each row's real tokens in it. Updates the rows now due."""
-        all_real = all(count == input_ids.shape[1] for count in advanced)
-        self.cache.chunk = ChunkInfo(positions=positions, real=real, all_real=all_real)
+        interval = self.config.update_interval
+        due = [row for row, count in enumerate(advanced) if count and (self.tokens_seen[row] + count) % interval == 0]
+        every_row_compacts = len(due) == self.batch or (prefill_end and self.config.update_at_prefill_end)
+        self.cache.chunk = ChunkInfo(
+            positions=positions,
+            real=real,
+            all_real=all(count == input_ids.shape[1] for count in advanced),
+            compacted_next=self.evicts and every_row_compacts,
+        )
         output = self.engine.model(
             input_ids=input_ids,
             position_ids=positions,
@@ -266,12 +279,8 @@ class _Run:
             memory_cache=self.cache,
             **{self.engine._cache_keyword: self.cache},
         )
-        interval = self.config.update_interval
-        due = []
         for row, count in enumerate(advanced):
             self.tokens_seen[row] += count
-            if count and self.tokens_seen[row] % interval == 0:
-                due.append(row)
         if self.evicts and due:
             self.update(due)
         return output.logits
@@ -284,6 +293,9 @@ class _Run:
             by_count.setdefault(self.tokens_seen[row] - self.last_update[row], []).append(row)
         for count, group in sorted(by_count.items()):
             self.update_rows(group, count)
+        if len(rows) == self.batch:  # no row needs the queries seen before its update any more
+            for layer in self.cache.layers:
+                layer.query_count = 0
 
     def update_rows(self, rows: list[int], count: int) -> None:
         self.cache.meter.observe_live(self.cache.live_bytes())  # live bytes peak just before an eviction

@@ -28,16 +28,16 @@ def llama():
 
 
 def test_streaming_memory_matches_hand_count(llama):
-    # interval 16, 10 tokens kept, prompt 40 + 5 new (44 seen, 45 slots in all). Storage starts at 16 + 16
-    # slots; after the update at 16 it shrinks to 10 kept + 16 to come = 26; the chunk 16..32 fills it; after
-    # the update at 32, 10 + the 13 slots still to come = 23. Live: 16, then 10 + 16 = 26 before the second
-    # update, 10 + 8 + 4 = 22 at the end.
+    # interval 16, 10 tokens kept, prompt 40 + 5 new (44 seen, 45 slots in all). Storage starts at 16 slots
+    # (an update follows the chunk: no headroom); the chunk 16..32 grows it to 10 kept + 16 = 26; after the
+    # update at 32 it shrinks to 10 + the 13 slots still to come = 23. Live: 16, then 10 + 16 = 26 before
+    # the second update, 10 + 8 + 4 = 22 at the end.
     engine = MemoryEngine(llama, build_policy(PolicyConfig(name="streaming", budget_tokens=10)), EngineConfig(16))
     prompt = random_prompts([40], llama.config.vocab_size, seed=4)[0]
     memory = engine.generate([prompt], GenerationSettings(max_new_tokens=5, stop_on_eos=False))[0].memory
     assert (memory.live_kv_bytes.peak, memory.live_kv_bytes.final) == (26 * TOKEN_BYTES, 22 * TOKEN_BYTES)
     assert memory.batch_live_kv_bytes == memory.live_kv_bytes
-    assert (memory.batch_storage_bytes.peak, memory.batch_storage_bytes.final) == (32 * TOKEN_BYTES, 23 * TOKEN_BYTES)
+    assert (memory.batch_storage_bytes.peak, memory.batch_storage_bytes.final) == (26 * TOKEN_BYTES, 23 * TOKEN_BYTES)
     assert memory.batch_overhead_bytes.final == 23 * 2 * 2 * SLOT_METADATA  # no query buffer, no policy state
     assert memory.batch_overhead_bytes.peak > memory.batch_overhead_bytes.final  # compaction's gathered copies
 
@@ -60,8 +60,8 @@ def test_h2o_reports_its_query_buffer_and_state_and_never_builds_full_rows(llama
     engine = MemoryEngine(llama, build_policy(PolicyConfig(name="h2o", budget=0.5)), EngineConfig(16))
     prompt = random_prompts([40], llama.config.vocab_size, seed=6)[0]
     memory = engine.generate([prompt], GenerationSettings(max_new_tokens=5, stop_on_eos=False))[0].memory
-    # queries: 2 layers x 4 heads x (16 + 16) slots x 16 dims x 4 bytes; H2O's sums: 2 layers x 2 heads x slots x 4
-    query_buffer = 2 * 4 * 32 * 16 * 4
+    # queries since the last update: 2 layers x 4 query heads x 16 x 16 dims x 4 bytes
+    query_buffer = 2 * 4 * 16 * 16 * 4
     storage_slots = memory.batch_storage_bytes.final // TOKEN_BYTES
     assert memory.batch_overhead_bytes.final >= query_buffer + storage_slots * 2 * 2 * SLOT_METADATA
     assert memory.live_kv_bytes.final < memory.batch_storage_bytes.final
