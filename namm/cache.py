@@ -299,6 +299,10 @@ class MemoryCacheLayer(CacheLayerMixin):
         self.query_buffer[:, :, self.query_count : self.query_count + chunk] = queries
         self.query_count += chunk
 
+    def forget_queries(self) -> None:
+        """Every row was just updated, so no row needs the queries before: the buffer never has to shift."""
+        self.query_count = 0
+
     def _set_query_buffer(self, buffer: torch.Tensor) -> None:
         old = 0 if self.query_buffer is None else self.query_buffer.numel() * self.query_buffer.element_size()
         self.query_buffer = buffer

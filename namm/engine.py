@@ -293,9 +293,9 @@ class _Run:
             by_count.setdefault(self.tokens_seen[row] - self.last_update[row], []).append(row)
         for count, group in sorted(by_count.items()):
             self.update_rows(group, count)
-        if len(rows) == self.batch:  # no row needs the queries seen before its update any more
+        if len(rows) == self.batch:
             for layer in self.cache.layers:
-                layer.query_count = 0
+                layer.forget_queries()
 
     def update_rows(self, rows: list[int], count: int) -> None:
         self.cache.meter.observe_live(self.cache.live_bytes())  # live bytes peak just before an eviction
