@@ -1,14 +1,19 @@
 """The attention function the engine registers with transformers, and attention-row recomputation.
 
 Registering a function through `AttentionInterface` (instead of patching model classes) lets every
-decoder that uses the standard attention interface run on the evictable cache. When every cached slot
-is live the fast path is one SDPA call (flash-eligible: bottom-right causal alignment for chunks);
-otherwise a boolean mask built from slot validity and absolute positions hides evicted or padded slots.
-Sliding windows, logit softcapping and attention sinks (`AttentionVariant`) are reproduced exactly, in the
-forward and in the recomputed rows; any other keyword a model passes is refused, never silently dropped.
+decoder that uses the standard attention interface run on the evictable cache. Attention runs once per
+slot store (one per layer, or one per KV head in `per_head` storage). When every slot of a store is live
+the fast path is one SDPA call (bottom-right causal alignment for chunks); otherwise a boolean mask from
+slot validity and absolute positions hides evicted or padded slots, built one block of queries at a time
+so its size stays bounded however long the context. Sliding windows, logit softcapping and attention sinks
+(`AttentionVariant`) are reproduced exactly, in the forward and in the recomputed rows; any other keyword a
+model passes is refused, never silently dropped.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,13 +21,14 @@ from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface
 
 from namm.attention_variant import AttentionVariant, configured_sliding_window
-from namm.cache import MemoryCache, MemoryCacheLayer
+from namm.cache import MemoryCache, MemoryCacheLayer, SlotStore
 from namm.models import UnsupportedModelError
 
 ATTENTION_NAME = "namm_memory"
-MASK_ELEMENTS_PER_BLOCK = 1 << 26  # bounds the boolean mask of the masked path (64M elements)
+MASK_ELEMENTS_PER_BLOCK = 1 << 26  # bounds a masked-attention block: its (heads x queries x slots) mask (64M)
 ROW_ELEMENTS_PER_BLOCK = 1 << 25  # bounds the fp32 logits when recomputing attention rows (accelerators)
 ROW_ELEMENTS_PER_BLOCK_CPU = 1 << 19  # on CPU: a block of logits that stays in cache (2 MiB)
+SUM_QUERIES_PER_BLOCK = 64  # query block of column sums: fixed, so sums add up in the same order at any batch
 #: keywords that change nothing here: positions come from the engine's chunk, the cache is always on, and
 #: router statistics are a mixture-of-experts concern outside attention
 IGNORED_KEYWORDS = frozenset({"position_ids", "use_cache", "output_router_logits"})
@@ -32,13 +38,33 @@ PLAIN_VALUES = {"is_causal": (True, None), "output_attentions": (False, None)}
 WINDOW_FROM_CONFIG = object()
 
 
-def visible_mask(layer: MemoryCacheLayer, query_positions: torch.Tensor, rows: torch.Tensor | None = None):
-    """(B, H, L, S) bool: which cached slots each query may attend to (live and not in its future)."""
-    valid = layer.valid[:, :, : layer.length]
-    positions = layer.positions[:, :, : layer.length]
-    if rows is not None:
-        valid, positions = valid[rows], positions[rows]
-    return valid[:, :, None, :] & layer.variant.visible(positions[:, :, None, :], query_positions[:, None, :, None])
+def masked_block_queries(batch: int, q_heads: int, slots: int) -> int:
+    """Queries per block of the masked path: the block's mask (batch x q_heads x queries x slots) fits the budget."""
+    return max(1, MASK_ELEMENTS_PER_BLOCK // max(1, batch * q_heads * slots))
+
+
+def masked_block_bytes(batch: int, q_heads: int, kv_heads: int, queries: int, slots: int) -> int:
+    """Bytes of the temporaries one masked-path block builds: the per-KV-head mask and its GQA expansion."""
+    block = min(queries, masked_block_queries(batch, q_heads, slots))
+    return batch * (kv_heads + q_heads) * block * slots  # torch.bool: one byte per element
+
+
+def row_blocking(pairs: int, group: int, slots: int, count: int, budget: int, queries: int | None) -> tuple[int, int]:
+    """(queries, pairs) per block of attention-row recomputation: the block's logits fit `budget` elements."""
+    step = queries or max(1, min(count, budget // max(1, group * slots)))
+    return step, max(1, budget // max(1, group * slots * step))
+
+
+def row_block_bytes(pairs: int, group: int, slots: int, count: int, head_dim: int, step: int, pair_step: int) -> int:
+    """Bytes of one row-recomputation block's temporaries: float32 keys of its pairs, logits and softmax."""
+    return min(pairs, pair_step) * slots * 4 * (head_dim + 2 * group * min(step, count))
+
+
+def visible_mask(
+    slots_valid: torch.Tensor, slot_positions: torch.Tensor, query_positions: torch.Tensor, variant: AttentionVariant
+) -> torch.Tensor:
+    """(B, H, L, S) bool: which cached slots each query may attend to (live, not in its future, in its window)."""
+    return slots_valid[:, :, None, :] & variant.visible(slot_positions[:, :, None, :], query_positions[:, None, :, None])
 
 
 def check_keywords(module: torch.nn.Module, dropout: float, kwargs: dict) -> None:
@@ -56,6 +82,51 @@ def check_keywords(module: torch.nn.Module, dropout: float, kwargs: dict) -> Non
             "implement (it reproduces causal attention with sliding_window, softcap and s_aux sinks); running it "
             "would silently compute another attention. Use a model without this feature."
         )
+
+
+def store_sinks(variant: AttentionVariant, store: SlotStore, group: int) -> torch.Tensor | None:
+    """(store KV heads, group) sink logits of the store's query heads, or None."""
+    if variant.sinks is None:
+        return None
+    return variant.sinks.detach()[store.heads.start * group : store.heads.stop * group].view(store.num_heads, group)
+
+
+def store_attention(
+    store: SlotStore, layer: MemoryCacheLayer, query: torch.Tensor, chunk_positions: torch.Tensor
+) -> torch.Tensor:
+    """(B, q_heads, L, D) attention of `query` (this store's query heads) over one store's used slots."""
+    used = store.used()
+    batch, q_heads, q_len, head_dim = query.shape
+    kv_heads, slots = store.num_heads, store.length
+    group = q_heads // kv_heads
+    variant, scaling = layer.variant, layer.variant.scaling
+    if store.all_valid and variant.sliding_window is None and not variant.needs_explicit_softmax:
+        mask = None if q_len == 1 else causal_lower_right(q_len, slots)
+        return F.scaled_dot_product_attention(
+            query, used.keys, used.values, attn_mask=mask, scale=scaling, enable_gqa=group > 1
+        )
+    # Masked path: fold each GQA group into the query axis so the per-KV-head mask needs no repeat of K/V.
+    grouped = query.reshape(batch, kv_heads, group, q_len, head_dim)
+    step = masked_block_queries(batch, q_heads, slots)
+    layer.meter.temporary(masked_block_bytes(batch, q_heads, kv_heads, q_len, slots))
+    outputs = []
+    for start in range(0, q_len, step):
+        stop = min(q_len, start + step)
+        visible = visible_mask(used.valid, used.positions, chunk_positions[:, start:stop], variant)
+        visible |= ~visible.any(dim=-1, keepdim=True)  # padding queries: avoid all-masked rows (NaN)
+        block_mask = visible[:, :, None].expand(-1, -1, group, -1, -1).reshape(batch, kv_heads, -1, slots)
+        block_query = grouped[:, :, :, start:stop].reshape(batch, kv_heads, group * (stop - start), head_dim)
+        if variant.needs_explicit_softmax:
+            sinks = store_sinks(variant, store, group)
+            if sinks is not None:
+                sinks = sinks[:, :, None].expand(-1, -1, stop - start).reshape(1, kv_heads, group * (stop - start), 1)
+            block_out = explicit_attention(block_query, used.keys, used.values, block_mask, variant, sinks)
+        else:
+            block_out = F.scaled_dot_product_attention(
+                block_query, used.keys, used.values, attn_mask=block_mask, scale=scaling
+            )
+        outputs.append(block_out.view(batch, kv_heads, group, stop - start, -1))
+    return torch.cat(outputs, dim=3).reshape(batch, q_heads, q_len, -1)
 
 
 def memory_attention(
@@ -82,36 +153,15 @@ def memory_attention(
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     if sliding_window is WINDOW_FROM_CONFIG:
         sliding_window = configured_sliding_window(getattr(module, "config", None), module.layer_idx)
-    variant = AttentionVariant(scaling, sliding_window, softcap, s_aux)
-    layer.variant = variant
+    layer.variant = AttentionVariant(scaling, sliding_window, softcap, s_aux)
     layer.record(query)
-    batch, q_heads, q_len, head_dim = query.shape
-    kv_heads = key.shape[1]
-    group = q_heads // kv_heads
-    if layer.all_valid and sliding_window is None and not variant.needs_explicit_softmax:
-        mask = None if q_len == 1 else causal_lower_right(q_len, key.shape[2])
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=group > 1)
-        return out.transpose(1, 2), None
-
-    # Masked path: fold each GQA group into the query axis so the per-KV-head mask needs no repeat of K/V.
-    visible = visible_mask(layer, memory_cache.chunk.positions)  # (B, H, L, S)
-    visible = visible | ~visible.any(dim=-1, keepdim=True)  # padding queries: avoid all-masked rows (NaN)
-    grouped = query.reshape(batch, kv_heads, group, q_len, head_dim)
-    step = max(1, MASK_ELEMENTS_PER_BLOCK // max(1, batch * kv_heads * group * key.shape[2]))
-    outputs = []
-    for start in range(0, q_len, step):
-        stop = min(q_len, start + step)
-        block_mask = visible[:, :, None, start:stop].expand(-1, -1, group, -1, -1)
-        block_mask = block_mask.reshape(batch, kv_heads, group * (stop - start), -1)
-        block_query = grouped[:, :, :, start:stop].reshape(batch, kv_heads, group * (stop - start), head_dim)
-        if variant.needs_explicit_softmax:
-            sinks = None if s_aux is None else s_aux.view(kv_heads, group, 1).expand(-1, -1, stop - start)
-            sinks = None if sinks is None else sinks.reshape(1, kv_heads, group * (stop - start), 1)
-            block_out = explicit_attention(block_query, key, value, block_mask, variant, sinks)
-        else:
-            block_out = F.scaled_dot_product_attention(block_query, key, value, attn_mask=block_mask, scale=scaling)
-        outputs.append(block_out.view(batch, kv_heads, group, stop - start, -1))
-    out = torch.cat(outputs, dim=3).reshape(batch, q_heads, q_len, -1)
+    group = query.shape[1] // key.shape[1]
+    positions = memory_cache.chunk.positions
+    outputs = [
+        store_attention(store, layer, query[:, store.heads.start * group : store.heads.stop * group], positions)
+        for store in layer.stores
+    ]
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     return out.transpose(1, 2), None
 
 
@@ -137,51 +187,69 @@ def register_memory_attention() -> str:
     return ATTENTION_NAME
 
 
-def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: torch.Tensor, count: int) -> torch.Tensor:
-    """(R, H, count, S) float32 softmax rows of the newest `count` queries, averaged over each GQA group.
+@dataclass
+class ProbabilityBlock:
+    """Softmax rows of some (row, KV head) pairs and queries over the first `width` slots of a store."""
 
-    Recomputed from the recorded queries against the current cache, so they equal the probabilities
-    eager attention produced (no eviction happens between updates), with zeros for invisible slots.
-    Work goes in blocks of (row, KV head) pairs and queries small enough for the CPU's caches (large
-    ones on accelerators, where launches cost more than memory traffic); a block takes whole pairs when
-    it can, so many-row batches still make large matmuls. When every slot is live, only the newest
-    `count` slots need the causal mask and each block's matmul stops at its last visible slot. The layer's
-    sliding window, softcap and sinks apply as in its forward (rows then sum to less than 1 with sinks).
+    pairs: slice
+    queries: slice
+    width: int
+    probabilities: torch.Tensor  # (pairs, group, queries, width) float32
+
+
+def probability_blocks(
+    store: SlotStore,
+    layer: MemoryCacheLayer,
+    rows: torch.Tensor,
+    every_row: bool,
+    tokens_seen: torch.Tensor,
+    count: int,
+    queries_per_block: int | None = None,
+) -> Iterator[ProbabilityBlock]:
+    """The softmax rows of the newest `count` queries against one store, block by block.
+
+    Recomputed from the recorded queries, so they equal the probabilities eager attention produced (no
+    eviction happens between updates); invisible slots get zero. Blocks take (row, KV head) pairs and
+    queries small enough for the CPU's caches (large ones on accelerators, where launches cost more than
+    memory traffic); a block takes whole pairs when it can, so many-row batches still make large matmuls.
+    Keys are upcast to float32 per block of pairs, never the whole cache at once. When every slot is live,
+    only the newest `count` slots need the causal mask and each block's matmul stops at its last visible
+    slot. `queries_per_block` fixes the query blocking (for sums that must not depend on the batch). The
+    layer's sliding window, softcap and sinks apply as in its forward (rows then sum to less than 1 with sinks).
     """
     variant = layer.variant
-    queries = layer.recent_queries(rows, count)  # (R, Hq, n, D)
-    every_row = rows.numel() == layer.keys.shape[0]
-    keys = (layer.keys[:, :, : layer.length] if every_row else layer.keys[rows, :, : layer.length]).float()
-    num_rows, q_heads, _, head_dim = queries.shape
-    kv_heads, slots = keys.shape[1], keys.shape[2]
-    group, pairs = q_heads // kv_heads, num_rows * kv_heads
+    group = layer.query_buffer.shape[1] // layer.num_kv_heads
+    queries = layer.recent_queries(rows, count)[:, store.heads.start * group : store.heads.stop * group]
+    used = store.used(None if every_row else rows)
+    num_rows, _, _, head_dim = queries.shape
+    kv_heads, slots = store.num_heads, store.length
+    pairs = num_rows * kv_heads
     grouped = queries.reshape(pairs, group, count, head_dim)
-    keys = keys.reshape(pairs, slots, head_dim)
-    out = torch.empty(pairs, count, slots, dtype=torch.float32, device=keys.device)
+    keys = used.keys.reshape(pairs, slots, head_dim)
     budget = ROW_ELEMENTS_PER_BLOCK_CPU if keys.device.type == "cpu" else ROW_ELEMENTS_PER_BLOCK
-    step = max(1, min(count, budget // max(1, group * slots)))  # queries per block
-    pair_step = max(1, budget // max(1, group * slots * step))  # (row, KV head) pairs per block
+    step, pair_step = row_blocking(pairs, group, slots, count, budget, queries_per_block)
+    layer.meter.temporary(row_block_bytes(pairs, group, slots, count, head_dim, step, pair_step))
     # the newest `count` slots hold the queries' own tokens, in order (a window needs the positions of the rest)
-    dense = layer.all_valid and slots >= count and variant.sliding_window is None
-    sinks = None if variant.sinks is None else variant.sinks.detach().view(kv_heads, group).repeat(num_rows, 1)
+    dense = store.all_valid and slots >= count and variant.sliding_window is None
+    sinks = store_sinks(variant, store, group)
+    sinks = None if sinks is None else sinks.repeat(num_rows, 1)  # (pairs, group)
     if dense:
         older = slots - count
         future = torch.full((count, count), float("-inf"), device=keys.device).triu_(1)  # added: faster than a fill
-        out[..., older:].zero_()  # the future keys each block's softmax leaves out
     else:
         query_positions = tokens_seen[:, None] - count + torch.arange(count, device=tokens_seen.device)
         query_positions = query_positions.repeat_interleave(kv_heads, dim=0)  # (pairs, n)
-        valid = layer.valid[:, :, : layer.length] if every_row else layer.valid[rows, :, : layer.length]
-        positions = layer.positions[:, :, : layer.length] if every_row else layer.positions[rows, :, : layer.length]
         # an invalid slot gets a position no query reaches: the causal comparison hides it with the future keys
-        key_positions = positions.masked_fill(~valid, torch.iinfo(positions.dtype).max).reshape(pairs, slots)
+        key_positions = used.positions.masked_fill(~used.valid, torch.iinfo(used.positions.dtype).max)
+        key_positions = key_positions.reshape(pairs, slots)
     for first in range(0, pairs, pair_step):
         last = min(pairs, first + pair_step)
+        block_keys = keys[first:last].float()
         for start in range(0, count, step):
             stop = min(count, start + step)
             width = older + stop if dense else slots
             block_queries = grouped[first:last, :, start:stop].reshape(last - first, group * (stop - start), head_dim)
-            logits = torch.matmul(block_queries.float(), keys[first:last, :width].transpose(-1, -2))
+            logits = torch.matmul(block_queries.float(), block_keys[:, :width].transpose(-1, -2))
             logits = variant.capped(logits.view(last - first, group, stop - start, width).mul_(variant.scaling))
             if dense:
                 logits[..., older:].add_(future[start:stop, :stop])
@@ -191,6 +259,36 @@ def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: tor
                 )
                 logits.add_(torch.where(visible, 0.0, float("-inf"))[:, None])  # a broadcast add beats masked_fill_
             block_sinks = None if sinks is None else sinks[first:last, :, None, None]
-            probs = variant.probabilities(logits, block_sinks)
-            torch.mean(probs, dim=1, out=out[first:last, start:stop, :width])
-    return out.view(num_rows, kv_heads, count, slots)
+            probabilities = variant.probabilities(logits, block_sinks)
+            yield ProbabilityBlock(slice(first, last), slice(start, stop), width, probabilities)
+
+
+def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: torch.Tensor, count: int) -> torch.Tensor:
+    """(R, H, count, S) float32 softmax rows of the newest `count` queries, averaged over each GQA group.
+
+    S is the layer's slot axis (the longest store); slots past a shorter store's end get zero.
+    """
+    every_row = rows.numel() == layer.stores[0].keys.shape[0]
+    out = torch.zeros(rows.numel(), layer.num_kv_heads, count, layer.length, dtype=torch.float32, device=rows.device)
+    layer.meter.hold(out.numel() * out.element_size())
+    for store in layer.stores:
+        target = out[:, store.heads].flatten(0, 1)  # (pairs, count, S): a view, also for one head of many
+        for block in probability_blocks(store, layer, rows, every_row, tokens_seen, count):
+            torch.mean(block.probabilities, dim=1, out=target[block.pairs, block.queries, : block.width])
+    return out
+
+
+def attention_column_sums(
+    layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: torch.Tensor, count: int
+) -> torch.Tensor:
+    """(R, H, S) float32: the attention each slot received from the newest `count` queries (GQA-averaged),
+    accumulated block by block so the (count x S) rows are never held at once."""
+    every_row = rows.numel() == layer.stores[0].keys.shape[0]
+    sums = torch.zeros(rows.numel(), layer.num_kv_heads, layer.length, dtype=torch.float32, device=rows.device)
+    layer.meter.hold(sums.numel() * sums.element_size())
+    for store in layer.stores:
+        target = sums[:, store.heads].flatten(0, 1)
+        queries_per_block = min(count, SUM_QUERIES_PER_BLOCK)
+        for block in probability_blocks(store, layer, rows, every_row, tokens_seen, count, queries_per_block):
+            target[block.pairs, : block.width] += block.probabilities.mean(dim=1).sum(dim=1)
+    return sums

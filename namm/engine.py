@@ -18,8 +18,9 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel
 
-from namm.attention import attention_rows, register_memory_attention
-from namm.cache import ChunkInfo, MemoryCache, MemoryCacheLayer
+from namm.attention import attention_column_sums, attention_rows, register_memory_attention
+from namm.cache import ChunkInfo, MemoryCache, MemoryCacheLayer, StorageSizing
+from namm.memory import MemoryUsage
 from namm.policies.base import LayerView, MemoryPolicy, top_k_keep
 from namm.schedule import chunk_ends
 
@@ -31,11 +32,15 @@ class EngineConfig:
     """How the engine schedules and applies a policy."""
 
     update_interval: int = 512
-    #: per_head: each KV head keeps its own tokens (storage compacted to the longest head, rest masked);
+    #: per_head: each KV head keeps its own tokens, in its own storage (so memory follows each head's count);
     #: per_layer_max: every head keeps as many as the layer's most retentive head (the NAMM reference rule)
     eviction_mode: EvictionMode = "per_layer_max"
     #: largest prefill forward; chunks also end at every update boundary
     prefill_chunk: int | None = None
+    #: also update every row once its whole prompt is in (as post-prefill compressors such as SnapKV do), so
+    #: a short prompt and the prompt's tail after the last boundary are compressed before decoding. Off by
+    #: default: the NAMM reference updates at interval boundaries only (golden parity, published numbers).
+    update_at_prefill_end: bool = False
 
     def __post_init__(self) -> None:
         if self.update_interval <= 0:
@@ -72,8 +77,8 @@ class GenerationResult:
     tokens_seen: int  # real tokens that went through the model (prompt + generated - 1)
     retained_ratio: float  # kept / seen, averaged over layers and KV heads
     retained_ratio_per_layer: list[float]
+    memory: MemoryUsage  # live KV bytes of this row; storage and overhead of its batch (peak and final)
     cache_sizes: list[dict] = field(default_factory=list)  # after each update: tokens_seen, per-layer mean kept
-    peak_kv_bytes: int = 0  # of the whole batch's cache storage
     update_positions: list[int] = field(default_factory=list)  # tokens_seen at each update
     logits: torch.Tensor | None = None  # (generated, vocab) float32 when settings.return_logits
 
@@ -95,6 +100,16 @@ class MemoryEngine:
         self.max_positions = getattr(text_config, "max_position_embeddings", None)
         forward_params = inspect.signature(model.forward).parameters
         self._cache_keyword = "cache" if "cache" in forward_params else "past_key_values"
+
+    def new_cache(self, max_slots: int) -> MemoryCache:
+        """Storage for a run that appends at most `max_slots` slots per row."""
+        return MemoryCache(
+            self.num_layers,
+            storage_sizing(self.policy, self.config, max_slots),
+            per_head_storage=getattr(self.policy, "evicts", True) and self.config.eviction_mode == "per_head",
+            record_queries=records_queries(self.policy),
+            query_window=self.config.update_interval,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -125,6 +140,18 @@ class MemoryEngine:
                     "middle to a budget) or lower max_new_tokens."
                 )
             lengths.append(len(prompt))
+        multiple = self.policy.update_query_multiple
+        if self.config.update_at_prefill_end and getattr(self.policy, "evicts", True) and multiple > 1:
+            interval = self.config.update_interval
+            for index, length in enumerate(lengths):
+                if length % interval % multiple:
+                    raise ValueError(
+                        f"prompt {index} has {length} tokens, {length % interval} after its last update boundary: "
+                        f"policy '{self.policy.name}' needs a multiple of {multiple} queries per update, so with "
+                        f"engine.update_at_prefill_end the prompt length must be one modulo the interval "
+                        f"({interval}); pad or truncate prompts to a multiple of {multiple} tokens, or turn "
+                        "update_at_prefill_end off."
+                    )
         return lengths
 
     @contextmanager
@@ -142,8 +169,19 @@ def records_queries(policy: MemoryPolicy) -> bool:
     return getattr(policy, "evicts", True) and policy.needs_attention
 
 
+def storage_sizing(policy: MemoryPolicy, config: EngineConfig, max_slots: int) -> StorageSizing:
+    """Headroom of one update interval for a policy that evicts; a full-cache run grows to its length once."""
+    return StorageSizing(
+        headroom=config.update_interval if getattr(policy, "evicts", True) else max_slots, max_slots=max_slots
+    )
+
+
 class _Run:
-    """State of one `generate` call (kept apart so the engine itself stays reusable)."""
+    """State of one `generate` call (kept apart so the engine itself stays reusable).
+
+    The schedule lives on the host (pads and prompt lengths are known, and each decoding step brings back
+    the finished flags in its one host sync), so nothing else in the decode loop waits on the device.
+    """
 
     def __init__(
         self,
@@ -171,27 +209,16 @@ class _Run:
         columns = torch.arange(self.width, device=self.device)
         self.real = columns[None, :] >= pads[:, None]
         self.positions = (columns[None, :] - pads[:, None]).clamp(min=0)
-        self.tokens_seen = torch.zeros(self.batch, dtype=torch.long, device=self.device)
-        self.finished = torch.zeros(self.batch, dtype=torch.bool, device=self.device)
-        self.cache_sizes: list[list[dict]] = [[] for _ in range(self.batch)]
+        self.tokens_seen = [0] * self.batch  # real tokens each row has put through the model
+        self.last_update = [0] * self.batch  # tokens_seen at each row's latest update
+        self.finished = [False] * self.batch
+        self.updates: list[tuple[list[int], list[int], torch.Tensor]] = []  # rows, seen, (R, layers) kept
+        self.policy_state_bytes = 0
 
         self.policy.reset(self.batch, engine.num_layers, engine.num_kv_heads, self.device)
         self.policy.set_row_parameters(None if row_parameters is None else row_parameters.to(self.device))
         self.evicts = getattr(self.policy, "evicts", True)
-        interval = self.config.update_interval
-        total = self.width + settings.max_new_tokens
-        self.cache = (
-            cache
-            if cache is not None
-            else MemoryCache(
-                engine.num_layers,
-                initial_capacity=total if not self.evicts else min(total, 2 * interval),
-                growth=2 * interval,
-                record_queries=records_queries(self.policy),
-                query_window=interval,
-                max_capacity=total,
-            )
-        )
+        self.cache = cache if cache is not None else engine.new_cache(self.width + settings.max_new_tokens)
 
     # -- schedule ---------------------------------------------------------------------------------
     def chunk_ends(self) -> list[int]:
@@ -201,30 +228,48 @@ class _Run:
     def execute(self) -> list[GenerationResult]:
         start, logits = 0, None
         for end in self.chunk_ends():
-            logits = self.forward(self.input_ids[:, start:end], self.positions[:, start:end], self.real[:, start:end])
+            advanced = [max(0, end - max(start, pad)) for pad in self.pads]
+            span = slice(start, end)
+            ids, positions, real = self.input_ids[:, span], self.positions[:, span], self.real[:, span]
+            logits = self.forward(ids, positions, real, advanced, prefill_end=end == self.width)
             start = end
-        generated: list[list[int]] = [[] for _ in range(self.batch)]
-        stop_ids = set(self.settings.eos_token_ids if self.settings.stop_on_eos else ())
-        if self.settings.stop_on_newline:
-            stop_ids |= set(self.settings.newline_token_ids)
-        stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=self.device)
-        step_logits: list[list[torch.Tensor]] = [[] for _ in range(self.batch)]
-        for step in range(self.settings.max_new_tokens):
-            next_tokens = logits[:, -1].argmax(dim=-1)
-            for row in (~self.finished).nonzero().flatten().tolist():
-                generated[row].append(int(next_tokens[row]))
-                if self.settings.return_logits:
-                    step_logits[row].append(logits[row, -1].float().cpu())
-            self.finished |= torch.isin(next_tokens, stop_tensor)
-            if step == self.settings.max_new_tokens - 1 or bool(self.finished.all()):
-                break
-            live = ~self.finished
-            fed = next_tokens.masked_fill(~live, self.settings.pad_token_id)
-            logits = self.forward(fed[:, None], self.tokens_seen[:, None].clone(), live[:, None])
-        return self.results(generated, step_logits)
+        self.update_prefill_ends()
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        self.cache.chunk = ChunkInfo(positions=positions, real=real)
+        settings = self.settings
+        stop_ids = set(settings.eos_token_ids if settings.stop_on_eos else ())
+        if settings.stop_on_newline:
+            stop_ids |= set(settings.newline_token_ids)
+        stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=self.device)
+        tokens = torch.zeros(self.batch, settings.max_new_tokens, dtype=torch.long, device=self.device)
+        generated = [0] * self.batch
+        finished = torch.zeros(self.batch, dtype=torch.bool, device=self.device)
+        step_logits: list[torch.Tensor] = []
+        for step in range(settings.max_new_tokens):
+            next_tokens = logits[:, -1].argmax(dim=-1)
+            tokens[:, step] = next_tokens
+            if settings.return_logits:
+                step_logits.append(logits[:, -1].float())
+            generated = [count + (not done) for count, done in zip(generated, self.finished)]
+            finished |= torch.isin(next_tokens, stop_tensor)
+            self.finished = finished.tolist()  # the step's one host sync
+            if step == settings.max_new_tokens - 1 or all(self.finished):
+                break
+            fed = next_tokens.masked_fill(finished, settings.pad_token_id)
+            positions = torch.tensor(self.tokens_seen, device=self.device)[:, None]
+            advanced = [0 if done else 1 for done in self.finished]
+            logits = self.forward(fed[:, None], positions, ~finished[:, None], advanced)
+        return self.results(tokens, generated, step_logits)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        real: torch.Tensor,
+        advanced: list[int],
+        prefill_end: bool = False,
+    ) -> torch.Tensor:
+        """One forward; `advanced` (host) counts each row's real tokens in it. Updates the rows now due."""
+        due = self.begin_forward(input_ids.shape[1], positions, real, advanced, prefill_end)
         output = self.engine.model(
             input_ids=input_ids,
             position_ids=positions,
@@ -233,74 +278,121 @@ class _Run:
             memory_cache=self.cache,
             **{self.engine._cache_keyword: self.cache},
         )
-        self.advance(real)
+        self.advance(advanced, due)
         return output.logits
 
-    def advance(self, real: torch.Tensor) -> None:
-        """After a forward of `real` (B, L) tokens: count them, and update the rows that reached a boundary."""
-        advanced = real.sum(dim=1)
-        self.tokens_seen += advanced
+    def begin_forward(
+        self, width: int, positions: torch.Tensor, real: torch.Tensor, advanced: list[int], prefill_end: bool = False
+    ) -> list[int]:
+        """Tell the cache about the forward to come; returns the rows it brings to an update boundary."""
         interval = self.config.update_interval
-        due = (advanced > 0) & (self.tokens_seen % interval == 0) & ~self.finished
-        if self.evicts and bool(due.any()):
-            self.update(due.nonzero().flatten())
+        due = [row for row, count in enumerate(advanced) if count and (self.tokens_seen[row] + count) % interval == 0]
+        every_row_compacts = len(due) == self.batch or (prefill_end and self.config.update_at_prefill_end)
+        self.cache.chunk = ChunkInfo(
+            positions=positions,
+            real=real,
+            all_real=all(count == width for count in advanced),
+            compacted_next=self.evicts and every_row_compacts,
+        )
+        return due
+
+    def advance(self, advanced: list[int], due: list[int]) -> None:
+        """After the forward: count each row's tokens, and update the rows that reached a boundary."""
+        for row, count in enumerate(advanced):
+            self.tokens_seen[row] += count
+        if self.evicts and due:
+            self.update(due)
+
+    def update_prefill_ends(self) -> None:
+        """With update_at_prefill_end: update every row whose prompt tail has not been updated yet."""
+        if self.config.update_at_prefill_end and self.evicts:
+            self.update([row for row in range(self.batch) if self.tokens_seen[row] > self.last_update[row]])
 
     # -- eviction ---------------------------------------------------------------------------------
-    def update(self, rows: torch.Tensor) -> None:
-        seen = self.tokens_seen[rows]
-        sizes = torch.zeros(rows.numel(), self.engine.num_layers, dtype=torch.float64)
+    def update(self, rows: list[int]) -> None:
+        """Update `rows`, grouped by how many queries each saw since its previous update."""
+        by_count: dict[int, list[int]] = {}
+        for row in rows:
+            by_count.setdefault(self.tokens_seen[row] - self.last_update[row], []).append(row)
+        for count, group in sorted(by_count.items()):
+            self.update_rows(group, count)
+        if len(rows) == self.batch:
+            for layer in self.cache.layers:
+                layer.forget_queries()
+
+    def update_rows(self, rows: list[int], count: int) -> None:
+        self.cache.meter.observe_live(self.cache.live_bytes())  # live bytes peak just before an eviction
+        seen_list = [self.tokens_seen[row] for row in rows]
+        index = torch.tensor(rows, device=self.device)
+        seen = torch.tensor(seen_list, device=self.device)
+        sizes = []
         for layer_idx, layer in enumerate(self.cache.layers):
-            view = self.layer_view(layer_idx, layer, rows, seen)
-            selection = self.policy.select(view)
-            keep = selection.keep & view.valid
-            if self.config.eviction_mode == "per_layer_max":
-                keep = top_k_keep(selection.scores, view.valid, keep.sum(dim=-1).amax(dim=-1))
-            index, new_valid = layer.compact(rows, keep)
-            self.policy.reindex(layer_idx, rows, index, new_valid)
-            sizes[:, layer_idx] = new_valid.sum(dim=-1).double().mean(dim=-1).cpu()
-        for offset, row in enumerate(rows.tolist()):
-            self.cache_sizes[row].append({"tokens_seen": int(seen[offset]), "cache_sizes": sizes[offset].tolist()})
+            with self.cache.meter.scope():  # the view's attention rows live until the layer is compacted
+                view = self.layer_view(layer_idx, layer, index, seen, count)
+                selection = self.policy.select(view)
+                keep = selection.keep & view.valid
+                if self.config.eviction_mode == "per_layer_max":
+                    keep = top_k_keep(selection.scores, view.valid, keep.sum(dim=-1).amax(dim=-1))
+                order, new_valid = layer.compact(index, keep)
+            self.policy.reindex(layer_idx, index, order, new_valid)
+            sizes.append(new_valid.sum(dim=-1).double().mean(dim=-1))
+        state = self.policy.state_bytes()
+        self.cache.meter.allocated(overhead=state - self.policy_state_bytes)
+        self.policy_state_bytes = state
+        for row in rows:
+            self.last_update[row] = self.tokens_seen[row]
+        self.updates.append((rows, seen_list, torch.stack(sizes, dim=1)))
 
-    def layer_view(self, layer_idx: int, layer: MemoryCacheLayer, rows: torch.Tensor, seen: torch.Tensor) -> LayerView:
-        every_row = rows.numel() == self.batch
-        used = slice(0, layer.length)
-
-        def take(store: torch.Tensor) -> torch.Tensor:
-            return store[:, :, used] if every_row else store[rows][:, :, used]
-
-        rows_fn = None
+    def layer_view(
+        self, layer_idx: int, layer: MemoryCacheLayer, rows: torch.Tensor, seen: torch.Tensor, count: int
+    ) -> LayerView:
+        slots = layer.slots(rows, every_row=rows.numel() == self.batch)
+        rows_fn = sums_fn = None
         if self.policy.needs_attention:
             rows_fn = partial(attention_rows, layer, rows, seen)
+            sums_fn = partial(attention_column_sums, layer, rows, seen)
         return LayerView(
             layer_idx=layer_idx,
             rows=rows,
-            keys=take(layer.keys),
-            values=take(layer.values),
-            valid=take(layer.valid),
-            positions=take(layer.positions),
+            keys=slots.keys,
+            values=slots.values,
+            valid=slots.valid,
+            positions=slots.positions,
             tokens_seen=seen,
-            num_new_tokens=self.config.update_interval,
+            num_new_tokens=count,
             attention_fn=rows_fn,
+            attention_sums_fn=sums_fn,
         )
 
     # -- results ----------------------------------------------------------------------------------
-    def results(self, generated: list[list[int]], step_logits: list[list[torch.Tensor]]) -> list[GenerationResult]:
+    def results(
+        self, tokens: torch.Tensor, generated: list[int], step_logits: list[torch.Tensor]
+    ) -> list[GenerationResult]:
         # Integer counts, one division per figure in Python: a row's ratios cannot depend on the batch.
-        kept = torch.stack([layer.valid[:, :, : layer.length].sum(dim=-1) for layer in self.cache.layers], dim=1)
-        kept_per_layer = kept.sum(dim=-1).tolist()  # (B, layers) tokens kept over all KV heads
+        kept = torch.stack([layer.kept_per_head() for layer in self.cache.layers], dim=1)  # (B, layers, H)
         heads = kept.shape[-1]
-        seen = self.tokens_seen.tolist()
+        kept_per_layer = kept.sum(dim=-1).tolist()
+        per_layer = [
+            [count / (heads * self.tokens_seen[row]) for count in kept_per_layer[row]] for row in range(self.batch)
+        ]
+        memory = self.cache.meter.usage(self.cache.live_bytes())
+        cache_sizes: list[list[dict]] = [[] for _ in range(self.batch)]
+        for rows, seen_list, sizes in self.updates:
+            for row, row_seen, row_sizes in zip(rows, seen_list, sizes.tolist()):
+                cache_sizes[row].append({"tokens_seen": row_seen, "cache_sizes": row_sizes})
+        token_lists = tokens.tolist()
+        logits = torch.stack(step_logits, dim=1).cpu() if step_logits else None  # (B, steps, vocab)
         return [
             GenerationResult(
-                token_ids=generated[row],
+                token_ids=token_lists[row][: generated[row]],
                 prompt_length=self.lengths[row],
-                tokens_seen=int(seen[row]),
-                retained_ratio=sum(kept_per_layer[row]) / (len(kept_per_layer[row]) * heads * seen[row]),
-                retained_ratio_per_layer=[count / (heads * seen[row]) for count in kept_per_layer[row]],
-                cache_sizes=self.cache_sizes[row],
-                peak_kv_bytes=self.cache.peak_bytes,
-                update_positions=[entry["tokens_seen"] for entry in self.cache_sizes[row]],
-                logits=torch.stack(step_logits[row]) if step_logits[row] else None,
+                tokens_seen=self.tokens_seen[row],
+                retained_ratio=sum(kept_per_layer[row]) / (len(kept_per_layer[row]) * heads * self.tokens_seen[row]),
+                retained_ratio_per_layer=per_layer[row],
+                memory=memory[row],
+                cache_sizes=cache_sizes[row],
+                update_positions=[entry["tokens_seen"] for entry in cache_sizes[row]],
+                logits=None if logits is None else logits[row, : generated[row]],
             )
             for row in range(self.batch)
         ]

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from namm.cache import ChunkInfo, MemoryCache
-from namm.engine import EngineConfig, GenerationSettings, MemoryEngine, _Run, records_queries
+from namm.cache import MemoryCache
+from namm.engine import EngineConfig, GenerationSettings, MemoryEngine, _Run, records_queries, storage_sizing
+from namm.memory import MemoryUsage
 from namm.policies.base import MemoryPolicy
 from namm.schedule import chunk_ends, chunk_positions
 
@@ -47,7 +48,7 @@ class RowMemory:
     tokens_seen: int
     update_positions: list[int]
     cache_sizes: list[dict]
-    peak_kv_bytes: int
+    memory: MemoryUsage  # live KV bytes of the row; storage and overhead of the batch (peak and final)
 
 
 class MemoryManagedCache(MemoryCache):
@@ -66,14 +67,14 @@ class MemoryManagedCache(MemoryCache):
         stop_token_ids: Iterable[int] | None = None,
     ) -> None:
         self.engine = MemoryEngine(model, policy, config)  # fails at once for a model without the attention interface
-        interval = self.engine.config.update_interval
+        engine_config = self.engine.config
+        max_slots = self.engine.max_positions or 1 << 20  # generate()'s length is unknown until it runs
         super().__init__(
             self.engine.num_layers,
-            initial_capacity=2 * interval,
-            growth=2 * interval,
+            storage_sizing(policy, engine_config, max_slots),
+            per_head_storage=getattr(policy, "evicts", True) and engine_config.eviction_mode == "per_head",
             record_queries=records_queries(policy),
-            query_window=interval,
-            max_capacity=self.engine.max_positions or 2 * interval,
+            query_window=engine_config.update_interval,
         )
         if stop_token_ids is None:
             stop_token_ids = model.generation_config.eos_token_id
@@ -82,16 +83,16 @@ class MemoryManagedCache(MemoryCache):
         self.stop_token_ids = torch.tensor(sorted(set(stop_token_ids or ())), dtype=torch.long)
         self.run: _Run | None = None
         self.decoding = False
-        self.pending: torch.Tensor | None = None  # real tokens of the forward in flight
+        self.pending: tuple[list[int], list[int]] | None = None  # (tokens per row, rows due) of the forward in flight
         self.previous_attention: str | None = None
         _install_hooks(model)
 
     # -- results ----------------------------------------------------------------------------------
     def memory(self) -> list[RowMemory]:
-        """Per batch row: retained ratios, update positions, cache sizes, peak KV bytes."""
+        """Per batch row: retained ratios, update positions, cache sizes, live/storage/overhead bytes."""
         if self.run is None:
             raise RuntimeError("no generate() call has used this cache yet; pass it as past_key_values=cache.")
-        empty = [[] for _ in range(self.run.batch)]
+        no_tokens = torch.zeros(self.run.batch, 0, dtype=torch.long)
         return [
             RowMemory(
                 retained_ratio=result.retained_ratio,
@@ -99,9 +100,9 @@ class MemoryManagedCache(MemoryCache):
                 tokens_seen=result.tokens_seen,
                 update_positions=result.update_positions,
                 cache_sizes=result.cache_sizes,
-                peak_kv_bytes=result.peak_kv_bytes,
+                memory=result.memory,
             )
-            for result in self.run.results(empty, empty)
+            for result in self.run.results(no_tokens, [0] * self.run.batch, [])
         ]
 
     @property
@@ -138,19 +139,25 @@ class MemoryManagedCache(MemoryCache):
         run = self._run_for(input_ids, real)
         # a one-token forward after the first one is a decoding step (a prefill_chunk_size that leaves one
         # prompt token over would be taken for one: only a prompt ending in a stop token could then differ)
-        if run.tokens_seen.any() and input_ids.shape[1] == 1:
+        if any(run.tokens_seen) and input_ids.shape[1] == 1:
+            if not self.decoding:
+                run.update_prefill_ends()  # the whole prompt is in (engine.update_at_prefill_end)
             self.decoding = True
-            run.finished |= torch.isin(input_ids[:, 0], self.stop_token_ids.to(input_ids.device))
-            real = real & ~run.finished[:, None]
-        positions = chunk_positions(real, run.tokens_seen)
-        ends = chunk_ends(real, run.tokens_seen, run.config.update_interval, run.config.prefill_chunk)
+            stopped = torch.isin(input_ids[:, 0], self.stop_token_ids.to(input_ids.device)).tolist()
+            run.finished = [done or stop for done, stop in zip(run.finished, stopped)]
+            real = real & ~torch.tensor(run.finished, device=real.device)[:, None]
+        seen = torch.tensor(run.tokens_seen)
+        positions = chunk_positions(real, seen)
+        ends = chunk_ends(real, seen, run.config.update_interval, run.config.prefill_chunk)
         self._use_memory_attention(model)
         start = 0
         for end in ends[:-1]:
-            run.forward(input_ids[:, start:end], positions[:, start:end], real[:, start:end])
+            piece = real[:, start:end]
+            run.forward(input_ids[:, start:end], positions[:, start:end], piece, piece.sum(dim=1).tolist())
             start = end
-        self.chunk = ChunkInfo(positions=positions[:, start:], real=real[:, start:])
-        self.pending = real[:, start:]
+        advanced = real[:, start:].sum(dim=1).tolist()
+        due = run.begin_forward(input_ids.shape[1] - start, positions[:, start:], real[:, start:], advanced)
+        self.pending = (advanced, due)
         kwargs = dict(kwargs, input_ids=input_ids[:, start:], position_ids=positions[:, start:], attention_mask=None)
         if kwargs.get("cache_position") is not None:  # transformers 5.17
             kwargs["cache_position"] = kwargs["cache_position"][start:]
@@ -163,7 +170,7 @@ class MemoryManagedCache(MemoryCache):
         pending, self.pending = self.pending, None
         try:
             if succeeded and pending is not None:
-                self.run.advance(pending)
+                self.run.advance(*pending)
         finally:
             if self.previous_attention is not None:
                 model.set_attn_implementation(self.previous_attention)
@@ -208,7 +215,9 @@ class MemoryManagedCache(MemoryCache):
                 "cache, or assisted / speculative decoding, is not supported; use one MemoryManagedCache per "
                 "generate() call, with num_beams=1 and no assistant."
             )
-        started = real.long().cummax(dim=1).values.bool() | (self.run.tokens_seen > 0)[:, None].to(real.device)
+        started = real.long().cummax(dim=1).values.bool() | torch.tensor(self.run.tokens_seen, device=real.device)[
+            :, None
+        ].gt(0)
         if not torch.equal(started, real):
             raise UnsupportedGenerationError(
                 "the batch is right-padded (or has holes in its attention mask); decoder generation needs left "

@@ -19,9 +19,10 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from datasets import Dataset, Features, IterableDataset, Sequence, Value
-from datasets.exceptions import DatasetGenerationError
+if TYPE_CHECKING:
+    from datasets import Dataset, Features, IterableDataset
 
 HUB_REPO = "THUDM/LongBench"
 HUB_ARCHIVE = "data.zip"
@@ -151,18 +152,23 @@ def read_records(path: str | Path) -> list[LongBenchRecord]:
     return list(iter_records(path))
 
 
-FEATURES = Features(
-    {
-        "input": Value("string"),
-        "context": Value("string"),
-        "answers": Sequence(Value("string")),
-        "length": Value("int64"),
-        "dataset": Value("string"),
-        "language": Value("string"),
-        "all_classes": Sequence(Value("string")),
-        "_id": Value("string"),
-    }
-)
+def longbench_features() -> Features:
+    """The 8 LongBench fields as datasets features (datasets is imported here: the engine, the scorer and
+    the GPU device check import this module where datasets is not installed)."""
+    from datasets import Features, Sequence, Value
+
+    return Features(
+        {
+            "input": Value("string"),
+            "context": Value("string"),
+            "answers": Sequence(Value("string")),
+            "length": Value("int64"),
+            "dataset": Value("string"),
+            "language": Value("string"),
+            "all_classes": Sequence(Value("string")),
+            "_id": Value("string"),
+        }
+    )
 
 
 def _rows(path: str, size: int, modified_ns: int) -> Iterator[dict]:
@@ -184,15 +190,18 @@ def longbench_dataset(
     `data_dir`: a folder of unzipped jsonl files (null: the hub's data.zip, cached under `cache_dir`). The
     Arrow cache lives in `<cache_dir>/datasets`; `streaming=True` reads the file lazily instead.
     """
+    from datasets import Dataset, IterableDataset
+    from datasets.exceptions import DatasetGenerationError
+
     path = task_file(task, download_longbench(cache_dir) if data_dir is None else data_dir).resolve()
     stat = path.stat()
     arguments = {"path": str(path), "size": stat.st_size, "modified_ns": stat.st_mtime_ns}
     if streaming:
-        return IterableDataset.from_generator(_rows, features=FEATURES, gen_kwargs=arguments)
+        return IterableDataset.from_generator(_rows, features=longbench_features(), gen_kwargs=arguments)
     try:
         return Dataset.from_generator(
             _rows,
-            features=FEATURES,
+            features=longbench_features(),
             gen_kwargs=arguments,
             cache_dir=str(Path(cache_dir or default_cache_dir()) / "datasets"),
         )

@@ -106,7 +106,8 @@ def test_smoke_population_scoring_through_the_training_scorer(smoke):
 
 def test_smoke_benchmarks_come_from_the_bench_scripts(smoke):
     engine = smoke["sections"]["engine_bench"]["lengths"]["384"]
-    assert set(engine) == {"plain_seconds", "full", "streaming", "h2o", "snapkv", "knorm", "random"}
+    policies = {"full", "streaming", "h2o", "snapkv", "knorm", "random", "namm", "h2o/per_head", "namm/per_head"}
+    assert set(engine) == {"plain_seconds", *policies}
     assert all(engine[name]["over_plain"] > 0 for name in engine if name != "plain_seconds")
     namm = smoke["sections"]["namm_bench"]
     assert 0.45 < namm["lengths"]["384"]["retained_ratio"] < 0.55  # bench_namm's NAMM keeps the newest half
@@ -116,7 +117,7 @@ def test_smoke_benchmarks_come_from_the_bench_scripts(smoke):
     assert set(targets) == {
         "engine_full_over_plain",
         "engine_baselines_over_plain",
-        "peak_kv_over_full_at_half_budget",
+        "peak_storage_over_full_at_half_budget",
         "namm_over_plain",
         "population_per_sample_speedup",
     }

@@ -92,6 +92,20 @@ def test_matched_budgets_land_within_two_percent_and_outputs_follow_the_schema(t
     for records in sample_lines(run_dir).values():
         for record in records:
             validate(record, SAMPLE_RECORD_SCHEMA)
+    # memory is live bytes: the final live bytes over the full cache's are each sample's retained ratio
+    lines = sample_lines(run_dir)
+    full_record = next(records for name, records in lines.items() if name.startswith("samples/full/"))[0]
+    bytes_per_token = full_record["final_live_kv_bytes"] / full_record["tokens_seen"]
+    for records in lines.values():
+        for record in records:
+            live_ratio = record["final_live_kv_bytes"] / (record["tokens_seen"] * bytes_per_token)
+            assert live_ratio == pytest.approx(record["retained_ratio"], rel=1e-9)
+            assert record["final_live_kv_bytes"] <= record["peak_live_kv_bytes"] <= record["batch_peak_storage_bytes"]
+    for baseline in BASELINES:
+        assert (
+            saved["aggregates"][baseline]["mean_peak_live_kv_bytes"]
+            < saved["aggregates"]["full"]["mean_peak_live_kv_bytes"]
+        )
     with pytest.raises(jsonschema.ValidationError):
         validate({**saved, "results": [{**saved["results"][0], "score": 140.0}]}, RESULTS_SCHEMA)
     with pytest.raises(jsonschema.ValidationError):
@@ -100,11 +114,13 @@ def test_matched_budgets_land_within_two_percent_and_outputs_follow_the_schema(t
     # results.csv: one row per (policy, task) and one mean row per policy
     table = list(csv.DictReader((run_dir / "results.csv").open()))
     assert len(table) == 2 * 7 and {row["task"] for row in table} == {"passkey", "mean"}
+    assert all(float(row["peak_live_kv_mib"]) > 0 for row in table)
     # plots and the printed table
     for plot in saved["files"]["plots"]:
         assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "| policy | budget | retained | passkey | mean |" in printed and "(matched)" in printed
+    assert "peak live KV MiB" in printed
 
 
 def test_resume_after_a_kill_writes_no_duplicate_samples(tmp_path, monkeypatch):

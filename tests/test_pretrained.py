@@ -49,7 +49,12 @@ def test_the_folder_holds_named_weights_a_complete_config_and_a_card(exported):
     assert torch.equal(weights["readout_bias"], theta[4171:])
     config = json.loads((exported / CONFIG_FILE).read_text())
     assert config["normalization"] == {"count": 500.0, "mean": MEAN, "var": VAR}
-    assert config["engine"] == {"update_interval": 128, "eviction_mode": "per_layer_max", "prefill_chunk": None}
+    assert config["engine"] == {
+        "update_interval": 128,
+        "eviction_mode": "per_layer_max",
+        "prefill_chunk": None,
+        "update_at_prefill_end": False,
+    }
     assert config["training"]["model"] == {"name": "tiny-llama"} and config["training"]["generation"] == 4
     assert config["training"]["evo"]["reference_floor"] == 1.0
     assert config["measured"]["retained_ratio"] == 0.61 and config["measured"]["task_scores"] == {"passkey": 50.0}

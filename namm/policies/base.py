@@ -33,6 +33,7 @@ class LayerView:
     tokens_seen: torch.Tensor  # (R,) int64 real tokens processed so far by each row
     num_new_tokens: int  # n
     attention_fn: Callable[[int], torch.Tensor] | None = None
+    attention_sums_fn: Callable[[int], torch.Tensor] | None = None
 
     @cached_property
     def attention(self) -> torch.Tensor:
@@ -51,6 +52,14 @@ class LayerView:
         if "attention" in self.__dict__:
             return self.__dict__["attention"][:, :, self.num_new_tokens - count :]
         return self.attention_fn(count)
+
+    def attention_received(self, count: int | None = None) -> torch.Tensor:
+        """(R, H, S) float32: the attention each slot received from the newest `count` queries (default n),
+        summed over queries; accumulated block by block, so the (n x S) rows are never held at once."""
+        count = self.num_new_tokens if count is None else count
+        if "attention" in self.__dict__ or self.attention_sums_fn is None:
+            return self.recent_attention(count).sum(dim=2)
+        return self.attention_sums_fn(count)
 
     @property
     def newest_mask(self) -> torch.Tensor:
@@ -126,6 +135,8 @@ class MemoryPolicy(ABC):
     needs_attention: ClassVar[bool] = False
     #: registry name used in configs and result files
     name: ClassVar[str] = "policy"
+    #: every update must bring a multiple of this many queries (the NAMM's STFT hop); checked before a run
+    update_query_multiple: int = 1
 
     def reset(self, batch_size: int, num_layers: int, num_kv_heads: int, device: torch.device) -> None:
         """Forget all per-sequence state before a new batch."""
@@ -140,6 +151,10 @@ class MemoryPolicy(ABC):
         `index` (R, H, K) gives, for each new slot, the pre-eviction slot it came from; `valid` (R, H, K)
         marks the new slots that hold a live token (the others are padding of the compacted storage).
         """
+
+    def state_bytes(self) -> int:
+        """Bytes of the per-token state the policy holds now (counted as engine overhead)."""
+        return 0
 
     def set_row_parameters(self, parameters: torch.Tensor | None) -> None:
         """Give each batch row its own parameter vector (B, P); only learned policies use it."""

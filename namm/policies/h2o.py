@@ -45,7 +45,7 @@ class H2OPolicy(BudgetPolicy):
         if state.shape[-1] < slots:
             state = torch.nn.functional.pad(state, (0, slots - state.shape[-1]))
         self.received[view.layer_idx] = state
-        total = state[view.rows, :, :slots] + view.attention.sum(dim=2)
+        total = state[view.rows, :, :slots] + view.attention_received()
         state[view.rows, :, :slots] = total
         return total
 
@@ -53,6 +53,9 @@ class H2OPolicy(BudgetPolicy):
         """The recent window: its share of the budget, never more than the budget itself."""
         recent = torch.floor(self.budget.keep_counts(view.tokens_seen).double() * self.recent_share).long()
         return view.positions >= (view.tokens_seen - recent).view(-1, 1, 1)
+
+    def state_bytes(self) -> int:
+        return sum(state.numel() * state.element_size() for state in self.received.values())
 
     def reindex(self, layer_idx: int, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> None:
         state = self.received[layer_idx]

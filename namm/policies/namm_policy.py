@@ -56,9 +56,18 @@ class NAMMPolicy(MemoryPolicy):
     def param_count(self) -> int:
         return self.namm.param_count
 
+    @property
+    def update_query_multiple(self) -> int:
+        """The spectrogram needs whole frames: every update must bring a multiple of `hop` queries."""
+        return self.namm.config.hop
+
     def reset(self, batch_size: int, num_layers: int, num_kv_heads: int, device: torch.device) -> None:
         self.states = {}
         self.batch_size = batch_size
+
+    def state_bytes(self) -> int:
+        tensors = [t for state in self.states.values() for t in (state.ema, state.carry)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def set_row_parameters(self, parameters: torch.Tensor | None) -> None:
         """(B, P): one vector per batch row; (P,): one for all rows; None: the NAMM's own parameters."""

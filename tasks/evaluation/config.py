@@ -34,6 +34,7 @@ class EngineSettings:
     update_interval: int | None = None
     eviction_mode: str | None = None
     prefill_chunk: int | None = None
+    update_at_prefill_end: bool | None = None
 
 
 def _disabled_logger() -> LoggerConfig:

@@ -60,7 +60,11 @@ class EvaluationPlan:
 def resolve_engine_config(settings: EngineSettings, namm: NAMMSource | None) -> EngineConfig:
     """Explicit `engine.*` values, else the checkpoint's training settings, else the engine defaults."""
     trained = dict((namm.training_engine if namm is not None else None) or {})
-    values = {key: trained[key] for key in ("update_interval", "eviction_mode", "prefill_chunk") if key in trained}
+    values = {
+        key: trained[key]
+        for key in ("update_interval", "eviction_mode", "prefill_chunk", "update_at_prefill_end")
+        if key in trained
+    }
     values |= {key: value for key, value in asdict(settings).items() if value is not None}
     config = EngineConfig(**values)
     if namm is not None:

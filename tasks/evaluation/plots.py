@@ -1,4 +1,4 @@
-"""PNG plots of an evaluation: score against retained-cache ratio per policy, and per-task score bars."""
+"""PNG plots of an evaluation: score against memory (retained ratio and live KV MiB) per policy, and per-task bars."""
 
 from __future__ import annotations
 
@@ -27,30 +27,38 @@ def _pyplot():
 
 
 def plot_score_vs_ratio(document: dict[str, Any], path: Path) -> None:
-    """One colour per policy: a small dot per task, a large marker for the policy's mean over tasks."""
+    """Score against memory, two panels: retained ratio, and live KV MiB (each sample's peak, mean over samples:
+    what the policy gives back, not what storage allocated). One colour per policy: a small dot per task, a
+    large marker for the policy's mean over tasks."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     colours = plt.get_cmap("tab10")
-    for number, (policy, aggregate) in enumerate(document["aggregates"].items()):
-        colour = colours(number % 10)
-        tasks = [r for r in document["results"] if r["policy"] == policy]
-        axis.scatter([r["retained_ratio"] for r in tasks], [r["score"] for r in tasks], color=colour, s=14, alpha=0.5)
-        axis.scatter(  # shrinking, distinct markers: policies at the same point stay visible
-            aggregate["retained_ratio"],
-            aggregate["mean_score"],
-            color=colour,
-            marker=MARKERS[number % len(MARKERS)],
-            s=max(30, 170 - 20 * number),
-            edgecolor="black",
-            label=policy,
-            zorder=3 + number,
-        )
-    axis.set_xlabel("retained KV-cache ratio")
-    axis.set_ylabel("score (task mean; small dots: single tasks)")
-    axis.set_xlim(0, 1.05)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="best")
-    axis.set_title(f"{document['model']['name']}: score vs memory")
+    memory_axes = (
+        (axes[0], lambda source: source["retained_ratio"], "retained KV-cache ratio (kept / seen)"),
+        (axes[1], lambda source: source["mean_peak_live_kv_bytes"] / 2**20, "peak live KV MiB (mean per sample)"),
+    )
+    for axis, memory, label in memory_axes:
+        for number, (policy, aggregate) in enumerate(document["aggregates"].items()):
+            colour = colours(number % 10)
+            tasks = [r for r in document["results"] if r["policy"] == policy]
+            axis.scatter([memory(r) for r in tasks], [r["score"] for r in tasks], color=colour, s=14, alpha=0.5)
+            axis.scatter(  # shrinking, distinct markers: policies at the same point stay visible
+                memory(aggregate),
+                aggregate["mean_score"],
+                color=colour,
+                marker=MARKERS[number % len(MARKERS)],
+                s=max(30, 170 - 20 * number),
+                edgecolor="black",
+                label=policy,
+                zorder=3 + number,
+            )
+        axis.set_xlabel(label)
+        axis.set_xlim(left=0)
+        axis.grid(alpha=0.3)
+    axes[0].set_xlim(0, 1.05)
+    axes[0].set_ylabel("score (task mean; small dots: single tasks)")
+    axes[0].legend(fontsize=8, loc="best")
+    figure.suptitle(f"{document['model']['name']}: score vs memory (live KV bytes)")
     figure.tight_layout()
     _save(figure, path)
     plt.close(figure)

@@ -96,7 +96,10 @@ def _record(
         "generated_tokens": len(result.token_ids),
         "tokens_seen": result.tokens_seen,
         "last_update": result.update_positions[-1] if result.update_positions else 0,
-        "peak_kv_bytes": result.peak_kv_bytes,
+        "peak_live_kv_bytes": result.memory.live_kv_bytes.peak,
+        "final_live_kv_bytes": result.memory.live_kv_bytes.final,
+        "batch_peak_storage_bytes": result.memory.batch_storage_bytes.peak,
+        "batch_peak_overhead_bytes": result.memory.batch_overhead_bytes.peak,
         "batch_rows": rows,
         "seconds": seconds / rows,  # this sample's share of its batch's generate time
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: live / storage / overhead memory figures replace peak_kv_bytes
 
 _NUMBER = {"type": "number"}
 _RATIO = {"type": "number", "minimum": 0, "maximum": 1}
@@ -41,7 +41,11 @@ SAMPLE_RECORD_SCHEMA: dict[str, Any] = _object(
         "generated_tokens": _COUNT,
         "tokens_seen": _COUNT,  # prompt + generated - 1 (tokens that went through the model)
         "last_update": _COUNT,  # tokens seen at the last eviction (0: none)
-        "peak_kv_bytes": _COUNT,  # peak KV storage of the batch this sample ran in
+        # memory (namm.memory): live = kept tokens x bytes per token, summed over layers and KV heads
+        "peak_live_kv_bytes": _COUNT,  # this sample's largest live KV bytes
+        "final_live_kv_bytes": _COUNT,  # at the end of its generation
+        "batch_peak_storage_bytes": _COUNT,  # key/value storage allocated for the batch it ran in
+        "batch_peak_overhead_bytes": _COUNT,  # query buffer, metadata, policy state, temporaries of that batch
         "batch_rows": {"type": "integer", "minimum": 1},
         "seconds": _NUMBER,  # this sample's share of its batch's generate time
     }
@@ -65,8 +69,11 @@ _TASK_RESULT = _object(
         "seconds": _NUMBER,
         "tokens_per_second": _OPTIONAL_NUMBER,
         "samples_per_second": _OPTIONAL_NUMBER,
-        "peak_kv_bytes": _COUNT,  # largest batch's peak KV storage
-        "peak_kv_batch_rows": {"type": "integer", "minimum": 1},
+        "mean_peak_live_kv_bytes": _NUMBER,  # mean over samples of each one's peak live KV bytes
+        "peak_live_kv_bytes": _COUNT,  # largest sample's peak live KV bytes
+        "peak_storage_bytes": _COUNT,  # largest batch's peak key/value storage
+        "peak_overhead_bytes": _COUNT,  # largest batch's peak engine overhead
+        "peak_batch_rows": {"type": "integer", "minimum": 1},  # rows of the largest batch
         "length_buckets": {"type": ["object", "null"], "additionalProperties": _OPTIONAL_NUMBER},  # LongBench-E
         "budget": {"type": ["number", "null"]},  # the budget ratio run (null: not budgeted)
         "budget_target": {"type": ["number", "null"]},  # the NAMM's retained ratio it was matched to
@@ -85,7 +92,10 @@ _AGGREGATE = _object(
         "longbench_leaderboard": {"type": ["object", "null"]},  # tasks.scoring.category_means, all 21 tasks
         "retained_ratio": _RATIO,  # sample-weighted mean
         "tokens_per_second": _OPTIONAL_NUMBER,
-        "peak_kv_bytes": _COUNT,
+        "mean_peak_live_kv_bytes": _NUMBER,  # sample-weighted mean
+        "peak_live_kv_bytes": _COUNT,
+        "peak_storage_bytes": _COUNT,
+        "peak_overhead_bytes": _COUNT,
         "num_tasks": {"type": "integer", "minimum": 1},
         "num_samples": {"type": "integer", "minimum": 1},
     }
@@ -148,6 +158,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
                     "update_interval": {"type": "integer"},
                     "eviction_mode": _STRING,
                     "prefill_chunk": {"type": ["integer", "null"]},
+                    "update_at_prefill_end": {"type": "boolean"},
                 }
             ),
             "settings": _object(

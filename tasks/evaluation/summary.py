@@ -38,8 +38,11 @@ def task_result(policy: str, task: PreparedTask, records: Sequence[dict[str, Any
         "seconds": seconds,
         "tokens_per_second": tokens / seconds if seconds > 0 else None,
         "samples_per_second": len(records) / seconds if seconds > 0 else None,
-        "peak_kv_bytes": max(record["peak_kv_bytes"] for record in records),
-        "peak_kv_batch_rows": max(record["batch_rows"] for record in records),
+        "mean_peak_live_kv_bytes": mean(record["peak_live_kv_bytes"] for record in records),
+        "peak_live_kv_bytes": max(record["peak_live_kv_bytes"] for record in records),
+        "peak_storage_bytes": max(record["batch_peak_storage_bytes"] for record in records),
+        "peak_overhead_bytes": max(record["batch_peak_overhead_bytes"] for record in records),
+        "peak_batch_rows": max(record["batch_rows"] for record in records),
         "length_buckets": None,
     }
     if all(sample.length is not None for sample in task.samples) and task.spec.name.endswith("_e"):
@@ -77,7 +80,10 @@ def policy_aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "longbench_leaderboard": category_means(scores) if all_longbench else None,
         "retained_ratio": sum(r["retained_ratio"] * r["num_samples"] for r in results) / samples,
         "tokens_per_second": sum(r["tokens"] for r in results) / seconds if seconds > 0 else None,
-        "peak_kv_bytes": max(r["peak_kv_bytes"] for r in results),
+        "mean_peak_live_kv_bytes": sum(r["mean_peak_live_kv_bytes"] * r["num_samples"] for r in results) / samples,
+        "peak_live_kv_bytes": max(r["peak_live_kv_bytes"] for r in results),
+        "peak_storage_bytes": max(r["peak_storage_bytes"] for r in results),
+        "peak_overhead_bytes": max(r["peak_overhead_bytes"] for r in results),
         "num_tasks": len(results),
         "num_samples": samples,
     }
