@@ -64,7 +64,9 @@ def visible_mask(
     slots_valid: torch.Tensor, slot_positions: torch.Tensor, query_positions: torch.Tensor, variant: AttentionVariant
 ) -> torch.Tensor:
     """(B, H, L, S) bool: which cached slots each query may attend to (live, not in its future, in its window)."""
-    return slots_valid[:, :, None, :] & variant.visible(slot_positions[:, :, None, :], query_positions[:, None, :, None])
+    return slots_valid[:, :, None, :] & variant.visible(
+        slot_positions[:, :, None, :], query_positions[:, None, :, None]
+    )
 
 
 def check_keywords(module: torch.nn.Module, dropout: float, kwargs: dict) -> None:

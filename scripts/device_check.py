@@ -291,13 +291,19 @@ def bench_arguments(plan: CheckPlan) -> argparse.Namespace:
     )
 
 
+def per_length(script, model, watch: Stopwatch, args: argparse.Namespace, lengths: list[int]) -> dict:
+    """A benchmark script's `context_section` at every length, each printed as the script prints it."""
+    entries = {}
+    for length in lengths:
+        entries[str(length)] = entry = script.context_section(model, watch, length, args)
+        script.print_context(length, entry)
+    return entries
+
+
 def engine_bench_section(plan: CheckPlan, device: torch.device) -> dict:
     """bench_engine.py: plain forward vs the engine under the full policy and every baseline at 50%."""
     model, args, watch = bench_model(plan, device), bench_arguments(plan), Stopwatch(device)
-    lengths = {}
-    for length in plan.bench_lengths:
-        lengths[str(length)] = entry = bench_engine.context_section(model, watch, length, args)
-        bench_engine.print_context(length, entry)
+    lengths = per_length(bench_engine, model, watch, args, plan.bench_lengths)
     return {
         "model": plan.bench_model,
         "budget": args.budget,
@@ -309,10 +315,7 @@ def engine_bench_section(plan: CheckPlan, device: torch.device) -> dict:
 def namm_bench_section(plan: CheckPlan, device: torch.device) -> dict:
     """bench_namm.py: NAMM-managed vs full-policy prefill with its cost split, then population throughput."""
     model, args, watch = bench_model(plan, device), bench_arguments(plan), Stopwatch(device)
-    lengths = {}
-    for length in plan.bench_lengths:
-        lengths[str(length)] = entry = bench_namm.context_section(model, watch, length, args)
-        bench_namm.print_context(length, entry)
+    lengths = per_length(bench_namm, model, watch, args, plan.bench_lengths)
     population = bench_namm.population_section(model, watch, args)
     bench_namm.print_population(population)
     return {

@@ -16,14 +16,20 @@ def random_prompts(lengths, vocab, seed=0):
     return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
-def plain_generate(model, prompts, max_new_tokens):
-    """transformers' own greedy generation on a left-padded batch: the independent reference."""
+def left_padded(prompts):
+    """(ids, attention mask) of a left-padded batch (pad id 0)."""
     width = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt) :] = torch.tensor(prompt)
         mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
+def plain_generate(model, prompts, max_new_tokens):
+    """transformers' own greedy generation on a left-padded batch: the independent reference."""
+    ids, mask = left_padded(prompts)
     out = model.generate(
         ids,
         attention_mask=mask,
@@ -34,7 +40,7 @@ def plain_generate(model, prompts, max_new_tokens):
         output_logits=True,
         return_dict_in_generate=True,
     )
-    return out.sequences[:, width:], torch.stack(out.logits, dim=1)
+    return out.sequences[:, ids.shape[1] :], torch.stack(out.logits, dim=1)
 
 
 class EvictFixedPositions(MemoryPolicy):

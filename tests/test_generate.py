@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import left_padded
 from transformers import AutoModelForCausalLM, BloomConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
@@ -32,16 +33,6 @@ def llama():
 def random_prompts(lengths=LENGTHS, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(3, 256, (n,), generator=generator).tolist() for n in lengths]
-
-
-def left_padded(prompts):
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
-    return ids, mask
 
 
 def namm_policy(seed=2):

@@ -214,5 +214,7 @@ def test_init_from_another_model_is_refused_unless_asked_for(tmp_path):
     assert not (tmp_path / "refused").exists()  # refused before anything was built or written
     with pytest.raises(ConfigError, match="init_from_any_model=true"):  # same name, other random weights
         train(fake_train_config(tmp_path / "reseeded", init_from=str(first), model={"name": "tiny-llama", "seed": 1}))
-    summary = train(fake_train_config(tmp_path / "transfer", init_from=str(first), init_from_any_model=True, model=other))
+    summary = train(
+        fake_train_config(tmp_path / "transfer", init_from=str(first), init_from_any_model=True, model=other)
+    )
     assert summary.generation == 4
