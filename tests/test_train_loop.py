@@ -218,3 +218,13 @@ def test_init_from_another_model_is_refused_unless_asked_for(tmp_path):
         fake_train_config(tmp_path / "transfer", init_from=str(first), init_from_any_model=True, model=other)
     )
     assert summary.generation == 4
+
+
+def test_a_validation_tie_goes_to_the_centre_that_keeps_less():
+    from namm.evolution.trainer import BestCentre
+
+    start = BestCentre(torch.zeros(3), validation_fitness=1.0, generation=0, validation_retained_ratio=1.0)
+    assert start.beaten_by(1.0, 0.5)  # same score, half the memory
+    assert not start.beaten_by(1.0, 1.0) and not start.beaten_by(0.99, 0.1)
+    assert start.beaten_by(1.01, 1.0)
+    assert BestCentre(torch.zeros(3)).beaten_by(0.0, 1.0)  # nothing validated yet

@@ -45,11 +45,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BestCentre:
-    """The centre with the best validation fitness so far (the parameters to evaluate and export)."""
+    """The centre with the best validation fitness so far (the parameters to evaluate and export); an equal
+    fitness with a smaller retained ratio is better (it keeps less memory for the same score)."""
 
     params: torch.Tensor
     validation_fitness: float | None = None
     generation: int = 0
+    validation_retained_ratio: float | None = None
+
+    def beaten_by(self, fitness: float, retained_ratio: float) -> bool:
+        if self.validation_fitness is None or fitness > self.validation_fitness:
+            return True
+        tie = fitness == self.validation_fitness and self.validation_retained_ratio is not None
+        return tie and retained_ratio < self.validation_retained_ratio
 
 
 @dataclass
@@ -82,6 +90,7 @@ def _checkpoint_state(
         "best_params": best.params.clone(),
         "best_validation_fitness": best.validation_fitness,
         "best_generation": best.generation,
+        "best_validation_retained_ratio": best.validation_retained_ratio,
         "param_count": problem.solution_length,
         "config": resolved,
         "searcher_state": searcher_state(searcher, config.evo.searcher),
@@ -113,7 +122,12 @@ def _restore(
         load_searcher_state(searcher, state["searcher_state"], config.evo.searcher)
         restore_rng_state(state["rng_state"], problem.generator)
         problem.load_normalisation_state(state["normalisation_state"])
-        best = BestCentre(state["best_params"], state["best_validation_fitness"], state.get("best_generation", 0))
+        best = BestCentre(
+            state["best_params"],
+            state["best_validation_fitness"],
+            state.get("best_generation", 0),
+            state.get("best_validation_retained_ratio"),
+        )
         log.info("resumed from %s at generation %d", start.resume_path, state["generation"])
         return int(state["generation"]), best, state["wandb_run_id"]
     centre = searcher_center(searcher)
@@ -139,10 +153,10 @@ def _validate(
         reason = next(iter(outcome.errors.values()), "non-finite validation fitness")
         log.warning("generation %d: validating the centre failed (%s); best.pt is unchanged", generation, reason)
         return best
-    fitness = validation["validation/fitness"]
-    improved = best.validation_fitness is None or fitness > best.validation_fitness
+    fitness, retained = validation["validation/fitness"], validation["validation/retained_ratio"]
+    improved = best.beaten_by(fitness, retained)
     if improved:
-        best = BestCentre(centre, fitness, generation)
+        best = BestCentre(centre, fitness, generation, retained)
     record.update(validation)
     record.update({"validation/is_best": improved, "validation/best_fitness": best.validation_fitness})
     return best
