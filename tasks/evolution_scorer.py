@@ -94,10 +94,15 @@ def check_inputs(cfg: DictConfig) -> None:
         counts = check_task_data(config.task)
     except (ValueError, TypeError, FileNotFoundError) as error:
         raise ConfigError(str(error)) from error
-    short = {name: count for name, count in counts.items() if count <= config.validation_prompts}
+    check_split_sizes(counts, config.validation_prompts)
+
+
+def check_split_sizes(sample_counts: dict[str, int], validation_prompts: int) -> None:
+    """Every task needs its validation prompts plus at least one training prompt."""
+    short = {name: count for name, count in sample_counts.items() if count <= validation_prompts}
     if short:
         raise ConfigError(
-            f"tasks {short} have too few samples for {config.validation_prompts} validation prompts plus a "
+            f"tasks {short} have too few samples for {validation_prompts} validation prompts plus a "
             "training pool: raise task.num_samples or lower evo.validation_prompts."
         )
 
@@ -111,15 +116,11 @@ class Splits:
 
     @classmethod
     def of(cls, tasks: list[PreparedTask], validation_prompts: int, seed: int) -> Splits:
+        check_split_sizes({task.spec.name: len(task.samples) for task in tasks}, validation_prompts)
         train, validation = {}, {}
         for task in tasks:
             order = list(range(len(task.samples)))
             random.Random(f"{seed}-{task.spec.name}").shuffle(order)
-            if len(order) <= validation_prompts:
-                raise ValueError(
-                    f"task {task.spec.name!r} has {len(order)} samples, too few for {validation_prompts} validation "
-                    "prompts plus a training pool: raise task.num_samples or lower evo.validation_prompts."
-                )
             validation[task.spec.name] = sorted(order[:validation_prompts])
             train[task.spec.name] = order[validation_prompts:]
         return cls(train, validation)
