@@ -59,6 +59,20 @@ def _measured(artefact: PretrainedNAMM) -> list[str]:
     return lines
 
 
+def _objective(evo: dict) -> str:
+    """The fitness the NAMM was evolved for, in words (checkpoints before objectives existed used `score`)."""
+    objective = evo.get("objective", "score")
+    text = (
+        f"`{objective}`: mean over tasks of score / max(full-cache score, {evo.get('reference_floor_share', 0)} x "
+        f"validation full-cache score, {evo.get('reference_floor', '-')})"
+    )
+    if objective == "memory_penalty":
+        text += f" - {evo.get('memory_weight')} x retained ratio"
+    if objective == "budget":
+        text += ", under the hard budget below"
+    return text
+
+
 def model_card(artefact: PretrainedNAMM) -> str:
     """README.md for the exported folder."""
     config, engine, training = artefact.config, artefact.engine, artefact.training
@@ -79,7 +93,7 @@ def model_card(artefact: PretrainedNAMM) -> str:
         f"| evolved on | {artefact.trained_on or 'unrecorded'} |",
         f"| tasks | {_tasks(training.get('task'))} |",
         f"| search | {searcher}, generation {training.get('generation', 'unrecorded')} ({training.get('params', '-')} parameters) |",
-        f"| objective | mean over tasks of score / max(full-cache score, {evo.get('reference_floor', '-') if isinstance(evo, dict) else '-'}) |",
+        f"| objective | {_objective(evo if isinstance(evo, dict) else {})} |",
         f"| keeps | {_selection(artefact)} |",
         f"| schedule | every {engine.update_interval} tokens, eviction `{engine.eviction_mode}` |",
         (

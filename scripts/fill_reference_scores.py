@@ -19,12 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from namm.models import ModelConfig, load_model  # noqa: E402
-from namm.engine import EngineConfig  # noqa: E402
-from tasks import ReferenceCache, TaskConfig, default_reference_dir, fill_references, prepare_tasks  # noqa: E402
-from tasks.generators import full_cache_generator  # noqa: E402
-from tasks.longbench import SUITES  # noqa: E402
-from tasks.references import ReferenceContext, engine_generator_record  # noqa: E402
+from namm.engine import EngineConfig
+from namm.models import ModelConfig, load_model
+from tasks import ReferenceCache, TaskConfig, default_reference_dir, fill_references, prepare_tasks
+from tasks.generators import full_cache_generator
+from tasks.longbench import SUITES
+from tasks.references import ReferenceContext, engine_generator_record
 
 
 def parse_args() -> argparse.Namespace:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from namm.models import ModelConfig, load_model  # noqa: E402
-from tasks import TaskConfig, prepare_tasks, run_task  # noqa: E402
-from tasks.generators import full_cache_generator  # noqa: E402
-from tasks.synthetic import SYNTHETIC_TASKS  # noqa: E402
+from namm.models import ModelConfig, load_model
+from tasks import TaskConfig, prepare_tasks, run_task
+from tasks.generators import full_cache_generator
+from tasks.synthetic import SYNTHETIC_TASKS
 
 
 def parse_args() -> argparse.Namespace:

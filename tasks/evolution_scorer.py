@@ -157,7 +157,7 @@ class TaskScorer:
     ) -> CandidateScores:
         self._calibrate()
         wanted = self.prompts(split, generation) if prompts is None else list(prompts)
-        missing = self.missing_references(wanted)
+        missing = self.missing_references(wanted + self.prompts(VALIDATION_SPLIT, 0))
         if missing:  # a scorer used on its own; training computes every reference before generation 1
             self.add_references(self.compute_references(missing), save=True)
         records = []
@@ -170,6 +170,7 @@ class TaskScorer:
                     index=index,
                     scores=[100.0 * score for score in sample_scores],
                     reference=100.0 * self.references[name].get(name, index),
+                    pool_reference=self._validation_reference(name),
                     retained_ratio=[result.retained_ratio for result in results],
                     retained_ratio_per_layer=[list(result.retained_ratio_per_layer) for result in results],
                     tokens=sum(result.tokens_seen + 1 for result in results),
@@ -221,6 +222,11 @@ class TaskScorer:
             self.calibrated = True
 
     # -- helpers ----------------------------------------------------------------------------------
+    def _validation_reference(self, name: str) -> float:
+        """The task's full-cache mean (0-100) over its fixed validation prompts, summed in index order."""
+        indices = self.splits.validation[name]
+        return 100.0 * sum(self.references[name].get(name, index) for index in indices) / len(indices)
+
     def indices(self, task: PreparedTask, split: str, generation: int) -> list[int]:
         """Validation: the fixed held-out set. Train: a fresh seeded draw per generation."""
         if split == VALIDATION_SPLIT:

@@ -40,7 +40,7 @@ PROMPT_TEMPLATES: dict[str, str] = {
     "hotpotqa": _MULTIDOC_QA,
     "2wikimqa": _MULTIDOC_QA,
     "musique": _MULTIDOC_QA,
-    "dureader": "请基于给定的文章回答下述问题。\n\n文章：{context}\n\n请基于上述文章回答下面的问题。\n\n问题：{input}\n回答：",  # noqa: E501
+    "dureader": "请基于给定的文章回答下述问题。\n\n文章：{context}\n\n请基于上述文章回答下面的问题。\n\n问题：{input}\n回答：",
     "gov_report": (
         "You are given a report by a government agency. Write a one-page summary of the report.\n\nReport:\n"
         "{context}\n\nNow, write a one-page summary of the report.\n\nSummary:"

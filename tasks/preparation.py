@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from tasks.config import TaskConfig
 from tasks.longbench import LONGBENCH_TASKS, PROMPT_TEMPLATES, base_task
@@ -49,12 +50,12 @@ def prepare_tasks(
     use_chat = model.chat_template if config.use_chat_template is None else config.use_chat_template
     add_bos = tokenizer_adds_bos(tokenizer) if config.add_bos is None else config.add_bos
     builder = PromptBuilder(tokenizer, use_chat_template=use_chat, add_bos=add_bos)
-    shared = dict(
-        model=model.name,
-        code_sim_backend=config.code_sim_backend,
-        eos_token_ids=tuple(eos_token_ids),
-        newline_token_ids=newline_token_ids(tokenizer),
-    )
+    shared = {
+        "model": model.name,
+        "code_sim_backend": config.code_sim_backend,
+        "eos_token_ids": tuple(eos_token_ids),
+        "newline_token_ids": newline_token_ids(tokenizer),
+    }
 
     def settings(spec: TaskSpec, **specific) -> TaskSettings:
         chat = builder.chat_applies(spec.chat_template_allowed)

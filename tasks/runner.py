@@ -8,8 +8,9 @@ Nothing here knows the engine. A generator is any callable
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from statistics import mean
-from typing import Mapping, Sequence
 
 from tasks.longbench import CATEGORIES, LONGBENCH_TASKS, SUITES
 from tasks.metrics import METRICS, CodeSimBackend

@@ -82,7 +82,9 @@ class FakeScorer:
             if self.nan_candidate is not None and len(parameters) > 1 and task == "beta":
                 scores[self.nan_candidate] = float("nan")
             records.append(
-                PromptRecord(task, index, scores, 40.0 + float(noise[t, index]), ratios, per_layer, 1000 * len(scores))
+                PromptRecord(
+                    task, index, scores, 40.0 + float(noise[t, index]), 40.0, ratios, per_layer, 1000 * len(scores)
+                )
             )
         return CandidateScores.from_prompts(records)
 
@@ -135,6 +137,14 @@ def fake_train_config(out_dir: Path, **overrides: Any) -> DictConfig:
         "out_dir": str(out_dir),
         "logger": {"mode": "disabled"},
         "scorer": fake_scorer_node(),
-        "evo": {"popsize": 8, "sigma": 0.3, "generations": 4, "eval_interval": 2},
+        # the fake has no NAMM layout (init zeros) and its scores are what the tests check (objective score)
+        "evo": {
+            "popsize": 8,
+            "sigma": 0.3,
+            "generations": 4,
+            "eval_interval": 2,
+            "init": "zeros",
+            "objective": "score",
+        },
     }
     return OmegaConf.merge(OmegaConf.structured(TrainConfig), base, overrides)

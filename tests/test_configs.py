@@ -42,7 +42,12 @@ def validated(overrides: list[str]):
 def test_default_config_is_the_cpu_demo():
     config = validated([])
     assert config.name == "smollm2-135m-passkey"
-    assert config.evo.searcher.value == "cmaes_separable" and config.evo.popsize == 4 and config.evo.generations == 6
+    assert config.evo.searcher.value == "cmaes_separable" and config.evo.popsize == 4 and config.evo.generations == 4
+    assert (config.evo.objective.value, config.evo.memory_weight, config.evo.init.value) == (
+        "memory_penalty",
+        0.5,
+        "keep_all",
+    )
     assert config.out_dir == str(Path.cwd() / "runs" / "smollm2-135m-passkey" / "seed0")
     assert config.scorer["_target_"] == "tasks.evolution_scorer.build_scorer"
 
@@ -147,6 +152,7 @@ def test_multirun_sweep_runs_each_job_in_its_own_directory(tmp_path):
         "scorer.param_count_target=evolution_fake_scorer.fake_param_count",
         "+scorer.dimension=6",
         "evo.generations=2",
+        "evo.init=zeros",
     ]
     result = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

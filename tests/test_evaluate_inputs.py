@@ -16,7 +16,6 @@ from omegaconf import open_dict
 from namm.evolution.checkpoint import CheckpointError
 from namm.network.config import NAMMConfig
 from tasks.evaluation import evaluate, register_configs, validate_evaluate_config
-from tasks.evaluation.config import DEFAULT_COMPARISON
 from tasks.evaluation.contenders import plan_contenders, wants_matched_budgets
 from tasks.evaluation.namm_source import load_namm_source, newest_checkpoint, resolve_namm_source, zero_namm_source
 from tasks.task_data import TaskDataError
@@ -42,11 +41,11 @@ def test_default_config_composes_and_compares_every_policy(tmp_path):
     assert config.task["tasks"] == ["passkey"]
     # held-out passkey prompts (training uses seed 42), few enough for a CPU run
     assert (config.task["seed"], config.task["num_samples"], config.task["context_length"]) == (4242, 4, 2048)
-    labels = [c.label for c in plan_contenders(config)]
-    assert labels == list(DEFAULT_COMPARISON)
     trained, zero = load_namm_source(checkpoint, "best", None), zero_namm_source(None)
-    assert wants_matched_budgets(config, plan_contenders(config), trained)
-    assert not wants_matched_budgets(config, plan_contenders(config), zero)  # it keeps all: ratio 1.0 is full cache
+    contenders = plan_contenders(config, [("namm", trained)])
+    assert [c.label for c in contenders] == ["full", "namm", "h2o", "knorm", "random", "snapkv", "streaming"]
+    assert wants_matched_budgets(config, contenders, [trained])
+    assert not wants_matched_budgets(config, contenders, [zero])  # it keeps all: ratio 1.0 is full cache
     assert config.baselines["snapkv"]["options"] == {"window": 32, "kernel_size": 7, "pooling": "max"}  # conf/policy/
 
 
@@ -70,16 +69,16 @@ def test_evaluation_task_settings_apply_to_passkey_only(tmp_path):
 
 def test_single_policy_and_its_budget(tmp_path):
     config = validate_evaluate_config(compose_evaluate(tmp_path, "policy=h2o", "policy.budget=0.3"))
-    [contender] = plan_contenders(config)
+    [contender] = plan_contenders(config, [])
     assert (contender.label, contender.config.budget, contender.budgeted) == ("h2o", 0.3, True)
-    assert not wants_matched_budgets(config, [contender], None)
+    assert not wants_matched_budgets(config, [contender], [])
 
 
 def test_compare_orders_full_then_namm_and_takes_policy_settings(tmp_path):
     config = validate_evaluate_config(
         compose_evaluate(tmp_path, "compare=[streaming,namm,full]", "policy=streaming", "policy.options.sink_tokens=8")
     )
-    contenders = plan_contenders(config)
+    contenders = plan_contenders(config, [("namm", zero_namm_source(None))])
     assert [c.label for c in contenders] == ["full", "namm", "streaming"]
     assert contenders[2].config.options == {"sink_tokens": 8}
 

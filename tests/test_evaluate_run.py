@@ -49,7 +49,7 @@ def test_full_cache_and_zero_namm_give_identical_predictions(tmp_path, evicting_
     assert all(r["retained_ratio"] == 1.0 and r["last_update"] > 0 for r in namm)  # updates ran, evicted nothing
     rows = results_by(document)
     assert rows[("namm", "passkey")]["score"] == rows[("full", "passkey")]["score"]
-    assert document["namm"]["kind"] == "zero" and document["namm"]["param_count"] == 4172
+    assert document["namms"]["namm"]["kind"] == "zero" and document["namms"]["namm"]["param_count"] == 4172
 
     # the same comparison is sensitive: a NAMM that evicts changes what the model generates
     evaluate(compose_evaluate(tmp_path / "evicting", *TINY, "compare=[namm]", f"checkpoint={evicting_checkpoint}"))
@@ -194,7 +194,7 @@ def test_transfer_from_tiny_llama_to_tiny_qwen2(tmp_path, trained_run):
     )
     assert document["transfer"] == {"from_model": "tiny-llama", "to_model": "tiny-qwen2"}
     assert document["model"]["name"] == "tiny-qwen2"
-    namm = document["namm"]
+    namm = document["namms"]["namm"]
     assert namm["trained_on_model"] == "tiny-llama" and namm["params"] == "center" and namm["generation"] == 1
     assert namm["path"] == str(trained_run / "latest.pt") and namm["normalization"] is True
     assert document["engine"]["update_interval"] == 128  # the schedule the NAMM was evolved with

@@ -5,11 +5,14 @@ import logging
 import pytest
 import torch
 
-from namm.evolution.fitness import candidate_fitness, population_fitness
+from namm.evolution.config import Objective
+from namm.evolution.fitness import FitnessRule, candidate_fitness, population_fitness, selection_ranks
 from namm.evolution.scoring import CandidateScores, PromptRecord, ScoringOutcome, score_guarded
 
+SCORE = FitnessRule(Objective.score, reference_floor=1.0, reference_floor_share=0.0)
 
-def scores(alpha, beta, references=(40.0, 0.5)) -> CandidateScores:
+
+def scores(alpha, beta, references=(40.0, 0.5), pools=(40.0, 0.5), retained=None) -> CandidateScores:
     count = len(alpha)
     return CandidateScores(
         task_scores={
@@ -17,7 +20,8 @@ def scores(alpha, beta, references=(40.0, 0.5)) -> CandidateScores:
             "beta": torch.tensor(beta, dtype=torch.float64),
         },
         reference_scores={"alpha": references[0], "beta": references[1]},
-        retained_ratio=torch.full((count,), 0.5),
+        pool_references={"alpha": pools[0], "beta": pools[1]},
+        retained_ratio=torch.full((count,), 0.5) if retained is None else torch.tensor(retained, dtype=torch.float64),
         retained_ratio_per_layer=torch.full((count, 2), 0.5),
         tokens_processed=10 * count,
     )
@@ -25,20 +29,46 @@ def scores(alpha, beta, references=(40.0, 0.5)) -> CandidateScores:
 
 def test_fitness_is_mean_over_tasks_of_score_over_floored_reference():
     # alpha: 50/40 = 1.25, 20/40 = 0.5; beta: reference 0.5 is floored to 1.0 -> 10/1, 0/1
-    fitness = candidate_fitness(scores([50.0, 20.0], [10.0, 0.0]), reference_floor=1.0)
+    fitness = candidate_fitness(scores([50.0, 20.0], [10.0, 0.0]), SCORE)
     assert fitness.tolist() == pytest.approx([(1.25 + 10.0) / 2, (0.5 + 0.0) / 2])
 
 
 def test_floor_does_not_touch_references_above_it():
-    fitness = candidate_fitness(scores([40.0], [3.0], references=(40.0, 2.0)), reference_floor=1.0)
+    fitness = candidate_fitness(scores([40.0], [3.0], references=(40.0, 2.0)), SCORE)
     assert fitness.tolist() == pytest.approx([(1.0 + 1.5) / 2])
+
+
+def test_a_near_zero_draw_is_floored_at_a_share_of_the_validation_reference():
+    # beta's full cache scored 2 on this draw but 60 on the validation prompts: the floor is 0.5 x 60 = 30,
+    # so a candidate scoring 24 earns 0.8 on beta, not 12.
+    rule = FitnessRule(Objective.score, reference_floor=1.0, reference_floor_share=0.5)
+    fitness = candidate_fitness(scores([40.0], [24.0], references=(40.0, 2.0), pools=(40.0, 60.0)), rule)
+    assert fitness.tolist() == pytest.approx([(1.0 + 0.8) / 2])
+
+
+def test_memory_weight_changes_the_ranking():
+    # candidate 0 scores more but keeps everything; candidate 1 scores a little less at a quarter of the cache
+    both = scores([40.0, 36.0], [0.5, 0.5], references=(40.0, 0.5), pools=(40.0, 0.5), retained=[1.0, 0.25])
+    plain = candidate_fitness(both, SCORE)
+    penalised = candidate_fitness(both, FitnessRule(Objective.memory_penalty, 0.5, 1.0, 0.0))
+    assert plain.tolist() == pytest.approx([(1.0 + 0.5) / 2, (0.9 + 0.5) / 2])
+    assert penalised.tolist() == pytest.approx([0.75 - 0.5, 0.7 - 0.125])
+    assert plain.argmax() == 0 and penalised.argmax() == 1
+
+
+def test_ties_go_to_the_smaller_retained_ratio_then_the_lower_index():
+    fitness = torch.tensor([1.0, 1.0, 1.0, 0.5, 2.0], dtype=torch.float64)
+    retained = torch.tensor([0.9, 0.3, 0.3, 0.1, 1.0], dtype=torch.float64)
+    ranks = selection_ranks(fitness, retained)
+    # best first: 4 (fitness 2), then among the tied 1.0s: 1 and 2 (0.3; index 1 first), then 0, then 3
+    assert ranks.tolist() == [1.0, 3.0, 2.0, 0.0, 4.0]
 
 
 def test_failed_and_nan_candidates_rank_last_with_a_warning(caplog):
     scored = scores([40.0, 20.0, 30.0], [1.0, 1.0, float("nan")], references=(40.0, 1.0))
     outcome = ScoringOutcome(4, torch.tensor([0, 2, 3]), scored, errors={1: "ValueError: boom"})
     with caplog.at_level(logging.WARNING):
-        result = population_fitness(outcome, reference_floor=1.0, generation=7)
+        result = population_fitness(outcome, SCORE, generation=7)
     ok_values = [(1.0 + 1.0) / 2, (0.5 + 1.0) / 2]  # candidates 0 and 2
     assert result.ok.tolist() == [True, False, True, False]
     assert result.values[[0, 2]].tolist() == pytest.approx(ok_values)
@@ -53,7 +83,7 @@ def test_failed_and_nan_candidates_rank_last_with_a_warning(caplog):
 def test_all_candidates_failing_stops_the_run():
     outcome = ScoringOutcome(2, torch.zeros(0, dtype=torch.long), None, errors={0: "A", 1: "B"})
     with pytest.raises(RuntimeError, match="all 2 candidates failed.*first error: A"):
-        population_fitness(outcome, reference_floor=1.0, generation=1)
+        population_fitness(outcome, SCORE, generation=1)
 
 
 class RowSensitiveScorer:
@@ -120,7 +150,8 @@ def test_merge_offsets_actor_chunks():
 
 
 def record(task, index, scores, reference=50.0, ratio=(0.5,), per_layer=((0.5, 0.5),)):
-    return PromptRecord(task, index, list(scores), reference, list(ratio), [list(layer) for layer in per_layer], 10)
+    layers = [list(layer) for layer in per_layer]
+    return PromptRecord(task, index, list(scores), reference, 45.0, list(ratio), layers, 10)
 
 
 def test_scores_from_prompts_are_means_per_task_in_float64():

@@ -7,6 +7,7 @@ import torch
 from evolution_fake_scorer import fake_train_config
 
 from namm.evolution.config import ConfigError, Searcher, validate_train_config
+from namm.evolution.fitness import FitnessRule
 from namm.evolution.problem import EvolutionProblem
 from namm.evolution.rng_state import capture_rng_state, restore_rng_state
 from namm.evolution.searchers import (
@@ -27,7 +28,7 @@ def make(tmp_path, searcher: Searcher, center=None):
         tmp_path, evo={"searcher": searcher.value, "center_learning_rate": 0.05, "stdev_learning_rate": 0.1}
     )
     config = validate_train_config(cfg)
-    problem = EvolutionProblem(cfg, 6, seed=3)
+    problem = EvolutionProblem(cfg, 6, seed=3, rule=FitnessRule.of(config.evo))
     centre = torch.zeros(6) if center is None else center
     return problem, build_searcher(problem, config.evo, centre)
 

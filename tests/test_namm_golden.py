@@ -22,10 +22,18 @@ from namm.policies.namm_policy import NAMMPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = Path(os.environ.get("NAMM_GOLDEN_DIR", REPO.parent / "shared" / "golden" / "namm-reference-a"))
+GOLDEN_REQUIRED = "NAMM_GOLDEN_DIR" in os.environ  # asked for by name (CI): a missing set fails, never skips
 pytestmark = pytest.mark.skipif(
-    not (GOLDEN_DIR / "manifest.json").is_file(),
+    not GOLDEN_REQUIRED and not (GOLDEN_DIR / "manifest.json").is_file(),
     reason=f"golden set not found at {GOLDEN_DIR}; set NAMM_GOLDEN_DIR to the namm-reference-a folder",
 )
+
+
+def test_the_golden_set_is_there():
+    assert (GOLDEN_DIR / "manifest.json").is_file(), (
+        f"NAMM_GOLDEN_DIR={GOLDEN_DIR} holds no golden set (manifest.json); point it at the namm-reference-a folder "
+        "or unset it to skip the parity tests"
+    )
 
 
 def load_checker():

@@ -225,3 +225,15 @@ def test_random_keeps_a_seeded_subset_of_the_budget():
     other = kept_positions(build_policy(PolicyConfig(name="random", budget_tokens=6, options={"seed": 4})), hand_view())
     assert len(first) == 6 and 11 in first
     assert first == again and first != other
+
+
+def test_a_zero_token_budget_is_an_error_not_the_default_ratio():
+    with pytest.raises(ValueError, match="token count must be positive, got 0"):
+        build_policy(PolicyConfig(name="h2o", budget_tokens=0))
+
+
+def test_an_option_a_policy_does_not_take_is_an_error():
+    with pytest.raises(ValueError, match="policy 'full' does not take the options \\['window'\\]"):
+        build_policy(PolicyConfig(name="full", budget=None, options={"window": 3}))
+    with pytest.raises(ValueError, match="policy 'h2o' does not take the options \\['windw'\\]"):
+        build_policy(PolicyConfig(name="h2o", options={"windw": 3}))

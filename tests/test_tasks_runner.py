@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from test_tasks_support import FIXTURES, byte_tokenizer, tiny_llama
 
 from tasks.config import TaskConfig
 from tasks.generators import full_cache_generator, transformers_generator
 from tasks.preparation import ModelInfo, prepare_tasks
 from tasks.references import ReferenceCache, ReferenceContext, ReferenceScores, fill_references
 from tasks.runner import DecodeSettings, run_task
-from test_tasks_support import FIXTURES, byte_tokenizer, tiny_llama
 
 TOKENIZER = byte_tokenizer()
 MODEL = ModelInfo("byte-model", TOKENIZER, max_context=4096, chat_template=False)

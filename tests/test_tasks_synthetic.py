@@ -1,14 +1,15 @@
 """Synthetic tasks: seeded, sized to the token target within 1%, needles where asked, scorable."""
 
+import itertools
 import re
 
 import pytest
+from test_tasks_support import byte_tokenizer
 
 from tasks.prompts import PromptBuilder
 from tasks.scoring import score_prediction
 from tasks.synthetic import SYNTHETIC_TASKS, SyntheticParams, generate_samples
 from tasks.synthetic.haystack import NOISE, insert_at_depths, noise_text
-from test_tasks_support import byte_tokenizer
 
 TOKENIZER = byte_tokenizer()
 CHAT = PromptBuilder(TOKENIZER, use_chat_template=True, add_bos=False)
@@ -84,7 +85,7 @@ def test_variable_tracking_chain_and_example():
     [sample] = generate("variable_tracking", num_samples=1, context_length=1500)
     names = sample.answers
     value = re.search(rf"VAR {names[0]} = (\d+)\.", text(sample)).group(1)
-    chain = [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
+    chain = [f"VAR {b} = VAR {a}." for a, b in itertools.pairwise(names)]
     positions = [text(sample).index(statement) for statement in chain]
     assert positions == sorted(positions) and text(sample).count("they are: ") == 2  # example + question
     assert text(sample).endswith(f"5 variables are assigned the value {value}, they are: ")

@@ -228,3 +228,17 @@ def test_a_validation_tie_goes_to_the_centre_that_keeps_less():
     assert not start.beaten_by(1.0, 1.0) and not start.beaten_by(0.99, 0.1)
     assert start.beaten_by(1.01, 1.0)
     assert BestCentre(torch.zeros(3)).beaten_by(0.0, 1.0)  # nothing validated yet
+
+
+def test_the_memory_weight_steers_the_search_towards_keeping_less(tmp_path):
+    """On the fake (retained ratio = sigmoid(mean of the vector)), the same search with a memory term ends
+    with a centre that keeps less, and every generation records its objective."""
+    evo = {"generations": 4, "eval_interval": 4}
+    train(fake_train_config(tmp_path / "score", evo=evo))
+    train(fake_train_config(tmp_path / "memory", evo={**evo, "objective": "memory_penalty", "memory_weight": 4.0}))
+    plain, penalised = (load_checkpoint(tmp_path / name / LATEST) for name in ("score", "memory"))
+    assert float(penalised["center"].mean()) < float(plain["center"].mean()) - 0.05
+    lines = [json.loads(line) for line in (tmp_path / "memory" / "metrics.jsonl").read_text().splitlines()]
+    assert {line["objective"] for line in lines if "fitness/mean" in line} == {"memory_penalty"}
+    last = lines[-1]  # fitness = normalised score - 4 x retained ratio, for the population's mean
+    assert last["fitness/mean"] == pytest.approx(last["normalised_score/mean"] - 4.0 * last["retained_ratio/mean"])

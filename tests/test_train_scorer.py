@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from namm.engine import EngineConfig
 from namm.evolution.config import register_configs
-from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores
+from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores, initial_centre
 from namm.models import ModelConfig
 from namm.network.config import NAMMConfig
 from namm.row_batches import RowBatches
@@ -237,3 +238,60 @@ def test_the_typed_scorer_config_is_what_the_run_config_says(tmp_path):
     assert TaskScorerConfig.from_run_config(tiny_config(tmp_path)) == expected
     with pytest.raises(ValueError, match="prompts_per_task must be >= 1"):
         TaskScorerConfig(model=ModelConfig(name="tiny-llama"), task=TaskConfig(), prompts_per_task=0)
+
+
+def test_keep_all_centre_keeps_everything_and_its_mirror_evicts(scorer, tmp_path):
+    cfg = tiny_config(tmp_path)
+    centre = initial_centre_keep_all(cfg, scorer.param_count)
+    assert torch.count_nonzero(centre) == 1 and float(centre.max()) == pytest.approx(0.2)  # the read-out bias
+    assert torch.equal(initial_centre(cfg, scorer.param_count, "zeros", 0.2), torch.zeros(scorer.param_count))
+    task = scorer.tasks[0]
+    index = scorer.indices(task, TRAIN_SPLIT, 0)[0]
+    scorer._calibrate()
+    kept, mirrored = scorer._run_population(task, index, torch.stack([centre, -centre]))[0]
+    full = scorer.full_engine.generate([list(task.samples[index].prompt_ids)], scorer._decode_settings(task))[0]
+    assert kept.update_positions and kept.retained_ratio == 1.0 and kept.token_ids == full.token_ids
+    assert mirrored.retained_ratio < 0.2  # the same margin below the threshold evicts all but the newest
+
+
+def test_budgeted_training_never_exceeds_its_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAMM_REFERENCE_CACHE", str(tmp_path / "references"))
+    cfg = tiny_config(tmp_path, "evo.objective=budget", "namm.budget_ratio=0.25")
+    budgeted = TaskScorer(cfg)
+    task = budgeted.tasks[0]
+    index = budgeted.indices(task, TRAIN_SPLIT, 0)[0]
+    population = torch.randn(3, budgeted.param_count, generator=torch.Generator().manual_seed(1))
+    population[0] = initial_centre_keep_all(cfg, budgeted.param_count)  # would keep everything without a budget
+    results, _ = budgeted._run_population(task, index, population)
+    for result in results:
+        assert result.cache_sizes
+        for update in result.cache_sizes:
+            allowed = math.ceil(0.25 * update["tokens_seen"])
+            assert max(update["cache_sizes"]) <= allowed, (update, allowed)
+        assert result.retained_ratio < 0.6
+
+
+def initial_centre_keep_all(cfg, count: int) -> torch.Tensor:
+    return initial_centre(cfg, count, "keep_all", 0.2)
+
+
+def test_the_objective_and_the_budget_must_agree(tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from namm.evolution.config import ConfigError, validate_train_config
+
+    def check(*overrides: str) -> None:
+        cfg = tiny_config(tmp_path, *overrides)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        validate_train_config(cfg)
+
+    check("evo.objective=budget", "namm.budget_ratio=0.5")
+    with pytest.raises(ConfigError, match="evo.objective=budget trains under a hard per-KV-head budget"):
+        check("evo.objective=budget")
+    with pytest.raises(ConfigError, match="use evo.objective=budget instead of memory_penalty"):
+        check("namm.budget_ratio=0.5")
+    with pytest.raises(ConfigError, match="memory_penalty needs evo.memory_weight > 0"):
+        check("evo.memory_weight=0")

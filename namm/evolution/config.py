@@ -30,6 +30,21 @@ class Searcher(Enum):
     pgpe = "pgpe"
 
 
+class Objective(Enum):
+    """What a candidate's fitness rewards (namm.evolution.fitness)."""
+
+    score = "score"  # mean normalised task score (the reference's objective)
+    budget = "budget"  # the same score, under the hard per-KV-head budget of `namm.budget_ratio`/`budget_tokens`
+    memory_penalty = "memory_penalty"  # mean normalised score - evo.memory_weight x retained ratio
+
+
+class InitialCentre(Enum):
+    """Where a new run's search starts (init_from, when given, replaces it)."""
+
+    zeros = "zeros"  # the reference: every token scores exactly the threshold, so the first draws evict at random
+    keep_all = "keep_all"  # the read-out bias puts every token evo.init_margin above the threshold
+
+
 class WandbMode(Enum):
     online = "online"
     offline = "offline"
@@ -44,15 +59,20 @@ class EvoConfig:
     """Search algorithm and per-generation sampling. Defaults are the CPU demo run of `python train.py`."""
 
     searcher: Searcher = Searcher.cmaes_separable
+    objective: Objective = Objective.memory_penalty
+    memory_weight: float = 0.5  # memory_penalty only: fitness points one retained ratio of 1.0 costs
+    init: InitialCentre = InitialCentre.keep_all
+    init_margin: float = 0.2  # keep_all: the centre's score margin above the threshold (the read-out bias)
     popsize: int = 4
     sigma: float = 0.065  # initial step size (CMA-ES sigma; initial stdev of SNES/XNES/PGPE)
-    generations: int = 6
+    generations: int = 4
     center_learning_rate: float | None = None  # SNES/XNES (default 1.0) and PGPE (required)
     stdev_learning_rate: float | None = None  # SNES/XNES (scales EvoTorch's default) and PGPE (required)
     prompts_per_task: int = 2  # training prompts sampled per task each generation, shared by all candidates
     validation_prompts: int = 2  # held-out prompts per task, disjoint from training, scored at each validation
     eval_interval: int = 10  # validate the centre every this many generations (and after the last one)
-    reference_floor: float = 1.0  # lower bound of the full-cache denominator, in the task's score units
+    reference_floor: float = 1.0  # absolute lower bound of the full-cache denominator, in the task's score units
+    reference_floor_share: float = 0.5  # and a relative one: this share of the task's validation full-cache score
     num_actors: int = 0  # >= 2: Ray actors, each loading the model once; 0 or 1: score in this process
     num_gpus_per_actor: float | None = None  # None: 1 when CUDA is available, else 0
     max_batch_rows: int | None = None  # most candidate rows per engine batch (None: the whole population chunk)
@@ -70,6 +90,14 @@ class EvoConfig:
                 problems.append(f"evo.{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.reference_floor) and self.reference_floor > 0):
             problems.append(f"evo.reference_floor must be a finite number > 0, got {self.reference_floor}")
+        if not (math.isfinite(self.reference_floor_share) and 0 <= self.reference_floor_share <= 1):
+            problems.append(f"evo.reference_floor_share must be in [0, 1], got {self.reference_floor_share}")
+        if not (math.isfinite(self.memory_weight) and self.memory_weight >= 0):
+            problems.append(f"evo.memory_weight must be a finite number >= 0, got {self.memory_weight}")
+        if self.objective == Objective.memory_penalty and self.memory_weight == 0:
+            problems.append("evo.objective=memory_penalty needs evo.memory_weight > 0 (or use evo.objective=score)")
+        if not (math.isfinite(self.init_margin) and self.init_margin > 0):
+            problems.append(f"evo.init_margin must be a finite number > 0, got {self.init_margin}")
         for name in ("center_learning_rate", "stdev_learning_rate"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -163,4 +191,22 @@ def register_configs() -> None:
 
 def validate_train_config(cfg: DictConfig) -> TrainConfig:
     """Run every value check of the schema; raises ConfigError naming the bad key and its fix."""
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    config: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    check_objective_budget(config.evo.objective, OmegaConf.to_container(cfg.namm) if cfg.get("namm") else {})
+    return config
+
+
+def check_objective_budget(objective: Objective, namm: dict[str, Any]) -> None:
+    """`budget` trains under a hard budget and the other objectives without one, so the recorded objective
+    says what the fitness rewarded."""
+    budgeted = namm.get("budget_ratio") is not None or namm.get("budget_tokens") is not None
+    if objective == Objective.budget and not budgeted:
+        raise ConfigError(
+            "evo.objective=budget trains under a hard per-KV-head budget: set namm.budget_ratio (e.g. 0.5) "
+            "or namm.budget_tokens"
+        )
+    if objective != Objective.budget and budgeted:
+        raise ConfigError(
+            f"namm.budget_ratio/budget_tokens set a hard budget, so the retained ratio is fixed: use "
+            f"evo.objective=budget instead of {objective.value}, or drop the budget"
+        )

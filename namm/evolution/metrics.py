@@ -6,7 +6,13 @@ from typing import Any
 
 import torch
 
-from namm.evolution.fitness import PopulationFitness, candidate_fitness, normalised_task_scores
+from namm.evolution.fitness import (
+    FitnessRule,
+    PopulationFitness,
+    candidate_fitness,
+    normalised_score,
+    normalised_task_scores,
+)
 from namm.evolution.scoring import ScoringOutcome
 
 TIMING_KEYS = ("speed/seconds_per_generation", "speed/tokens_per_second")  # differ between identical runs
@@ -28,15 +34,20 @@ def generation_metrics(
     fitness: PopulationFitness,
     step_size: float,
     seconds: float,
-    reference_floor: float,
+    rule: FitnessRule,
 ) -> dict[str, Any]:
     """Statistics over the candidates that scored (failed ones are only counted)."""
-    record: dict[str, Any] = {"generation": generation, "failed_candidates": len(fitness.failures)}
+    record: dict[str, Any] = {
+        "generation": generation,
+        "objective": rule.objective.value,
+        "failed_candidates": len(fitness.failures),
+    }
     record.update(_summary("fitness", fitness.values[fitness.ok]))
     scores = outcome.scores
     if scores is not None:
         ok = fitness.ok[outcome.scored_rows]
-        normalised = normalised_task_scores(scores, reference_floor)
+        record.update(_summary("normalised_score", normalised_score(scores, rule)[ok]))
+        normalised = normalised_task_scores(scores, rule)
         for task in sorted(scores.task_scores):
             record[f"task/{task}/score_mean"] = float(scores.task_scores[task][ok].double().mean())
             record[f"task/{task}/score_best"] = float(scores.task_scores[task][ok].double().max())
@@ -55,17 +66,25 @@ def generation_metrics(
     return record
 
 
-def validation_metrics(outcome: ScoringOutcome, reference_floor: float) -> dict[str, Any] | None:
+def validation_metrics(outcome: ScoringOutcome, rule: FitnessRule) -> dict[str, Any] | None:
     """Metrics of the centre on the validation prompts; None when its evaluation failed."""
     scores = outcome.scores
     if scores is None:
         return None
-    fitness = float(candidate_fitness(scores, reference_floor)[0])
+    fitness = float(candidate_fitness(scores, rule)[0])
     if not torch.isfinite(torch.tensor(fitness)):
         return None
+    tasks = sorted(scores.task_scores)
+    reference_total = sum(scores.reference_scores[task] for task in tasks)
     record: dict[str, Any] = {
         "validation/fitness": fitness,
         "validation/retained_ratio": float(scores.retained_ratio[0]),
+        "validation/normalised_score": float(normalised_score(scores, rule)[0]),
+        # the plain task scores over the full cache's on these prompts (no floor; None when the full cache
+        # scored 0): what the closing summary reports
+        "validation/score_vs_full_cache": (
+            sum(float(scores.task_scores[task][0]) for task in tasks) / reference_total if reference_total else None
+        ),
     }
     for task in sorted(scores.task_scores):
         record[f"validation/{task}/score"] = float(scores.task_scores[task][0])

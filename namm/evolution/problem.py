@@ -17,7 +17,7 @@ from evotorch import Problem, SolutionBatch
 from omegaconf import DictConfig
 
 from namm.evolution.config import ConfigError
-from namm.evolution.fitness import PopulationFitness, population_fitness
+from namm.evolution.fitness import FitnessRule, PopulationFitness, population_fitness
 from namm.evolution.scoring import (
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
@@ -48,6 +48,7 @@ class EvolutionProblem(Problem):
         cfg: DictConfig,
         solution_length: int,
         seed: int,
+        rule: FitnessRule,
         num_actors: int = 0,
         num_gpus_per_actor: float | None = None,
     ) -> None:
@@ -63,6 +64,7 @@ class EvolutionProblem(Problem):
         )
         self.manual_seed(seed)
         self._cfg = cfg  # plain config: what each actor needs to build its own scorer
+        self.rule = rule
         self._scorer: CandidateScorer | None = None
         self.generation = 0  # set by the trainer before each step; selects the prompts
         self.last_outcome: ScoringOutcome | None = None
@@ -95,9 +97,9 @@ class EvolutionProblem(Problem):
     def _evaluate_all(self, batch: SolutionBatch) -> None:
         parameters = batch.values.clone().as_subclass(torch.Tensor)  # a plain tensor, not EvoTorch's read-only view
         outcome = self.score(parameters, TRAIN_SPLIT, self.generation)
-        fitness = population_fitness(outcome, float(self._cfg.evo.reference_floor), self.generation)
+        fitness = population_fitness(outcome, self.rule, self.generation)
         self.last_outcome, self.last_fitness = outcome, fitness
-        batch.set_evals(fitness.values.to(batch.values.dtype))
+        batch.set_evals(fitness.ranks.to(batch.values.dtype))  # ranks: ties decided by memory, not sort order
 
     # -- scoring, here or on the actors ---------------------------------------------------------
 

@@ -37,6 +37,7 @@ class PromptRecord:
     index: int
     scores: list[float]  # per candidate, in the task's units (LongBench: 0-100)
     reference: float  # full-cache score of this prompt, same units
+    pool_reference: float  # the task's full-cache mean over its fixed validation prompts (fitness floors on it)
     retained_ratio: list[float]  # per candidate
     retained_ratio_per_layer: list[list[float]]  # per candidate, per layer
     tokens: int  # prompt + generated tokens over all candidates
@@ -61,6 +62,7 @@ class CandidateScores:
 
     task_scores: dict[str, torch.Tensor]  # task -> (P,) mean metric on this generation's prompts
     reference_scores: dict[str, float]  # task -> full-cache mean on the same prompts
+    pool_references: dict[str, float]  # task -> full-cache mean on the fixed validation prompts
     retained_ratio: torch.Tensor  # (P,) retained / seen tokens, averaged over prompts, layers and heads
     retained_ratio_per_layer: torch.Tensor  # (P, L)
     tokens_processed: int  # prompt + generated tokens over all candidates and prompts
@@ -97,6 +99,7 @@ class CandidateScores:
         return cls(
             task_scores=task_scores,
             reference_scores={task: _mean_in_order([r.reference for r in group]) for task, group in by_task.items()},
+            pool_references={task: group[0].pool_reference for task, group in by_task.items()},
             retained_ratio=torch.tensor(
                 [_mean_in_order([r.retained_ratio[c] for r in records]) for c in range(candidates)],
                 dtype=torch.float64,
@@ -114,6 +117,8 @@ class CandidateScores:
                 f"task_scores and reference_scores need the same non-empty task keys, got "
                 f"{sorted(self.task_scores)} and {sorted(self.reference_scores)}"
             )
+        if set(self.pool_references) != set(self.task_scores):
+            problems.append(f"pool_references covers {sorted(self.pool_references)}, not every task")
         for task, values in self.task_scores.items():
             if tuple(values.shape) != (num_candidates,):
                 problems.append(f"task_scores[{task!r}] has shape {tuple(values.shape)}, expected ({num_candidates},)")
@@ -136,6 +141,7 @@ class CandidateScores:
         return CandidateScores(
             task_scores={task: torch.cat([p.task_scores[task] for p in parts]) for task in first.task_scores},
             reference_scores=dict(first.reference_scores),
+            pool_references=dict(first.pool_references),
             retained_ratio=torch.cat([p.retained_ratio for p in parts]),
             retained_ratio_per_layer=torch.cat([p.retained_ratio_per_layer for p in parts]),
             tokens_processed=sum(p.tokens_processed for p in parts),
@@ -341,12 +347,38 @@ def scorer_param_count(cfg: DictConfig) -> int:
     return count
 
 
-def namm_param_count(cfg: DictConfig) -> int:
-    """The default count: the NAMM parameter vector described by the `namm` group."""
+def _namm_config(cfg: DictConfig):
     from omegaconf import OmegaConf
 
     from namm.network.config import NAMMConfig
-    from namm.network.parameters import param_count
 
     values = OmegaConf.to_container(cfg.namm, resolve=True) if cfg.namm is not None else {}
-    return param_count(NAMMConfig.from_dict(values))  # type: ignore[arg-type]
+    return NAMMConfig.from_dict(values)  # type: ignore[arg-type]
+
+
+def namm_param_count(cfg: DictConfig) -> int:
+    """The default count: the NAMM parameter vector described by the `namm` group."""
+    from namm.network.parameters import param_count
+
+    return param_count(_namm_config(cfg))
+
+
+def initial_centre(cfg: DictConfig, param_count: int, init: str, margin: float) -> torch.Tensor:
+    """Where a new run's search starts (`evo.init`): the zero vector, or `keep_all`, the zero vector with the
+    NAMM's read-out bias at threshold + `evo.init_margin`, so at the centre every token scores that margin
+    above the threshold (nothing is evicted) and the first draws explore around "keep everything"."""
+    from namm.network.parameters import parameter_layout
+
+    centre = torch.zeros(param_count)
+    if init == "zeros":
+        return centre
+    config = _namm_config(cfg)
+    layout = parameter_layout(config)
+    if layout.size != param_count:
+        raise ConfigError(
+            f"evo.init=keep_all sets the NAMM read-out bias, but this scorer's vector has {param_count} parameters "
+            f"and the `namm` layout {layout.size}; use evo.init=zeros for a custom scorer"
+        )
+    (bias,) = [block for block in layout.blocks if block.name == "readout_bias"]
+    centre[bias.offset] = config.threshold + margin
+    return centre

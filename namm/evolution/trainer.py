@@ -23,12 +23,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from namm.evolution.checkpoint import BEST, FORMAT_VERSION, LATEST, library_versions, save_checkpoint, save_latest
 from namm.evolution.config import ConfigError, TrainConfig, validate_train_config
+from namm.evolution.fitness import FitnessRule
 from namm.evolution.metrics import generation_line, generation_metrics, validation_metrics
 from namm.evolution.problem import EvolutionProblem
 from namm.evolution.progress import METRICS_FILE, PLOT_FILE, MetricsLog, plot_progress
 from namm.evolution.resume import StartPoint, find_start_point
 from namm.evolution.rng_state import capture_rng_state, restore_rng_state
-from namm.evolution.scoring import check_scorer_targets, scorer_param_count
+from namm.evolution.scoring import check_scorer_targets, initial_centre, scorer_param_count
 from namm.evolution.searchers import (
     build_searcher,
     load_searcher_state,
@@ -52,6 +53,7 @@ class BestCentre:
     validation_fitness: float | None = None
     generation: int = 0
     validation_retained_ratio: float | None = None
+    validation_score_vs_full_cache: float | None = None  # its plain score over the full cache's, same prompts
 
     def beaten_by(self, fitness: float, retained_ratio: float) -> bool:
         if self.validation_fitness is None or fitness > self.validation_fitness:
@@ -91,6 +93,7 @@ def _checkpoint_state(
         "best_validation_fitness": best.validation_fitness,
         "best_generation": best.generation,
         "best_validation_retained_ratio": best.validation_retained_ratio,
+        "best_validation_score_vs_full_cache": best.validation_score_vs_full_cache,
         "param_count": problem.solution_length,
         "config": resolved,
         "searcher_state": searcher_state(searcher, config.evo.searcher),
@@ -101,9 +104,9 @@ def _checkpoint_state(
     }
 
 
-def _initial_centre(start: StartPoint, param_count: int) -> torch.Tensor:
+def _initial_centre(start: StartPoint, param_count: int, cfg: DictConfig, config: TrainConfig) -> torch.Tensor:
     if start.init_state is None:
-        return torch.zeros(param_count)  # the NAMM's zero vector
+        return initial_centre(cfg, param_count, config.evo.init.value, config.evo.init_margin)
     centre = start.init_state["best_params"]
     if centre.shape != (param_count,):
         raise ConfigError(
@@ -127,6 +130,7 @@ def _restore(
             state["best_validation_fitness"],
             state.get("best_generation", 0),
             state.get("best_validation_retained_ratio"),
+            state.get("best_validation_score_vs_full_cache"),
         )
         log.info("resumed from %s at generation %d", start.resume_path, state["generation"])
         return int(state["generation"]), best, state["wandb_run_id"]
@@ -144,11 +148,11 @@ def _restore(
 
 
 def _validate(
-    problem: EvolutionProblem, centre: torch.Tensor, generation: int, floor: float, best: BestCentre, record: dict
+    problem: EvolutionProblem, centre: torch.Tensor, generation: int, best: BestCentre, record: dict
 ) -> BestCentre:
     """Score the centre on the validation prompts, add the result to `record`; returns the new best."""
     outcome = problem.validate(centre, generation)
-    validation = validation_metrics(outcome, floor)
+    validation = validation_metrics(outcome, problem.rule)
     if validation is None:
         reason = next(iter(outcome.errors.values()), "non-finite validation fitness")
         log.warning("generation %d: validating the centre failed (%s); best.pt is unchanged", generation, reason)
@@ -156,20 +160,24 @@ def _validate(
     fitness, retained = validation["validation/fitness"], validation["validation/retained_ratio"]
     improved = best.beaten_by(fitness, retained)
     if improved:
-        best = BestCentre(centre, fitness, generation, retained)
+        best = BestCentre(centre, fitness, generation, retained, validation["validation/score_vs_full_cache"])
     record.update(validation)
     record.update({"validation/is_best": improved, "validation/best_fitness": best.validation_fitness})
     return best
 
 
 def _print_summary(run_dir: Path, best: BestCentre, generation: int) -> None:
-    best_text = (
-        "no validation yet"
-        if best.validation_fitness is None
-        else (f"best validation fitness {best.validation_fitness:.4f} at generation {best.generation}")
-    )
+    if best.validation_fitness is None:
+        learned = "no validation yet"
+    else:
+        learned = f"best validation fitness {best.validation_fitness:.4f} at generation {best.generation}"
+        if best.validation_retained_ratio is not None and best.validation_score_vs_full_cache is not None:
+            learned += (
+                f": on the validation prompts it keeps {best.validation_retained_ratio:.1%} of the KV cache and "
+                f"scores {best.validation_score_vs_full_cache:.1%} of the full cache's score"
+            )
     print(
-        f"\nTraining finished at generation {generation} ({best_text}).\n"
+        f"\nTraining finished at generation {generation} ({learned}).\n"
         f"  checkpoints: {run_dir / LATEST}, {run_dir / BEST}\n"
         f"  metrics:     {run_dir / METRICS_FILE}\n"
         f"  plot:        {run_dir / PLOT_FILE}\n"
@@ -191,8 +199,10 @@ def train(cfg: DictConfig) -> RunSummary:
 
     logging.getLogger("evotorch").setLevel(logging.WARNING)  # its per-object INFO lines drown the log
     _seed_everything(config.seed)
-    problem = EvolutionProblem(cfg, param_count, config.seed, evo.num_actors, evo.num_gpus_per_actor)
-    searcher = build_searcher(problem, evo, _initial_centre(start, param_count))
+    problem = EvolutionProblem(
+        cfg, param_count, config.seed, FitnessRule.of(evo), evo.num_actors, evo.num_gpus_per_actor
+    )
+    searcher = build_searcher(problem, evo, _initial_centre(start, param_count, cfg, config))
     wandb_run = None
     finished = False
     try:
@@ -209,7 +219,7 @@ def train(cfg: DictConfig) -> RunSummary:
         wandb_run = WandbRun(config.logger, run_dir, f"{config.name}-seed{config.seed}", wandb_run_id, resolved)
         if start.resume_state is None:  # where the search starts, scored like every later centre
             record: dict[str, Any] = {"generation": 0}
-            best = _validate(problem, searcher_center(searcher), 0, evo.reference_floor, best, record)
+            best = _validate(problem, searcher_center(searcher), 0, best, record)
             state = _checkpoint_state(0, searcher, config, resolved, problem, best, wandb_run.run_id)
             _record_generation(record, state, run_dir, metrics_log, wandb_run)
             if "validation/fitness" in record:
@@ -220,10 +230,10 @@ def train(cfg: DictConfig) -> RunSummary:
         ):
             while generation < evo.generations:
                 generation += 1
-                record = _run_generation(problem, searcher, generation, evo)
+                record = _run_generation(problem, searcher, generation)
                 centre = searcher_center(searcher)
                 if generation % evo.eval_interval == 0 or generation == evo.generations:
-                    best = _validate(problem, centre, generation, evo.reference_floor, best, record)
+                    best = _validate(problem, centre, generation, best, record)
                 if best.validation_fitness is None:
                     best = BestCentre(centre, None, generation)  # the current centre stands in until validated
                 state = _checkpoint_state(generation, searcher, config, resolved, problem, best, wandb_run.run_id)
@@ -257,12 +267,12 @@ def _record_generation(
     wandb_run.log(record)
 
 
-def _run_generation(problem: EvolutionProblem, searcher: Any, generation: int, evo: Any) -> dict[str, Any]:
+def _run_generation(problem: EvolutionProblem, searcher: Any, generation: int) -> dict[str, Any]:
     """One searcher step on this generation's prompts; returns its metrics."""
     problem.generation = generation
     started = time.perf_counter()
     searcher.step()
     seconds = time.perf_counter() - started
     return generation_metrics(
-        generation, problem.last_outcome, problem.last_fitness, step_size(searcher), seconds, evo.reference_floor
+        generation, problem.last_outcome, problem.last_fitness, step_size(searcher), seconds, problem.rule
     )

@@ -16,9 +16,6 @@ class FullCachePolicy(MemoryPolicy):
     #: the engine skips updates (and query recording) entirely for a policy that never evicts
     evicts: ClassVar[bool] = False
 
-    def __init__(self, **unused: object) -> None:
-        pass
-
     def select(self, view: LayerView) -> Selection:
         scores = torch.zeros(view.valid.shape, device=view.valid.device).masked_fill(~view.valid, float("-inf"))
         return Selection(scores=scores, keep=view.valid.clone())

@@ -39,10 +39,20 @@ def build_policy(config: PolicyConfig) -> MemoryPolicy:
         raise ValueError(f"unknown policy '{config.name}'; available: {', '.join(sorted(_POLICIES))}.")
     cls = _POLICIES[config.name]
     options = dict(config.options)
-    if issubclass(cls, BudgetPolicy):
-        budget = Budget(ratio=None, tokens=config.budget_tokens) if config.budget_tokens else Budget(config.budget)
-        return cls(budget=budget, **options)
-    return cls(**options)
+    try:
+        if issubclass(cls, BudgetPolicy):
+            budget = (
+                Budget(ratio=None, tokens=config.budget_tokens)
+                if config.budget_tokens is not None
+                else Budget(config.budget)
+            )
+            return cls(budget=budget, **options)
+        return cls(**options)
+    except TypeError as error:  # an option the policy does not take
+        raise ValueError(
+            f"policy {config.name!r} does not take the options {sorted(options)} ({error}); "
+            f"see conf/policy/{config.name}.yaml for the ones it has"
+        ) from error
 
 
 def _import_all() -> None:

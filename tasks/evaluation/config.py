@@ -21,8 +21,6 @@ AUTO_CHECKPOINT = "auto"
 #: `checkpoint=zero`: the zero-parameter NAMM (keeps every token), whatever checkpoints exist
 ZERO_CHECKPOINT = "zero"
 NAMM_POLICY = "namm"
-#: what `python evaluate.py` compares when neither `compare` nor `policy` is given
-DEFAULT_COMPARISON = ("full", "namm", "h2o", "streaming", "snapkv", "knorm", "random")
 CHECKPOINT_PARAMS = ("best", "center")
 EVICTION_MODES = ("per_head", "per_layer_max")
 
@@ -48,12 +46,16 @@ class EvaluateConfig:
     name: str = "default"  # names the output directory
     out_dir: str = "runs/eval/${name}"  # results, per-sample predictions and plots; rerunning resumes here
     checkpoint: str = AUTO_CHECKPOINT  # auto | zero | <checkpoint .pt, training run directory or exported NAMM folder>
+    checkpoints: list[str] | None = None  # several NAMMs side by side (each a checkpoint, run or sweep directory);
+    # replaces `checkpoint`
     checkpoint_params: str = "best"  # best: the best validated centre (best_params); center: the search mean
     train_dir: str = "runs/default"  # where checkpoint=auto looks for training runs (<train_dir>/seed*/)
-    compare: list[str] | None = None  # policies run on the same samples; null: `policy`, else DEFAULT_COMPARISON
+    compare: list[str] | None = None  # policies run on the same samples; null: `policy`, else full, namm and every registered policy
     match_budget: bool | None = None  # budgeted baselines at the NAMM's ratio; null: when a trained NAMM runs
     budget_tolerance: float = 0.02  # accepted relative gap between a matched baseline's and the NAMM's ratio
     budget_attempts: int = 3  # runs per baseline and task to land within the tolerance
+    front: bool = False  # score-memory front: every budgeted baseline at each of `front_budgets` as well
+    front_budgets: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75])
     batch_size: int = 4  # prompts per engine call (rows are left-padded)
     engine: EngineSettings = field(default_factory=EngineSettings)
     plots: bool = True
@@ -83,6 +85,12 @@ class EvaluateConfig:
             duplicates = sorted({name for name in self.compare if self.compare.count(name) > 1})
             if duplicates:
                 problems.append(f"compare names {duplicates} more than once")
+        if not self.front_budgets or any(not (0 < budget <= 1) for budget in self.front_budgets):
+            problems.append(f"front_budgets must be budget ratios in (0, 1], got {list(self.front_budgets)}")
+        elif len(set(self.front_budgets)) != len(self.front_budgets):
+            problems.append(f"front_budgets repeats a budget: {list(self.front_budgets)}")
+        if self.checkpoints is not None and not self.checkpoints:
+            problems.append("checkpoints is empty; give at least one checkpoint, run or sweep directory")
         engine = self.engine
         if engine.update_interval is not None and engine.update_interval < 1:
             problems.append(f"engine.update_interval must be a positive token count, got {engine.update_interval}")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from namm.policies import BudgetPolicy, MemoryPolicy, PolicyConfig, available_policies, build_policy
-from tasks.evaluation.config import DEFAULT_COMPARISON, NAMM_POLICY, EvaluateConfig
+from tasks.evaluation.config import NAMM_POLICY, EvaluateConfig
 from tasks.evaluation.namm_source import NAMMSource
 
 log = logging.getLogger(__name__)
@@ -16,15 +17,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Contender:
-    """One policy under evaluation. `budgeted`: it keeps a budget per head (matchable to the NAMM's ratio)."""
+    """One policy under evaluation. `budgeted`: it keeps a budget per head (matchable to the NAMM's ratio);
+    `swept`: a fixed point of the score-memory front (`<policy>@<budget>`), never matched; `namm`: the NAMM
+    this contender runs (None for the baselines)."""
 
     label: str
     config: PolicyConfig
     budgeted: bool
+    namm: NAMMSource | None = None
+    swept: bool = False
 
     @property
     def is_namm(self) -> bool:
-        return self.label == NAMM_POLICY
+        return self.namm is not None
+
+    @property
+    def matchable(self) -> bool:
+        return self.budgeted and not self.swept
 
     def with_budget(self, ratio: float) -> PolicyConfig:
         """The same policy at another budget ratio (matched budgets)."""
@@ -34,13 +43,21 @@ class Contender:
         return {"label": self.label, **dataclasses.asdict(self.config)}
 
 
+POLICY_CONFIGS = Path(__file__).resolve().parents[2] / "conf" / "policy"  # one yaml of defaults per policy
+
+
+def default_comparison() -> list[str]:
+    """The full cache, the NAMM, then every other registered policy: a new policy module is compared by default."""
+    return ["full", NAMM_POLICY, *(name for name in available_policies() if name not in ("full", NAMM_POLICY))]
+
+
 def contender_names(config: EvaluateConfig) -> list[str]:
     """`compare` if given, else the one `policy`, else the default comparison."""
     if config.compare is not None:
         return list(config.compare)
     if config.policy is not None:
         return [config.policy["name"]]
-    return list(DEFAULT_COMPARISON)
+    return default_comparison()
 
 
 def _policy_config(values: dict[str, Any], key: str) -> PolicyConfig:
@@ -58,11 +75,17 @@ def _settings_for(name: str, config: EvaluateConfig) -> tuple[PolicyConfig, str]
     baselines = config.baselines or {}
     if name in baselines:
         return _policy_config(baselines[name], f"baselines.{name}"), f"baselines.{name}"
-    return PolicyConfig(name=name, budget=None if name == "full" else 0.5), f"baselines.{name}"
+    defaults = POLICY_CONFIGS / f"{name}.yaml"
+    if not defaults.is_file():
+        raise ValueError(f"policy {name!r} has no default settings: add conf/policy/{name}.yaml (see CONTRIBUTING.md)")
+    from omegaconf import OmegaConf
+
+    return _policy_config(OmegaConf.to_container(OmegaConf.load(defaults)), str(defaults)), f"baselines.{name}"
 
 
-def plan_contenders(config: EvaluateConfig) -> list[Contender]:
-    """Full cache first, then the NAMM (its ratio sets matched budgets), then the others in the given order.
+def plan_contenders(config: EvaluateConfig, namms: list[tuple[str, NAMMSource]]) -> list[Contender]:
+    """Full cache first, then the NAMMs (`namms`: label and source; the first one's ratio sets matched
+    budgets), then the others in the given order.
 
     Every baseline is instantiated once here so an unknown name or a budget out of range fails now."""
     names = contender_names(config)
@@ -78,7 +101,10 @@ def plan_contenders(config: EvaluateConfig) -> list[Contender]:
     contenders = []
     for name in sorted(names, key=lambda n: (n != "full", n != NAMM_POLICY)):
         if name == NAMM_POLICY:
-            contenders.append(Contender(name, PolicyConfig(name=name, budget=None), budgeted=False))
+            contenders += [
+                Contender(label, PolicyConfig(name=name, budget=None), budgeted=False, namm=source)
+                for label, source in namms
+            ]
             continue
         settings, key = _settings_for(name, config)
         if settings.name != name:
@@ -91,12 +117,36 @@ def plan_contenders(config: EvaluateConfig) -> list[Contender]:
     return contenders
 
 
-def wants_matched_budgets(config: EvaluateConfig, contenders: list[Contender], namm: NAMMSource | None) -> bool:
-    """match_budget=null means: when a trained NAMM and at least one budgeted baseline both run.
+def front_points(contenders: list[Contender], budgets: list[float], keep_own: bool) -> list[Contender]:
+    """The score-memory front: every budgeted baseline also at each budget of `budgets` (`h2o@0.25`), right
+    after it; its own entry stays only when `keep_own` (it runs matched to the NAMM)."""
+    planned = []
+    for contender in contenders:
+        if contender.budgeted and keep_own or not contender.budgeted:
+            planned.append(contender)
+        if contender.budgeted:
+            planned += [
+                Contender(f"{contender.label}@{budget:g}", contender.with_budget(budget), budgeted=True, swept=True)
+                for budget in sorted(budgets)
+            ]
+    return planned
+
+
+def wants_matched_budgets(config: EvaluateConfig, contenders: list[Contender], namms: list[NAMMSource]) -> bool:
+    """match_budget=null means: when one trained NAMM and at least one budgeted baseline both run.
 
     The zero-parameter NAMM keeps every token, so matching it would run every baseline at ratio 1.0 (the
-    full cache again); left unmatched, they run at their own budgets and the table says something."""
+    full cache again); left unmatched, they run at their own budgets and the table says something. Several
+    NAMMs have several ratios: their baselines are not matched (run a front instead)."""
     has_budgeted = any(c.budgeted for c in contenders)
+    if len(namms) > 1:
+        if config.match_budget:
+            raise ValueError(
+                f"match_budget=true matches the baselines to one NAMM's retained ratio, but {len(namms)} NAMMs run; "
+                "evaluate them with front=true (each baseline at front_budgets), or one checkpoint at a time"
+            )
+        return False
+    namm = namms[0] if namms else None
     if config.match_budget is None:
         if namm is not None and namm.is_zero and has_budgeted:
             log.info("the zero-parameter NAMM keeps every token: baselines run at their own budgets, not matched")
@@ -109,9 +159,5 @@ def wants_matched_budgets(config: EvaluateConfig, contenders: list[Contender], n
     return config.match_budget
 
 
-def build_contender_policy(contender: Contender, policy_config: PolicyConfig, namm: NAMMSource | None) -> MemoryPolicy:
-    if contender.is_namm:
-        if namm is None:
-            raise RuntimeError("the NAMM contender needs its NAMMSource")
-        return namm.build_policy()
-    return build_policy(policy_config)
+def build_contender_policy(contender: Contender, policy_config: PolicyConfig) -> MemoryPolicy:
+    return contender.namm.build_policy() if contender.namm is not None else build_policy(policy_config)

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 
 from namm.evolution.checkpoint import BEST, LATEST, CheckpointError, resolve_checkpoint_path
+from namm.evolution.sweep import read_job_statuses
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
 from namm.network.parameters import parameter_layout
 from namm.policies.namm_policy import NAMMPolicy
 from namm.pretrained import PretrainedNAMM, is_exported_namm
-from tasks.evaluation.config import AUTO_CHECKPOINT, ZERO_CHECKPOINT
+from tasks.evaluation.config import AUTO_CHECKPOINT, NAMM_POLICY, ZERO_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +178,50 @@ def resolve_namm_source(
         log.info("checkpoint=auto: evaluating %s, the newest checkpoint under %s", found, train_dir)
         return load_namm_source(found, params_kind, namm_override)
     return load_namm_source(Path(checkpoint).expanduser(), params_kind, namm_override)
+
+
+def _is_single_namm(path: Path) -> bool:
+    return path.is_file() or is_exported_namm(path) or any((path / name).is_file() for name in (BEST, LATEST))
+
+
+def expand_sweep(path: Path) -> list[tuple[str, Path]]:
+    """A checkpoint, run directory or exported folder as itself; a sweep directory as each of its runs.
+
+    A Hydra multirun directory lists its finished jobs' run directories in job_status/ (namm.evolution.sweep);
+    any other directory is searched for run directories (those holding latest.pt). Each run is tagged by
+    its path below `path`, or by its job overrides."""
+    path = path.expanduser()
+    if not path.exists() or _is_single_namm(path):
+        return [(path.name, path)]
+    jobs = [job for job in read_job_statuses(path) if job["status"] == "finished"]
+    if jobs:
+        return [(",".join(job["overrides"]) or f"job{job['job']}", Path(job["out_dir"])) for job in jobs]
+    runs = sorted(found.parent for found in path.rglob(LATEST))
+    if not runs:
+        raise CheckpointError(
+            f"checkpoints: {path} holds no training run (no {LATEST} below it) and is not a sweep directory "
+            "(no job_status/); give run directories, checkpoint files or a multirun directory"
+        )
+    return [(str(run.relative_to(path)).replace("/", ","), run) for run in runs]
+
+
+def resolve_namm_sources(
+    checkpoint: str,
+    checkpoints: list[str] | None,
+    train_dir: str | Path,
+    params_kind: str,
+    namm_override: dict[str, Any] | None,
+) -> list[tuple[str, NAMMSource]]:
+    """(label, source) of every NAMM under evaluation: `checkpoint` alone is labelled `namm`; `checkpoints`
+    (files, run or sweep directories) give one `namm:<tag>` per run, or `namm` when there is only one."""
+    if checkpoints is None:
+        return [(NAMM_POLICY, resolve_namm_source(checkpoint, train_dir, params_kind, namm_override))]
+    runs = [run for entry in checkpoints for run in expand_sweep(Path(entry))]
+    sources = [(tag, load_namm_source(path, params_kind, namm_override)) for tag, path in runs]
+    if len(sources) == 1:
+        return [(NAMM_POLICY, sources[0][1])]
+    labels = [f"{NAMM_POLICY}:{tag}" for tag, _ in sources]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"checkpoints: two NAMMs would share the label(s) {repeated}; give distinct run directories")
+    return [(label, source) for label, (_, source) in zip(labels, sources)]

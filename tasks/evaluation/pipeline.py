@@ -21,9 +21,15 @@ from namm.engine import EngineConfig
 from namm.evolution.checkpoint import library_versions
 from namm.models import ModelConfig, check_model_config, load_model
 from tasks.config import TaskConfig, task_config
-from tasks.evaluation.config import EngineSettings, EvaluateConfig, validate_evaluate_config
-from tasks.evaluation.contenders import Contender, plan_contenders, wants_matched_budgets
-from tasks.evaluation.namm_source import NAMMSource, resolve_namm_source
+from tasks.evaluation.config import NAMM_POLICY, EngineSettings, EvaluateConfig, validate_evaluate_config
+from tasks.evaluation.contenders import (
+    Contender,
+    contender_names,
+    front_points,
+    plan_contenders,
+    wants_matched_budgets,
+)
+from tasks.evaluation.namm_source import NAMMSource, resolve_namm_sources
 from tasks.evaluation.plots import write_plots
 from tasks.evaluation.policy_runs import EvaluationContext, PolicyTaskRun, mean_ratio, run_matched, run_policy
 from tasks.evaluation.report import RESULTS_CSV, RESULTS_JSON, markdown_table, write_results
@@ -52,14 +58,23 @@ class EvaluationPlan:
     tasks: TaskConfig
     model: ModelConfig
     contenders: list[Contender]
-    namm: NAMMSource | None  # None when the NAMM is not among the contenders
-    matched: bool  # budgeted baselines run at the NAMM's retained ratio
+    namms: list[NAMMSource]  # the NAMMs among the contenders, in order (empty when none runs)
+    matched: bool  # budgeted baselines run at the (one) NAMM's retained ratio
     engine: EngineConfig
 
 
-def resolve_engine_config(settings: EngineSettings, namm: NAMMSource | None) -> EngineConfig:
-    """Explicit `engine.*` values, else the checkpoint's training settings, else the engine defaults."""
-    trained = dict((namm.training_engine if namm is not None else None) or {})
+def resolve_engine_config(settings: EngineSettings, namms: list[NAMMSource]) -> EngineConfig:
+    """Explicit `engine.*` values, else the checkpoints' training settings (which must agree), else the
+    engine defaults."""
+    schedules = [namm.training_engine for namm in namms if namm.training_engine is not None]
+    trained = dict(schedules[0]) if schedules else {}
+    for other in schedules[1:]:
+        differing = sorted(key for key in trained if other.get(key) != trained[key] and getattr(settings, key) is None)
+        if differing:
+            raise ValueError(
+                f"the NAMMs were trained with different engine settings ({differing}); every policy runs on one "
+                f"schedule, so give it explicitly (e.g. engine.{differing[0]}=...)"
+            )
     values = {
         key: trained[key]
         for key in ("update_interval", "eviction_mode", "prefill_chunk", "update_at_prefill_end")
@@ -67,7 +82,7 @@ def resolve_engine_config(settings: EngineSettings, namm: NAMMSource | None) -> 
     }
     values |= {key: value for key, value in asdict(settings).items() if value is not None}
     config = EngineConfig(**values)
-    if namm is not None:
+    for namm in namms:
         namm.config.check_update_interval(config.update_interval)
     return config
 
@@ -81,14 +96,19 @@ def plan_evaluation(cfg: DictConfig) -> EvaluationPlan:
     except TypeError as error:
         raise ValueError(f"model: {error}") from error
     check_model_config(model)
-    contenders = plan_contenders(config)
-    namm = None
-    if any(contender.is_namm for contender in contenders):
-        namm = resolve_namm_source(config.checkpoint, config.train_dir, config.checkpoint_params, config.namm)
-    matched = wants_matched_budgets(config, contenders, namm)
-    engine = resolve_engine_config(config.engine, namm)
+    labelled = []
+    if NAMM_POLICY in contender_names(config):
+        labelled = resolve_namm_sources(
+            config.checkpoint, config.checkpoints, config.train_dir, config.checkpoint_params, config.namm
+        )
+    contenders = plan_contenders(config, labelled)
+    namms = [source for _, source in labelled]
+    matched = wants_matched_budgets(config, contenders, namms)
+    if config.front:
+        contenders = front_points(contenders, config.front_budgets, keep_own=matched)
+    engine = resolve_engine_config(config.engine, namms)
     check_task_data(tasks)
-    return EvaluationPlan(config, tasks, model, contenders, namm, matched, engine)
+    return EvaluationPlan(config, tasks, model, contenders, namms, matched, engine)
 
 
 def run_task_policies(
@@ -98,7 +118,7 @@ def run_task_policies(
     runs: list[tuple[Contender, PolicyTaskRun]] = []
     namm_records = None
     for contender in plan.contenders:
-        if plan.matched and contender.budgeted:
+        if plan.matched and contender.matchable:
             config = plan.config
             run = run_matched(context, contender, task, namm_records, config.budget_tolerance, config.budget_attempts)
             if not run.within_tolerance:
@@ -135,6 +155,7 @@ def share_full_cache_scores(context: EvaluationContext, task: PreparedTask, reco
 def result_row(contender: Contender, task: PreparedTask, run: PolicyTaskRun, run_dir: Path) -> dict[str, Any]:
     row = task_result(contender.label, task, run.records)
     row.update(
+        family=contender.config.name,
         budget=run.policy.budget if contender.budgeted and run.policy.budget_tokens is None else None,
         budget_target=run.budget_target,
         budget_attempts=run.attempts,
@@ -149,11 +170,13 @@ def build_document(
 ) -> dict[str, Any]:
     """results.json (see tasks/evaluation/schema.py); `files.plots` is filled in once the plots exist."""
     add_relative_scores(rows)
-    loaded, namm = context.loaded, plan.namm
+    loaded = context.loaded
     first_weight = next(loaded.model.parameters())
+    namms = {c.label: c.namm.describe() for c in plan.contenders if c.namm is not None}
     transfer = None
-    if namm is not None and namm.trained_on is not None and namm.trained_on != loaded.name:
-        transfer = {"from_model": namm.trained_on, "to_model": loaded.name}
+    foreign = sorted({namm.trained_on for namm in plan.namms if namm.trained_on not in (None, loaded.name)})
+    if foreign:
+        transfer = {"from_model": ", ".join(foreign), "to_model": loaded.name}
     return {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -167,7 +190,7 @@ def build_document(
             "chat_template": loaded.chat_template,
             "seed": plan.model.seed,
         },
-        "namm": None if namm is None else namm.describe(),
+        "namms": namms,
         "transfer": transfer,
         "engine": asdict(plan.engine),
         "settings": {
@@ -175,6 +198,7 @@ def build_document(
             "match_budget": plan.matched,
             "budget_tolerance": plan.config.budget_tolerance,
             "budget_attempts": plan.config.budget_attempts,
+            "front_budgets": sorted(plan.config.front_budgets) if plan.config.front else None,
             "versions": library_versions(),
         },
         "tasks": {task.spec.name: {**task.settings.to_dict(), "num_samples": len(task.samples)} for task in tasks},
@@ -190,10 +214,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     plan = plan_evaluation(cfg)
     config = plan.config
-    if plan.namm is not None and plan.namm.trained_on and plan.namm.trained_on != plan.model.name:
-        log.info(
-            "zero-shot transfer: the NAMM was evolved on %s, evaluated on %s", plan.namm.trained_on, plan.model.name
-        )
+    for namm in plan.namms:
+        if namm.trained_on and namm.trained_on != plan.model.name:
+            log.info("zero-shot transfer: a NAMM evolved on %s, evaluated on %s", namm.trained_on, plan.model.name)
     run_dir = Path(config.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -205,7 +228,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         logging_redirect_tqdm(),
         tqdm(total=total, unit="sample", disable=not config.progress, dynamic_ncols=True) as bar,
     ):
-        context = EvaluationContext(loaded, asdict(plan.model), plan.engine, run_dir, config.batch_size, plan.namm, bar)
+        context = EvaluationContext(loaded, asdict(plan.model), plan.engine, run_dir, config.batch_size, bar)
         for task in tasks:
             rows += [
                 result_row(contender, task, run, run_dir) for contender, run in run_task_policies(context, plan, task)

@@ -92,8 +92,63 @@ def plot_task_bars(document: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def front_file(task: str) -> str:
+    return f"front_{task}.png"
+
+
+def plot_front(document: dict[str, Any], task: str, path: Path) -> None:
+    """One task's score-memory front: score (with its 95% bootstrap interval) against the retained ratio on
+    that task. A baseline's budget points are joined by a line, each NAMM is a star, the full cache a square."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    colours = plt.get_cmap("tab10")
+    rows = [r for r in document["results"] if r["task"] == task]
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    for number, family in enumerate(families):
+        points = sorted((r for r in rows if r["family"] == family), key=lambda r: r["retained_ratio"])
+        colour = colours(number % 10)
+        for point in points:
+            low, high = point["score_interval"]
+            axis.errorbar(
+                point["retained_ratio"],
+                point["score"],
+                yerr=[[point["score"] - low], [high - point["score"]]],
+                color=colour,
+                capsize=3,
+                alpha=0.6,
+            )
+        marker = {"namm": "*", "full": "s"}.get(family, "o")
+        line = "none" if family in ("namm", "full") else "-"
+        axis.plot(
+            [p["retained_ratio"] for p in points],
+            [p["score"] for p in points],
+            color=colour,
+            marker=marker,
+            markersize=12 if marker == "*" else 6,
+            linestyle=line,
+            label=family if family != "namm" or len(points) == 1 else f"namm ({len(points)} runs)",
+        )
+    axis.set_xlim(0, 1.05)
+    axis.set_ylim(-5, 105)
+    axis.set_xlabel("retained KV-cache ratio on this task (live tokens / seen)")
+    axis.set_ylabel("score (95% bootstrap interval)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    samples = rows[0]["num_samples"] if rows else 0
+    axis.set_title(f"{document['model']['name']}: {task} ({samples} prompts)")
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)
+
+
 def write_plots(document: dict[str, Any], run_dir: Path) -> list[str]:
-    """Both plots into the run directory; returns their file names."""
+    """Both plots into the run directory, and one front per task when the budgets were swept; returns their
+    file names."""
     plot_score_vs_ratio(document, run_dir / SCORE_VS_RATIO)
     plot_task_bars(document, run_dir / TASK_BARS)
-    return [SCORE_VS_RATIO, TASK_BARS]
+    written = [SCORE_VS_RATIO, TASK_BARS]
+    if document["settings"]["front_budgets"] is not None:
+        for task in document["tasks"]:
+            plot_front(document, task, run_dir / front_file(task))
+            written.append(front_file(task))
+    return written

@@ -18,7 +18,6 @@ from namm.models import LoadedModel
 from namm.policies import PolicyConfig
 from tasks.evaluation.budget_matching import UpdateSchedule, relative_gap, solve_budget
 from tasks.evaluation.contenders import Contender, build_contender_policy
-from tasks.evaluation.namm_source import NAMMSource
 from tasks.evaluation.sample_store import SampleStore, prompt_digest
 from tasks.generators import engine_generator
 from tasks.runner import DecodeSettings, PreparedTask, run_task
@@ -49,7 +48,6 @@ class EvaluationContext:
     engine_config: EngineConfig
     run_dir: Path
     batch_size: int
-    namm: NAMMSource | None
     bar: tqdm
 
 
@@ -71,7 +69,7 @@ def store_for(
     """Keyed by everything that changes a sample's output, so changed settings never reuse old records."""
     key = {
         "policy": asdict(policy),
-        "namm": context.namm.fingerprint() if contender.is_namm and context.namm else None,
+        "namm": contender.namm.fingerprint() if contender.namm is not None else None,
         "engine": asdict(context.engine_config),
         "model": context.model_settings,
         "task": task.settings.key(),
@@ -121,9 +119,7 @@ def run_policy(
     bar.set_description(f"{contender.label} {task.spec.name}")
     if todo:
         generate = TimedEngine(
-            MemoryEngine(
-                context.loaded.model, build_contender_policy(contender, policy, context.namm), context.engine_config
-            )
+            MemoryEngine(context.loaded.model, build_contender_policy(contender, policy), context.engine_config)
         )
         tokenizer = context.loaded.tokenizer
         for start in range(0, len(todo), context.batch_size):

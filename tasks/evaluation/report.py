@@ -13,7 +13,7 @@ from namm.atomic_io import atomic_write_text
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 CSV_COLUMNS = (
-    "policy", "task", "score", "relative_to_full", "num_samples", "retained_ratio", "budget", "budget_target",
+    "policy", "task", "family", "score", "score_low", "score_high", "relative_to_full", "num_samples", "retained_ratio", "budget", "budget_target",
     "within_tolerance", "tokens_per_second", "mean_peak_live_kv_mib", "peak_live_kv_mib", "peak_storage_mib",
     "peak_overhead_mib",
 )  # fmt: skip
@@ -31,7 +31,8 @@ def results_csv(document: dict[str, Any]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for result in document["results"]:
-        writer.writerow(result | _mib(result))
+        low, high = result["score_interval"]
+        writer.writerow(result | _mib(result) | {"score_low": low, "score_high": high})
     for policy, aggregate in document["aggregates"].items():
         writer.writerow(
             {
@@ -57,10 +58,32 @@ def _number(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def budget_text(results: list[dict[str, Any]]) -> str:
+    """The budget column: the budget run, `(matched)` only when every task landed within the tolerance of
+    the NAMM's ratio, else the closest ratio reached against the target."""
+    budgets = {r["budget"] for r in results}
+    if budgets == {None}:
+        return "-"
+    matched = [r for r in results if r["budget_target"] is not None]
+    text = _number(budgets.pop(), 3) if len(budgets) == 1 else "per task"
+    missed = [r for r in matched if not r["within_tolerance"]]
+    if missed:
+        closest = "; ".join(
+            f"{r['task']}: closest {r['retained_ratio']:.3f} vs the NAMM's {r['budget_target']:.3f}" for r in missed
+        )
+        return f"{text} (not matched: {closest})"
+    return f"{text} (matched)" if matched else text
+
+
+def _score_cell(result: dict[str, Any]) -> str:
+    low, high = result["score_interval"]
+    return f"{result['score']:.2f} [{low:.1f}, {high:.1f}]"
+
+
 def markdown_table(document: dict[str, Any]) -> str:
-    """Policies as rows; each task's score, the task mean (and the 16-task mean when it exists), speed, and
-    memory: live KV MiB (mean over samples of each one's peak: what the policy gives back) and the largest
-    batch's allocated storage."""
+    """Policies as rows; each task's score with its 95% bootstrap interval, the task mean (and the 16-task
+    mean when it exists), speed, and memory: live KV MiB (mean over samples of each one's peak: what the
+    policy gives back) and the largest batch's allocated storage."""
     tasks = list(document["tasks"])
     by_key = {(r["policy"], r["task"]): r for r in document["results"]}
     aggregates = document["aggregates"]
@@ -71,15 +94,8 @@ def markdown_table(document: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for policy, aggregate in aggregates.items():
         results = [by_key[(policy, task)] for task in tasks]
-        budgets = {r["budget"] for r in results}
-        if budgets == {None}:
-            budget = "-"
-        elif len(budgets) == 1:
-            budget = _number(budgets.pop(), 3) + (" (matched)" if results[0]["budget_target"] is not None else "")
-        else:
-            budget = "matched" if results[0]["budget_target"] is not None else "per task"
-        row = [policy, budget, _number(aggregate["retained_ratio"], 3)]
-        row += [_number(r["score"]) for r in results]
+        row = [policy, budget_text(results), _number(aggregate["retained_ratio"], 3)]
+        row += [_score_cell(r) for r in results]
         row += [_number(aggregate["mean_score"])]
         row += [_number(aggregate["longbench_en_mean"])] if show_longbench else []
         row += [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: live / storage / overhead memory figures replace peak_kv_bytes
+SCHEMA_VERSION = 3  # 2: live / storage / overhead memory figures; 3: several NAMMs (`namms`), fronts, intervals
 
 _NUMBER = {"type": "number"}
 _RATIO = {"type": "number", "minimum": 0, "maximum": 1}
@@ -55,10 +55,17 @@ _BUDGET_ATTEMPT = _object({"budget": _RATIO, "retained_ratio": _RATIO, "relative
 
 _TASK_RESULT = _object(
     {
-        "policy": _STRING,
+        "policy": _STRING,  # the contender's label: `h2o`, `h2o@0.25` (a front point), `namm`, `namm:<run>`
+        "family": _STRING,  # the policy it runs (full, namm, h2o, ...): a front's points share it
         "task": _STRING,
         "category": _STRING,
         "score": {"type": "number", "minimum": 0, "maximum": 100},  # 100 x mean sample score
+        "score_interval": {  # 95% percentile bootstrap over the samples (tasks.evaluation.intervals)
+            "type": "array",
+            "items": {"type": "number", "minimum": 0, "maximum": 100},
+            "minItems": 2,
+            "maxItems": 2,
+        },
         "relative_to_full": _OPTIONAL_NUMBER,  # score / full-cache score on the same samples
         "num_samples": {"type": "integer", "minimum": 1},
         "retained_ratio": _RATIO,  # mean over samples
@@ -131,24 +138,22 @@ RESULTS_SCHEMA: dict[str, Any] = {
                     "seed": {"type": "integer"},
                 }
             ),
-            "namm": {  # null when the NAMM is not among the policies
-                "oneOf": [
-                    {"type": "null"},
-                    _object(
-                        {
-                            "kind": {"enum": ["checkpoint", "exported", "zero"]},
-                            "path": {"type": ["string", "null"]},
-                            "generation": {"type": ["integer", "null"]},
-                            "params": {"enum": ["best", "center", "exported", "zero"]},
-                            "param_count": {"type": "integer", "minimum": 1},
-                            "sha256": {"type": ["string", "null"]},
-                            "fingerprint": _STRING,
-                            "trained_on_model": {"type": ["string", "null"]},
-                            "normalization": {"type": "boolean"},
-                            "namm": {"type": "object"},  # the NAMMConfig used
-                        }
-                    ),
-                ]
+            "namms": {  # label -> the NAMM it ran; empty when no NAMM is among the policies
+                "type": "object",
+                "additionalProperties": _object(
+                    {
+                        "kind": {"enum": ["checkpoint", "exported", "zero"]},
+                        "path": {"type": ["string", "null"]},
+                        "generation": {"type": ["integer", "null"]},
+                        "params": {"enum": ["best", "center", "exported", "zero"]},
+                        "param_count": {"type": "integer", "minimum": 1},
+                        "sha256": {"type": ["string", "null"]},
+                        "fingerprint": _STRING,
+                        "trained_on_model": {"type": ["string", "null"]},
+                        "normalization": {"type": "boolean"},
+                        "namm": {"type": "object"},  # the NAMMConfig used
+                    }
+                ),
             },
             "transfer": {  # the checkpoint was evolved on another model (zero-shot transfer)
                 "oneOf": [{"type": "null"}, _object({"from_model": _STRING, "to_model": _STRING})]
@@ -167,6 +172,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
                     "match_budget": {"type": "boolean"},
                     "budget_tolerance": _NUMBER,
                     "budget_attempts": {"type": "integer", "minimum": 1},
+                    "front_budgets": {"type": ["array", "null"], "items": _RATIO},  # front=true: the sweep
                     "versions": {"type": "object", "additionalProperties": _STRING},  # python, torch, transformers, ...
                 }
             ),

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from statistics import mean
 from typing import Any
 
+from tasks.evaluation.intervals import bootstrap_interval
 from tasks.longbench import SUITES
 from tasks.runner import PreparedTask
 from tasks.scoring import category_means, length_buckets, longbench_en_mean, task_score
@@ -27,6 +28,7 @@ def task_result(policy: str, task: PreparedTask, records: Sequence[dict[str, Any
         "task": task.spec.name,
         "category": task.spec.category,
         "score": task_score([record["score"] for record in records]),
+        "score_interval": list(bootstrap_interval([record["score"] for record in records])),
         "num_samples": len(records),
         "retained_ratio": mean(ratios),
         "retained_ratio_min": min(ratios),

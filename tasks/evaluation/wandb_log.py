@@ -26,7 +26,7 @@ def log_to_wandb(config: LoggerConfig, document: dict[str, Any], run_dir: Path, 
         dir=str(run_dir),
         mode=mode.value,
         job_type="evaluation",
-        config={key: document[key] for key in ("model", "namm", "engine", "settings", "tasks", "policies")},
+        config={key: document[key] for key in ("model", "namms", "engine", "settings", "tasks", "policies")},
     )
     try:
         rows = [[result.get(column) for column in CSV_COLUMNS] for result in document["results"]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 # The classic passkey / RULER "noise" filler
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from tasks.synthetic import words
@@ -16,15 +17,17 @@ INSTRUCTION = "Memorize and track the chain(s) of variable assignment hidden in 
 def _chain(rng: random.Random, exclude: frozenset[str]) -> tuple[list[str], str, list[str]]:
     names = words.distinct(words.variable_name, rng, HOPS + 1, exclude)
     value = str(rng.randint(10000, 99999))
-    statements = [f"VAR {names[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
+    statements = [f"VAR {names[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in itertools.pairwise(names)]
     return names, value, statements
 
 
 def _question(value: str) -> tuple[str, str]:
     return (
         f"Question: Find all variables that are assigned the value {value} in the text above.",
-        f" Answer: According to the chain(s) of variable assignment in the text above, {HOPS + 1} variables are "
-        f"assigned the value {value}, they are: ",
+        (
+            f" Answer: According to the chain(s) of variable assignment in the text above, {HOPS + 1} variables are "
+            f"assigned the value {value}, they are: "
+        ),
     )
 
 
