@@ -19,7 +19,7 @@ for stage in "${@:-train matched front heldout 4k}"; do
   for step in $stage; do
     case "$step" in
       train)   python train.py experiment=cpu_memory $([ -f "$RUN/latest.pt" ] && echo resume=auto) ;;
-      matched) python evaluate.py task=retrieval "${COMMON[@]}" name=cpu-memory-matched ;;
+      matched) python evaluate.py task=retrieval "${COMMON[@]}" budget_attempts=2 name=cpu-memory-matched ;;
       front)   python evaluate.py task=retrieval "${COMMON[@]}" front=true match_budget=false name=cpu-memory-front ;;
       heldout) python evaluate.py task=niah_multivalue "${COMMON[@]}" name=cpu-memory-heldout ;;
       4k)      python evaluate.py task=retrieval task.context_length=4096 "${COMMON[@]}" name=cpu-memory-4k ;;

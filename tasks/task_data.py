@@ -3,13 +3,15 @@ what is missing."""
 
 from __future__ import annotations
 
+from namm.errors import ConfigError
 from tasks.config import TaskConfig
 from tasks.longbench_data import HUB_ARCHIVE, HUB_REPO, load_longbench
 from tasks.synthetic import SYNTHETIC_TASKS
 
 
-class TaskDataError(FileNotFoundError):
-    """A task's records are not on disk and could not be fetched."""
+class TaskDataError(FileNotFoundError, ConfigError):
+    """A task's records are not on disk and could not be fetched: a setting to fix (`task.data_dir`), so
+    entry points print its message alone."""
 
 
 def check_task_data(config: TaskConfig) -> dict[str, int]:

@@ -63,7 +63,19 @@ def test_every_option_of_every_group_composes(group):
             assert cfg[group] is not None, option
 
 
-@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_is_tested():
+    assert set(options("experiment")) == {"stage1", "stage2", "stage3", "cpu_memory"}
+
+
+def test_the_cpu_memory_experiment_is_what_the_readme_says():
+    cfg = validate_train_config(compose_train(["experiment=cpu_memory"])[0])
+    assert cfg.name == "cpu-memory" and cfg.task["tasks"] == ["passkey", "niah_single"]
+    assert (cfg.evo.objective.value, cfg.evo.memory_weight, cfg.evo.init.value) == ("memory_penalty", 0.5, "keep_all")
+    assert (cfg.evo.popsize, cfg.evo.prompts_per_task, cfg.evo.validation_prompts) == (8, 2, 6)
+    assert cfg.engine["update_at_prefill_end"] is True and cfg.model["name"] == "smollm2-135m"
+
+
+@pytest.mark.parametrize("experiment", ["stage1", "stage2", "stage3"])
 def test_every_experiment_composes(experiment):
     cfg, _ = compose_train([f"experiment={experiment}"])
     assert cfg.name == f"{experiment}-meta-llama--Llama-3.1-8B-Instruct"  # the model's name, not "hub"
@@ -71,6 +83,7 @@ def test_every_experiment_composes(experiment):
     assert other.name == f"{experiment}-Qwen--Qwen2.5-7B-Instruct" and other.out_dir != cfg.out_dir
     assert cfg.evo.popsize == 32 and cfg.evo.sigma == 0.065 and cfg.evo.prompts_per_task == 64
     assert cfg.task.name == f"longbench_curriculum_{experiment[-1]}" and cfg.task.tasks[0] == "passage_retrieval_en"
+    assert (cfg.evo.objective.value, cfg.evo.init.value) == ("score", "zeros")  # the reference's objective and start
 
 
 def test_curriculum_stages_chain_through_best_checkpoints():

@@ -40,7 +40,7 @@ def test_default_config_composes_and_compares_every_policy(tmp_path):
     assert config.model["name"] == "smollm2-135m"
     assert config.task["tasks"] == ["passkey"]
     # held-out passkey prompts (training uses seed 42), few enough for a CPU run
-    assert (config.task["seed"], config.task["num_samples"], config.task["context_length"]) == (4242, 4, 2048)
+    assert (config.task["seed"], config.task["num_samples"], config.task["context_length"]) == (4242, 4, 1024)
     trained, zero = load_namm_source(checkpoint, "best", None), zero_namm_source(None)
     contenders = plan_contenders(config, [("namm", trained)])
     assert [c.label for c in contenders] == ["full", "namm", "h2o", "knorm", "random", "snapkv", "streaming"]
@@ -175,3 +175,14 @@ def test_auto_without_runs_falls_back_to_the_zero_namm_and_says_so(tmp_path, cap
         "No training checkpoint under" in r.getMessage() and "zero-parameter NAMM" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_evaluate_py_exits_with_the_message_and_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(CONF_DIR.parent / "evaluate.py"), *TINY, f"checkpoint={tmp_path / 'missing.pt'}"]
+    done = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "evaluate.py: checkpoint=" in done.stderr and "does not exist" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -6,7 +6,7 @@ from test_tasks_support import REPO
 
 from tasks.config import task_config
 from tasks.longbench import LONGBENCH_TASKS, SUITES
-from tasks.synthetic import SYNTHETIC_TASKS
+from tasks.synthetic import SYNTHETIC_SUITES, SYNTHETIC_TASKS
 
 TASK_DIR = REPO / "conf" / "task"
 CHOICES = sorted(path.stem for path in TASK_DIR.glob("*.yaml"))
@@ -24,21 +24,21 @@ def composed():
 
 
 def test_every_task_and_suite_has_a_config():
-    assert set(CHOICES) == set(LONGBENCH_TASKS) | set(SUITES) | set(SYNTHETIC_TASKS)
+    assert set(CHOICES) == set(LONGBENCH_TASKS) | set(SUITES) | set(SYNTHETIC_TASKS) | set(SYNTHETIC_SUITES)
 
 
 @pytest.mark.parametrize("choice", CHOICES)
 def test_config_composes_and_validates(composed, choice):
     config = task_config(composed[choice])
     assert config.name == choice
-    expected = list(SUITES.get(choice, [choice]))
+    expected = list((SUITES | SYNTHETIC_SUITES).get(choice, [choice]))
     assert config.tasks == expected
-    assert (config.num_samples is None) == (choice not in SYNTHETIC_TASKS)
+    assert (config.num_samples is None) == (choice not in SYNTHETIC_TASKS and choice not in SYNTHETIC_SUITES)
 
 
-def test_default_training_task_is_passkey_at_2k():
+def test_default_training_task_is_passkey_at_1k():
     config = task_config(compose_task("passkey"))
-    assert (config.tasks, config.context_length, config.num_samples) == (["passkey"], 2048, 20)
+    assert (config.tasks, config.context_length, config.num_samples) == (["passkey"], 1024, 20)
 
 
 def test_overrides_reach_the_schema():

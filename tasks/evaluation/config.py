@@ -50,7 +50,9 @@ class EvaluateConfig:
     # replaces `checkpoint`
     checkpoint_params: str = "best"  # best: the best validated centre (best_params); center: the search mean
     train_dir: str = "runs/default"  # where checkpoint=auto looks for training runs (<train_dir>/seed*/)
-    compare: list[str] | None = None  # policies run on the same samples; null: `policy`, else full, namm and every registered policy
+    compare: list[str] | None = (
+        None  # policies run on the same samples; null: `policy`, else full, namm and every registered policy
+    )
     match_budget: bool | None = None  # budgeted baselines at the NAMM's ratio; null: when a trained NAMM runs
     budget_tolerance: float = 0.02  # accepted relative gap between a matched baseline's and the NAMM's ratio
     budget_attempts: int = 3  # runs per baseline and task to land within the tolerance

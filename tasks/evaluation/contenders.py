@@ -122,7 +122,7 @@ def front_points(contenders: list[Contender], budgets: list[float], keep_own: bo
     after it; its own entry stays only when `keep_own` (it runs matched to the NAMM)."""
     planned = []
     for contender in contenders:
-        if contender.budgeted and keep_own or not contender.budgeted:
+        if keep_own or not contender.budgeted:
             planned.append(contender)
         if contender.budgeted:
             planned += [

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from namm.engine import EngineConfig
+from namm.errors import ConfigError
 from namm.evolution.checkpoint import library_versions
 from namm.models import ModelConfig, check_model_config, load_model
 from tasks.config import TaskConfig, task_config
@@ -212,7 +213,12 @@ def build_document(
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation `cfg` (a composed conf/evaluate.yaml) describes; returns the results document."""
     started = time.perf_counter()
-    plan = plan_evaluation(cfg)
+    try:
+        plan = plan_evaluation(cfg)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, FileNotFoundError) as error:  # bad input, found before the model loads
+        raise ConfigError(str(error)) from error
     config = plan.config
     for namm in plan.namms:
         if namm.trained_on and namm.trained_on != plan.model.name:

@@ -15,7 +15,7 @@ from tasks.synthetic.passkey import draft_passkey
 from tasks.synthetic.sizing import fit_to_length
 from tasks.synthetic.variable_tracking import draft_variable_tracking
 
-__all__ = ["SYNTHETIC_TASKS", "SyntheticParams", "SyntheticTask", "generate_samples"]
+__all__ = ["SYNTHETIC_SUITES", "SYNTHETIC_TASKS", "SyntheticParams", "SyntheticTask", "generate_samples"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ SYNTHETIC_TASKS: dict[str, SyntheticTask] = {
         _task("kv_retrieval", draft_kv_retrieval, "string_match_all", 50, all_required=True),
     )
 }
+
+#: named mixes of synthetic tasks (conf/task/<name>.yaml): `retrieval` is the CPU memory experiment's
+SYNTHETIC_SUITES: dict[str, tuple[str, ...]] = {"retrieval": ("passkey", "niah_single")}
 
 
 def _prompt_ids(draft: Draft, builder: PromptBuilder, chat_template_allowed: bool, size: int) -> list[int]:
