@@ -51,10 +51,15 @@ class Check:
         return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {self.detail}"
 
 
+def nothing_compared(name: str) -> Check:
+    """A check over zero pairs proves nothing, so it fails."""
+    return Check(name, False, "nothing compared (0 pairs): the golden set or this run is missing data")
+
+
 def close_check(name: str, pairs: list[tuple[np.ndarray, np.ndarray]], tol: Tolerance) -> Check:
     """numpy.allclose on every (mine, golden) pair; reports the largest error and the allowance used."""
     if not pairs:
-        return Check(name, False, "nothing compared (0 pairs): the golden set or this run is missing data")
+        return nothing_compared(name)
     worst_abs, worst_used, shapes_ok = 0.0, 0.0, True
     for mine, golden in pairs:
         mine, golden = np.asarray(mine, dtype=np.float64), np.asarray(golden, dtype=np.float64)
@@ -76,7 +81,7 @@ def exact_check(name: str, pairs: list[tuple[object, object]]) -> Check:
         return value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else value
 
     if not pairs:
-        return Check(name, False, "nothing compared (0 pairs): the golden set or this run is missing data")
+        return nothing_compared(name)
     wrong = sum(plain(mine) != plain(golden) for mine, golden in pairs)
     return Check(name, wrong == 0, f"{wrong} of {len(pairs)} differ" if wrong else f"all {len(pairs)} identical")
 

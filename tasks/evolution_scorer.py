@@ -17,7 +17,14 @@ import torch
 
 from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
 from namm.errors import ConfigError
-from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores, PromptId, PromptRecord
+from namm.evolution.scoring import (
+    TRAIN_SPLIT,
+    VALIDATION_SPLIT,
+    CandidateScores,
+    PromptId,
+    PromptRecord,
+    mean_in_order,
+)
 from namm.models import ModelConfig, check_model_config, load_model
 from namm.network.config import NAMMConfig
 from namm.policies import PolicyConfig, build_policy
@@ -224,8 +231,7 @@ class TaskScorer:
     # -- helpers ----------------------------------------------------------------------------------
     def _validation_reference(self, name: str) -> float:
         """The task's full-cache mean (0-100) over its fixed validation prompts, summed in index order."""
-        indices = self.splits.validation[name]
-        return 100.0 * sum(self.references[name].get(name, index) for index in indices) / len(indices)
+        return 100.0 * mean_in_order([self.references[name].get(name, index) for index in self.splits.validation[name]])
 
     def indices(self, task: PreparedTask, split: str, generation: int) -> list[int]:
         """Validation: the fixed held-out set. Train: a fresh seeded draw per generation."""

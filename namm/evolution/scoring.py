@@ -43,7 +43,7 @@ class PromptRecord:
     tokens: int  # prompt + generated tokens over all candidates
 
 
-def _mean_in_order(values: list[float]) -> float:
+def mean_in_order(values: list[float]) -> float:
     """Sequential float64 sum in the given order, one division: identical wherever it runs."""
     total = 0.0
     for value in values:
@@ -87,21 +87,21 @@ class CandidateScores:
             by_task.setdefault(record.task, []).append(record)
         task_scores = {
             task: torch.tensor(
-                [_mean_in_order([r.scores[c] for r in group]) for c in range(candidates)], dtype=torch.float64
+                [mean_in_order([r.scores[c] for r in group]) for c in range(candidates)], dtype=torch.float64
             )
             for task, group in by_task.items()
         }
         layers = len(records[0].retained_ratio_per_layer[0])
         per_layer = [
-            [_mean_in_order([r.retained_ratio_per_layer[c][layer] for r in records]) for layer in range(layers)]
+            [mean_in_order([r.retained_ratio_per_layer[c][layer] for r in records]) for layer in range(layers)]
             for c in range(candidates)
         ]
         return cls(
             task_scores=task_scores,
-            reference_scores={task: _mean_in_order([r.reference for r in group]) for task, group in by_task.items()},
+            reference_scores={task: mean_in_order([r.reference for r in group]) for task, group in by_task.items()},
             pool_references={task: group[0].pool_reference for task, group in by_task.items()},
             retained_ratio=torch.tensor(
-                [_mean_in_order([r.retained_ratio[c] for r in records]) for c in range(candidates)],
+                [mean_in_order([r.retained_ratio[c] for r in records]) for c in range(candidates)],
                 dtype=torch.float64,
             ),
             retained_ratio_per_layer=torch.tensor(per_layer, dtype=torch.float64),

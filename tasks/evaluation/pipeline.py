@@ -59,9 +59,13 @@ class EvaluationPlan:
     tasks: TaskConfig
     model: ModelConfig
     contenders: list[Contender]
-    namms: list[NAMMSource]  # the NAMMs among the contenders, in order (empty when none runs)
     matched: bool  # budgeted baselines run at the (one) NAMM's retained ratio
     engine: EngineConfig
+
+    @property
+    def namms(self) -> list[NAMMSource]:
+        """The NAMMs among the contenders, in order (empty when none runs)."""
+        return [contender.namm for contender in self.contenders if contender.namm is not None]
 
 
 def resolve_engine_config(settings: EngineSettings, namms: list[NAMMSource]) -> EngineConfig:
@@ -109,7 +113,7 @@ def plan_evaluation(cfg: DictConfig) -> EvaluationPlan:
         contenders = front_points(contenders, config.front_budgets, keep_own=matched)
     engine = resolve_engine_config(config.engine, namms)
     check_task_data(tasks)
-    return EvaluationPlan(config, tasks, model, contenders, namms, matched, engine)
+    return EvaluationPlan(config, tasks, model, contenders, matched, engine)
 
 
 def run_task_policies(
