@@ -84,6 +84,7 @@ def test_every_experiment_composes(experiment):
     assert cfg.evo.popsize == 32 and cfg.evo.sigma == 0.065 and cfg.evo.prompts_per_task == 64
     assert cfg.task.name == f"longbench_curriculum_{experiment[-1]}" and cfg.task.tasks[0] == "passage_retrieval_en"
     assert (cfg.evo.objective.value, cfg.evo.init.value) == ("score", "zeros")  # the reference's objective and start
+    assert (cfg.evo.reference_floor_share, cfg.evo.reference_floor) == (0, 1.0)  # and its normalisation
 
 
 def test_curriculum_stages_chain_through_best_checkpoints():

@@ -8,6 +8,7 @@ import json
 import pytest
 from evaluation_helpers import TINY, compose_evaluate, evicting_parameters, results_by, write_checkpoint
 
+from namm.evolution.checkpoint import CheckpointError
 from tasks.evaluation.intervals import bootstrap_interval
 from tasks.evaluation.pipeline import evaluate
 from tasks.evaluation.plots import front_file
@@ -98,7 +99,7 @@ def test_several_namms_cannot_be_matched(tmp_path):
 
 def test_an_empty_directory_is_not_a_sweep(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(Exception, match="holds no training run"):
+    with pytest.raises(CheckpointError, match="holds no training run"):
         evaluate(compose_evaluate(tmp_path / "out", *TINY, "compare=[namm]", f"checkpoints=[{tmp_path / 'empty'}]"))
 
 

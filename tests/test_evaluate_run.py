@@ -262,3 +262,31 @@ def test_full_cache_scores_go_to_the_reference_cache_training_reads(tmp_path, mo
         "generator": {"name": "engine", "update_interval": 128, "prefill_chunk": None},
     }
     assert record["task_settings"]["seed"] == document["tasks"]["passkey"]["seed"]  # the held-out prompts' settings
+
+
+def test_an_evaluation_sweep_runs_each_job_apart_and_exits_1_when_one_failed(tmp_path, monkeypatch):
+    """`evaluate.py -m batch_size=0,2`: the bad job fails alone, the good one writes its results, the sweep exits 1."""
+    import subprocess
+    from pathlib import Path
+
+    monkeypatch.setenv("NAMM_REFERENCE_CACHE", str(tmp_path / "references"))
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable,
+        str(root / "evaluate.py"),
+        "-m",
+        "batch_size=0,2",
+        *[override for override in TINY if not override.startswith("batch_size")],
+        "compare=[full]",
+        "name=sweep-test",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    done = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())
+    assert [job["status"] for job in summary["jobs"]] == ["failed", "finished"]
+    assert "batch_size must be >= 1" in summary["jobs"][0]["error"]
+    finished = Path(summary["jobs"][1]["out_dir"])
+    assert finished.parent == tmp_path / "runs" / "eval" / "sweep-test" and finished.name.startswith("batch_size=2,")
+    assert (finished / "results.json").is_file()
+    assert "1 of 2 job(s) finished" in done.stdout and "Traceback" not in done.stderr

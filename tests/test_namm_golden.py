@@ -21,8 +21,10 @@ from namm.policies.base import LayerView, top_k_keep
 from namm.policies.namm_policy import NAMMPolicy
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN_DIR = Path(os.environ.get("NAMM_GOLDEN_DIR", REPO.parent / "shared" / "golden" / "namm-reference-a"))
-GOLDEN_REQUIRED = "NAMM_GOLDEN_DIR" in os.environ  # asked for by name (CI): a missing set fails, never skips
+GOLDEN_REQUIRED = bool(os.environ.get("NAMM_GOLDEN_DIR"))  # asked for by name (CI): a missing set fails, never skips
+GOLDEN_DIR = (
+    Path(os.environ["NAMM_GOLDEN_DIR"]) if GOLDEN_REQUIRED else REPO.parent / "shared" / "golden" / "namm-reference-a"
+)
 pytestmark = pytest.mark.skipif(
     not GOLDEN_REQUIRED and not (GOLDEN_DIR / "manifest.json").is_file(),
     reason=f"golden set not found at {GOLDEN_DIR}; set NAMM_GOLDEN_DIR to the namm-reference-a folder",

@@ -242,3 +242,56 @@ def test_the_memory_weight_steers_the_search_towards_keeping_less(tmp_path):
     assert {line["objective"] for line in lines if "fitness/mean" in line} == {"memory_penalty"}
     last = lines[-1]  # fitness = normalised score - 4 x retained ratio, for the population's mean
     assert last["fitness/mean"] == pytest.approx(last["normalised_score/mean"] - 4.0 * last["retained_ratio/mean"])
+
+
+def test_a_run_saved_before_the_objective_settings_existed_resumes_with_the_old_behaviour():
+    from namm.evolution.resume import config_differences
+
+    saved = {"evo": {"popsize": 8, "sigma": 0.065}}  # saved before evo.objective, evo.init, ... were added
+    old_behaviour = {
+        "evo": {
+            "popsize": 8,
+            "sigma": 0.065,
+            "objective": "score",
+            "init": "zeros",
+            "reference_floor_share": 0.0,
+            "memory_weight": 0.5,  # unused by objective=score
+            "init_margin": 0.2,  # unused by init=zeros
+        }
+    }
+    assert config_differences(saved, old_behaviour) == []
+    today = {"evo": {**old_behaviour["evo"], "objective": "memory_penalty", "init": "keep_all"}}
+    assert config_differences(saved, today) == [
+        "evo.init: 'zeros' -> 'keep_all'",
+        "evo.objective: 'score' -> 'memory_penalty'",
+    ]
+
+
+def test_the_searcher_ranks_by_fitness_then_memory_and_the_start_record_names_the_objective(tmp_path, monkeypatch):
+    """What the searcher is given is `selection_ranks`, not the raw fitness: a 0..P-1 ordering per generation."""
+    from evotorch import SolutionBatch
+
+    from namm.evolution import problem as problem_module
+
+    given, computed = [], []
+    set_evals = SolutionBatch.set_evals
+    population_fitness = problem_module.population_fitness
+
+    def recording_set_evals(batch, evals, *args, **kwargs):
+        given.append(torch.as_tensor(evals).clone().double())
+        return set_evals(batch, evals, *args, **kwargs)
+
+    def recording_fitness(outcome, rule, generation):
+        fitness = population_fitness(outcome, rule, generation)
+        computed.append(fitness)
+        return fitness
+
+    monkeypatch.setattr(SolutionBatch, "set_evals", recording_set_evals)
+    monkeypatch.setattr(problem_module, "population_fitness", recording_fitness)
+    run_dir = tmp_path / "run"
+    train(fake_train_config(run_dir, evo={"generations": 2}))
+    assert len(given) == len(computed) == 2
+    for evals, fitness in zip(given, computed, strict=True):
+        assert torch.equal(evals, fitness.ranks) and not torch.equal(evals, fitness.values.double())
+        assert sorted(evals.tolist()) == list(range(len(evals)))
+    assert records(run_dir)[0]["objective"] == "score"  # the fake trains the score objective

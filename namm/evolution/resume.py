@@ -38,6 +38,17 @@ RESUMABLE_CHANGES = (
     "out_dir",
 )
 
+# Settings added after runs were already saved, with the value that reproduces what those runs did. A saved run
+# lacking one of them ran with that value; resuming it needs the same (or the key is only read under another
+# choice: `None` means the key is unused by the old behaviour, so any value continues the same search).
+ADDED_SETTINGS: dict[str, Any] = {
+    "evo.objective": "score",
+    "evo.init": "zeros",
+    "evo.reference_floor_share": 0.0,
+    "evo.memory_weight": None,  # read only by objective=memory_penalty
+    "evo.init_margin": None,  # read only by init=keep_all
+}
+
 
 @dataclass
 class StartPoint:
@@ -63,6 +74,10 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     for key in sorted(set(old) | set(new)):
         if any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES):
             continue
+        if key not in old and key in ADDED_SETTINGS:
+            if ADDED_SETTINGS[key] is None:
+                continue
+            old[key] = ADDED_SETTINGS[key]
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             changed.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
     return changed

@@ -218,7 +218,7 @@ def train(cfg: DictConfig) -> RunSummary:
         metrics_log.keep_up_to(generation if start.resume_state is not None else -1)
         wandb_run = WandbRun(config.logger, run_dir, f"{config.name}-seed{config.seed}", wandb_run_id, resolved)
         if start.resume_state is None:  # where the search starts, scored like every later centre
-            record: dict[str, Any] = {"generation": 0}
+            record: dict[str, Any] = {"generation": 0, "objective": evo.objective.value}
             best = _validate(problem, searcher_center(searcher), 0, best, record)
             state = _checkpoint_state(0, searcher, config, resolved, problem, best, wandb_run.run_id)
             _record_generation(record, state, run_dir, metrics_log, wandb_run)
