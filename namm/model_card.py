@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from namm.models import HUB_ID
+from namm.models.hub import HUB_ID
 
 if TYPE_CHECKING:
     from namm.pretrained import PretrainedNAMM

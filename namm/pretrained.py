@@ -31,7 +31,7 @@ from namm.evolution.checkpoint import CheckpointError, library_versions, load_ch
 from namm.evolution.progress import METRICS_FILE, MetricsLog
 from namm.generate import MemoryManagedCache
 from namm.model_card import model_card
-from namm.models import HUB_ID
+from namm.models.hub import HUB_ID
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
 from namm.network.parameters import ParameterLayout, parameter_layout
