@@ -27,6 +27,7 @@ from transformers import PreTrainedModel
 
 from namm.atomic_io import atomic_write, atomic_write_json, atomic_write_text
 from namm.engine import EngineConfig
+from namm.errors import ConfigError
 from namm.evolution.checkpoint import CheckpointError, library_versions, load_checkpoint, resolve_checkpoint_path
 from namm.evolution.progress import METRICS_FILE, MetricsLog
 from namm.generate import MemoryManagedCache
@@ -55,7 +56,7 @@ CONFIG_FIELDS = (
 PARAMS_KINDS = ("best", "center")
 
 
-class PretrainedNAMMError(ValueError):
+class PretrainedNAMMError(ConfigError):
     """A folder or hub repo that is not a usable exported NAMM; the message names the file and the fix."""
 
 

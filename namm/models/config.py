@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from namm.errors import ConfigError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -39,12 +41,12 @@ def resolve_device(spec: str) -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError as error:
-        raise ValueError(f"model.device={spec!r} is not a device; use cpu, cuda, cuda:<index> or auto") from error
+        raise ConfigError(f"model.device={spec!r} is not a device; use cpu, cuda, cuda:<index> or auto") from error
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"model.device={spec!r} but no CUDA GPU is visible; use model.device=cpu or auto")
+            raise ConfigError(f"model.device={spec!r} but no CUDA GPU is visible; use model.device=cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"model.device={spec!r} but only {torch.cuda.device_count()} GPU(s) are visible")
+            raise ConfigError(f"model.device={spec!r} but only {torch.cuda.device_count()} GPU(s) are visible")
     return device
 
 
@@ -52,5 +54,5 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     if spec == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if spec not in DTYPES:
-        raise ValueError(f"model.dtype={spec!r} is not one of {', '.join([*DTYPES, 'auto'])}")
+        raise ConfigError(f"model.dtype={spec!r} is not one of {', '.join([*DTYPES, 'auto'])}")
     return DTYPES[spec]

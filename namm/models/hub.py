@@ -17,6 +17,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from namm.errors import ConfigError
 from namm.models.config import ModelConfig
 from namm.models.support import UnsupportedModelError, check_supported
 
@@ -29,10 +30,10 @@ def resolve_source(name: str, known_names: tuple[str, ...]) -> str:
     if path.is_dir():
         return str(path)
     if name.startswith(("/", ".", "~")) or path.exists():
-        raise ValueError(f"model.name={name!r} looks like a local path, but no model directory is there")
+        raise ConfigError(f"model.name={name!r} looks like a local path, but no model directory is there")
     if HUB_ID.match(name):
         return name
-    raise ValueError(
+    raise ConfigError(
         f"Unknown model {name!r}. Known names: {', '.join(known_names)}; "
         "or give a Hugging Face hub id (org/name) or a local model directory."
     )

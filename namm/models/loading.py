@@ -6,6 +6,7 @@ import logging
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from namm.errors import ConfigError
 from namm.models.byte_tokenizer import build_byte_tokenizer
 from namm.models.config import LoadedModel, ModelConfig, resolve_device, resolve_dtype
 from namm.models.hub import load_pretrained, resolve_source, weights_id
@@ -20,10 +21,10 @@ KNOWN_MODEL_NAMES = (*PACKAGED_MODELS, *TINY_MODELS)
 
 def check_model_config(config: ModelConfig) -> None:
     """Every check that needs no weights (device, dtype, max_context, a name that can be found), so entry
-    points can fail on a bad model setting before anything expensive starts."""
+    points can fail on a bad model setting before anything expensive starts; raises ConfigError."""
     resolve_dtype(config.dtype, resolve_device(config.device))
     if config.max_context is not None and config.max_context <= 0:
-        raise ValueError(f"model.max_context must be positive, got {config.max_context}")
+        raise ConfigError(f"model.max_context must be positive, got {config.max_context}")
     if config.name not in KNOWN_MODEL_NAMES:
         resolve_source(config.name, KNOWN_MODEL_NAMES)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from namm.errors import ConfigError
 from namm.evolution.checkpoint import BEST, LATEST, CheckpointError, resolve_checkpoint_path
 from namm.evolution.sweep import read_job_statuses
 from namm.network.config import NAMMConfig
@@ -107,7 +108,7 @@ def _namm_config(values: dict[str, Any] | None, where: str) -> NAMMConfig:
     try:
         return NAMMConfig.from_dict(dict(values or {}))
     except ValueError as error:
-        raise ValueError(f"{where}: {error}") from error
+        raise ConfigError(f"{where}: {error}") from error
 
 
 def _check_shape(requested: NAMMConfig, saved: NAMMConfig, path: Path) -> None:
@@ -116,7 +117,7 @@ def _check_shape(requested: NAMMConfig, saved: NAMMConfig, path: Path) -> None:
     shape = [(block.name, block.shape) for block in wanted.blocks]
     saved_shape = [(block.name, block.shape) for block in stored.blocks]
     if shape != saved_shape:
-        raise ValueError(
+        raise ConfigError(
             f"checkpoint {path} is a NAMM of {stored.size} parameters ({saved.scorer}, hidden={saved.hidden}, "
             f"heads={saved.heads}, bias={saved.bias}, recency_dims={saved.recency_dims}, n_fft={saved.n_fft}) but "
             f"the namm config asks for {wanted.size} ({requested.scorer}, hidden={requested.hidden}, "
@@ -205,6 +206,22 @@ def expand_sweep(path: Path) -> list[tuple[str, Path]]:
     return [(str(run.relative_to(path)).replace("/", ","), run) for run in runs]
 
 
+def check_checkpoint_choice(checkpoint: str, checkpoints: list[str] | None, runs_namm: bool) -> None:
+    """`checkpoints` replaces `checkpoint` and only a NAMM reads it: refuse what it would silently ignore."""
+    if checkpoints is None:
+        return
+    if not runs_namm:
+        raise ConfigError(
+            f"checkpoints={list(checkpoints)} is given but no NAMM runs: add {NAMM_POLICY} to compare "
+            f"(e.g. compare=[full,{NAMM_POLICY}]), or drop checkpoints"
+        )
+    if checkpoint != AUTO_CHECKPOINT:
+        raise ConfigError(
+            f"checkpoint={checkpoint} and checkpoints={list(checkpoints)} are both given, and checkpoints replaces "
+            "checkpoint: give the NAMM(s) in one of them and drop the other"
+        )
+
+
 def resolve_namm_sources(
     checkpoint: str,
     checkpoints: list[str] | None,
@@ -223,5 +240,5 @@ def resolve_namm_sources(
     labels = [f"{NAMM_POLICY}:{tag}" for tag, _ in sources]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
-        raise ValueError(f"checkpoints: two NAMMs would share the label(s) {repeated}; give distinct run directories")
+        raise ConfigError(f"checkpoints: two NAMMs would share the label(s) {repeated}; give distinct run directories")
     return [(label, source) for label, (_, source) in zip(labels, sources)]
