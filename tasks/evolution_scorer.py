@@ -221,11 +221,11 @@ class TaskScorer:
 
     def normalisation_state(self) -> dict[str, Any]:
         self._calibrate()
-        return self.policy.namm.normalizer.state_dict()
+        return self.policy.namm.normaliser.state_dict()
 
     def load_normalisation_state(self, state: dict[str, Any]) -> None:
         if state:
-            self.policy.namm.normalizer.load_state_dict(dict(state))
+            self.policy.namm.normaliser.load_state_dict(dict(state))
             self.calibrated = True
 
     # -- helpers ----------------------------------------------------------------------------------

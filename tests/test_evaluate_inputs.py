@@ -185,8 +185,8 @@ def test_auto_takes_the_newest_run_and_its_best_checkpoint(tmp_path):
     assert newest_checkpoint(tmp_path / "runs") == new.parent / "best.pt"
     source = resolve_namm_source("auto", tmp_path / "runs", "best", None)
     assert torch.equal(source.parameters, evicting_parameters(seed=3))
-    center = resolve_namm_source("auto", tmp_path / "runs", "center", None)
-    assert torch.equal(center.parameters, evicting_parameters(seed=3) * 0.5)
+    centre = resolve_namm_source("auto", tmp_path / "runs", "center", None)
+    assert torch.equal(centre.parameters, evicting_parameters(seed=3) * 0.5)
 
 
 def test_auto_without_runs_falls_back_to_the_zero_namm_and_says_so(tmp_path, caplog):

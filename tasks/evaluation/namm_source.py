@@ -50,8 +50,8 @@ class NAMMSource:
         return self.artefact.config
 
     @property
-    def normalization(self) -> dict[str, torch.Tensor]:
-        return self.artefact.namm.normalizer.state_dict()
+    def normalisation(self) -> dict[str, torch.Tensor]:
+        return self.artefact.namm.normaliser.state_dict()
 
     @property
     def param_count(self) -> int:
@@ -70,8 +70,8 @@ class NAMMSource:
         """Hash of everything that changes the NAMM's decisions (keys its per-sample results)."""
         digest = hashlib.sha256(self.parameters.double().numpy().tobytes())
         digest.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
-        for name in sorted(self.normalization):
-            digest.update(name.encode() + torch.as_tensor(self.normalization[name]).double().numpy().tobytes())
+        for name in sorted(self.normalisation):
+            digest.update(name.encode() + torch.as_tensor(self.normalisation[name]).double().numpy().tobytes())
         return digest.hexdigest()[:12]
 
     def build_policy(self) -> NAMMPolicy:
@@ -89,7 +89,7 @@ class NAMMSource:
             "sha256": checkpoint.get("sha256"),
             "fingerprint": self.fingerprint(),
             "trained_on_model": self.trained_on,
-            "normalization": bool(self.normalization),
+            "normalization": bool(self.normalisation),
             "namm": self.config.to_dict(),
         }
 
@@ -144,9 +144,9 @@ def load_namm_source(path: Path, params_kind: str, namm_override: dict[str, Any]
         requested = _namm_config(namm_override, "namm")
         _check_shape(requested, artefact.config, path)
         namm = NAMM(requested, artefact.namm.parameters)
-        namm.normalizer.load_state_dict(artefact.namm.normalizer.state_dict())
+        namm.normaliser.load_state_dict(artefact.namm.normaliser.state_dict())
         artefact = replace(artefact, namm=namm)
-    if artefact.config.normalise and artefact.namm.normalizer.stats is None and artefact.namm.parameters.any():
+    if artefact.config.normalise and artefact.namm.normaliser.stats is None and artefact.namm.parameters.any():
         log.warning(
             "%s has no normalisation statistics although namm.normalise is on: its NAMM will see raw "
             "spectrograms, unlike in training",
