@@ -13,7 +13,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal
 
 import torch
 from transformers import PreTrainedModel
@@ -24,17 +23,19 @@ from namm.memory import MemoryUsage
 from namm.policies.base import LayerView, MemoryPolicy, top_k_keep
 from namm.schedule import chunk_ends
 
-EvictionMode = Literal["per_head", "per_layer_max"]
+EVICTION_MODES = ("per_head", "per_layer_max")
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How the engine schedules and applies a policy."""
+    """How the engine schedules and applies a policy: the `engine` node of both conf/train.yaml and
+    conf/evaluate.yaml (read with `namm.typed_config.typed_config`), and what checkpoints record."""
 
     update_interval: int = 512
     #: per_head: each KV head keeps its own tokens, in its own storage (so memory follows each head's count);
-    #: per_layer_max: every head keeps as many as the layer's most retentive head (the NAMM reference rule)
-    eviction_mode: EvictionMode = "per_layer_max"
+    #: per_layer_max: every head keeps as many as the layer's most retentive head (the NAMM reference rule);
+    #: a str, not a Literal, so that omegaconf can type the node
+    eviction_mode: str = "per_layer_max"
     #: largest prefill forward; chunks also end at every update boundary
     prefill_chunk: int | None = None
     #: also update every row once its whole prompt is in (as post-prefill compressors such as SnapKV do), so
@@ -45,8 +46,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.update_interval <= 0:
             raise ValueError(f"update_interval must be a positive token count, got {self.update_interval}.")
-        if self.eviction_mode not in ("per_head", "per_layer_max"):
-            raise ValueError(f"eviction_mode must be 'per_head' or 'per_layer_max', got {self.eviction_mode!r}.")
+        if self.eviction_mode not in EVICTION_MODES:
+            raise ValueError(f"eviction_mode must be one of {EVICTION_MODES}, got {self.eviction_mode!r}.")
         if self.prefill_chunk is not None and self.prefill_chunk <= 0:
             raise ValueError(f"prefill_chunk must be positive, got {self.prefill_chunk}.")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from namm.models import HUB_ID
+from namm.models.hub import HUB_ID
 
 if TYPE_CHECKING:
     from namm.pretrained import PretrainedNAMM
@@ -98,7 +98,7 @@ def model_card(artefact: PretrainedNAMM) -> str:
         f"| schedule | every {engine.update_interval} tokens, eviction `{engine.eviction_mode}` |",
         (
             f"| features | STFT n_fft {config.n_fft}, hop {config.hop}, EMA {config.ema_coeff}, {config.recency_dims}-d recency code, "
-            f"normalisation {'calibrated' if artefact.namm.normalizer.stats is not None else 'none'} |"
+            f"normalisation {'calibrated' if artefact.namm.normaliser.stats is not None else 'none'} |"
         ),
         "",
         "## Measured",

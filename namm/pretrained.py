@@ -27,11 +27,12 @@ from transformers import PreTrainedModel
 
 from namm.atomic_io import atomic_write, atomic_write_json, atomic_write_text
 from namm.engine import EngineConfig
+from namm.errors import ConfigError
 from namm.evolution.checkpoint import CheckpointError, library_versions, load_checkpoint, resolve_checkpoint_path
 from namm.evolution.progress import METRICS_FILE, MetricsLog
 from namm.generate import MemoryManagedCache
 from namm.model_card import model_card
-from namm.models import HUB_ID
+from namm.models.hub import HUB_ID
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
 from namm.network.parameters import ParameterLayout, parameter_layout
@@ -47,7 +48,7 @@ CONFIG_FIELDS = (
     "format_version",
     "namm",
     "parameter_layout",
-    "normalization",
+    "normalization",  # a saved key: exported NAMMs keep this spelling (the code says normalisation)
     "engine",
     "training",
     "measured",
@@ -55,7 +56,7 @@ CONFIG_FIELDS = (
 PARAMS_KINDS = ("best", "center")
 
 
-class PretrainedNAMMError(ValueError):
+class PretrainedNAMMError(ConfigError):
     """A folder or hub repo that is not a usable exported NAMM; the message names the file and the fix."""
 
 
@@ -147,7 +148,7 @@ class PretrainedNAMM:
                 f"namm config {layout_record(layout)}; the file was edited or written by another version."
             )
         namm = NAMM(config, parameters_from_weights(load_file(weights_path), layout, weights_path))
-        namm.normalizer.load_state_dict(normalization_from_record(document["normalization"], config, config_path))
+        namm.normaliser.load_state_dict(normalisation_from_record(document["normalization"], config, config_path))
         return cls(namm, engine, dict(document["training"]), dict(document["measured"]))
 
     @classmethod
@@ -172,7 +173,7 @@ class PretrainedNAMM:
                 "the checkpoint is inconsistent (was it written by another version?)."
             )
         namm = NAMM(config, parameters)
-        namm.normalizer.load_state_dict(_checkpoint_normalization(state["normalisation_state"], config, path))
+        namm.normaliser.load_state_dict(_checkpoint_normalisation(state["normalisation_state"], config, path))
         generation = int(
             state.get("best_generation", state["generation"]) if params_kind == "best" else state["generation"]
         )
@@ -200,7 +201,7 @@ class PretrainedNAMM:
             "namm": self.config.to_dict(),
             "parameter_layout": layout_record(self.namm.layout),
             "param_count": self.namm.param_count,
-            "normalization": normalization_record(self.namm),
+            "normalization": normalisation_record(self.namm),
             "engine": asdict(self.engine),
             "training": self.training,
             "measured": self.measured,
@@ -265,15 +266,15 @@ def parameters_from_weights(weights: dict[str, torch.Tensor], layout: ParameterL
     return layout.flatten({name: weights[name].float()[None] for name in expected})[0]
 
 
-def normalization_record(namm: NAMM) -> dict[str, Any] | None:
-    stats = namm.normalizer.stats
+def normalisation_record(namm: NAMM) -> dict[str, Any] | None:
+    stats = namm.normaliser.stats
     if stats is None:
         return None
     return {"count": float(stats.count), "mean": stats.mean.tolist(), "var": stats.var.tolist()}
 
 
-def normalization_from_record(record: Any, config: NAMMConfig, where: Path) -> dict[str, torch.Tensor]:
-    """FeatureNormalizer state from config.json's `normalization` (null: none)."""
+def normalisation_from_record(record: Any, config: NAMMConfig, where: Path) -> dict[str, torch.Tensor]:
+    """FeatureNormaliser state from config.json's `normalization` (null: none)."""
     if record is None:
         return {}
     if not isinstance(record, dict) or set(record) != {"count", "mean", "var"}:
@@ -285,8 +286,8 @@ def normalization_from_record(record: Any, config: NAMMConfig, where: Path) -> d
     return {name: torch.tensor(value, dtype=torch.float64) for name, value in record.items()}
 
 
-def _checkpoint_normalization(state: Any, config: NAMMConfig, path: Path) -> dict[str, torch.Tensor]:
-    """The FeatureNormalizer statistics in a checkpoint's `normalisation_state` ({} when none)."""
+def _checkpoint_normalisation(state: Any, config: NAMMConfig, path: Path) -> dict[str, torch.Tensor]:
+    """The FeatureNormaliser statistics in a checkpoint's `normalisation_state` ({} when none)."""
     if not state:
         return {}
     stats = state.get("normalization", state) if isinstance(state, dict) else None

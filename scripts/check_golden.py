@@ -114,7 +114,7 @@ def decode_attention(exponents: np.ndarray, denominators: np.ndarray) -> np.ndar
 def build_namm(config: NAMMConfig, parameters: np.ndarray, mean: np.ndarray | None, var: np.ndarray | None) -> NAMM:
     namm = NAMM(config, torch.from_numpy(parameters))
     if mean is not None:
-        namm.normalizer.set_stats(torch.from_numpy(mean), torch.from_numpy(var))
+        namm.normaliser.set_stats(torch.from_numpy(mean), torch.from_numpy(var))
     return namm
 
 

@@ -51,7 +51,7 @@ from namm.policies import PolicyConfig, build_policy
 from tasks.config import TaskConfig
 from tasks.evolution_scorer import TaskScorer, TaskScorerConfig
 
-#: the tiny random model of the parity and scoring sections (namm/models.py; nothing is downloaded)
+#: the tiny random model of the parity and scoring sections (namm/models/tiny.py; nothing is downloaded)
 TINY_MODEL = "tiny-llama"
 
 

@@ -8,12 +8,11 @@ Typical use:
 from tasks.config import TaskConfig, task_config
 from tasks.preparation import ModelInfo, prepare_tasks
 from tasks.references import ReferenceCache, ReferenceScores, default_reference_dir, fill_references
-from tasks.runner import DecodeSettings, Generator, PreparedTask, TaskRun, run_task
+from tasks.runner import Generator, PreparedTask, TaskRun, run_task
 from tasks.scoring import category_means, length_buckets, longbench_en_mean, task_score
 from tasks.settings import TaskSettings
 
 __all__ = [
-    "DecodeSettings",
     "Generator",
     "ModelInfo",
     "PreparedTask",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from namm.typed_config import typed_config
 from tasks.longbench import LONGBENCH_TASKS
 from tasks.metrics import CODE_SIM_BACKENDS
 from tasks.synthetic import SYNTHETIC_TASKS, SyntheticParams
@@ -61,8 +62,5 @@ class TaskConfig:
 
 
 def task_config(cfg: DictConfig | dict) -> TaskConfig:
-    """Validate a composed `task` config against the schema and return it as a dataclass."""
-    from omegaconf import OmegaConf  # here: a TaskConfig built directly needs no omegaconf (scripts/device_check.py)
-
-    schema = OmegaConf.structured(TaskConfig)
-    return OmegaConf.to_object(OmegaConf.merge(schema, cfg))
+    """Validate a composed `task` config against the schema and return it as a dataclass (or raise ConfigError)."""
+    return typed_config(TaskConfig, cfg, "task")

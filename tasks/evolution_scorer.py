@@ -30,8 +30,9 @@ from namm.network.config import NAMMConfig
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
 from namm.row_batches import RowBatches
+from namm.typed_config import typed_config
 from tasks.config import TaskConfig, task_config
-from tasks.generators import engine_generator, generation_settings
+from tasks.generators import engine_generator
 from tasks.preparation import prepare_tasks
 from tasks.references import (
     ReferenceCache,
@@ -69,21 +70,23 @@ class TaskScorerConfig:
     def __post_init__(self) -> None:
         for name in ("prompts_per_task", "validation_prompts"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (evo.{name} in a run config), got {getattr(self, name)}.")
+                raise ConfigError(f"{name} must be >= 1 (evo.{name} in a run config), got {getattr(self, name)}.")
 
     @classmethod
     def from_run_config(cls, cfg: DictConfig) -> TaskScorerConfig:
-        """Validate the run config's `model`, `task`, `namm`, `engine`, `evo` and `seed` (no model is loaded)."""
+        """Validate the run config's `model`, `task`, `namm`, `engine`, `evo` and `seed` (no model is loaded);
+        raises ConfigError."""
         from omegaconf import OmegaConf  # here: a TaskScorerConfig built directly needs no omegaconf
 
-        def plain(key: str) -> dict:  # an optional node as a dict (defaults when absent)
-            return OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) is not None else {}
-
+        try:
+            namm = NAMMConfig.from_dict(OmegaConf.to_container(cfg.namm, resolve=True) if cfg.get("namm") else {})
+        except ValueError as error:
+            raise ConfigError(f"namm: {error}") from error
         return cls(
-            model=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg.model)),
+            model=typed_config(ModelConfig, cfg.model, "model"),
             task=task_config(cfg.task),
-            namm=NAMMConfig.from_dict(plain("namm")),
-            engine=EngineConfig(**plain("engine")),
+            namm=namm,
+            engine=typed_config(EngineConfig, cfg.get("engine"), "engine"),
             prompts_per_task=int(cfg.evo.prompts_per_task),
             validation_prompts=int(cfg.evo.validation_prompts),
             seed=int(cfg.seed),
@@ -94,13 +97,10 @@ class TaskScorerConfig:
 def check_inputs(cfg: DictConfig) -> None:
     """`scorer.check_target`: the model, engine, task and NAMM settings and the task data, checked before
     any model loads (so a missing LongBench file or an offline hub fails in seconds, with the fix)."""
-    try:
-        config = TaskScorerConfig.from_run_config(cfg)
-        check_model_config(config.model)
-        config.namm.check_update_interval(config.engine.update_interval)
-        counts = check_task_data(config.task)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        raise ConfigError(str(error)) from error
+    config = TaskScorerConfig.from_run_config(cfg)
+    check_model_config(config.model)
+    config.namm.check_update_interval(config.engine.update_interval)
+    counts = check_task_data(config.task)
     check_split_sizes(counts, config.validation_prompts)
 
 
@@ -221,11 +221,11 @@ class TaskScorer:
 
     def normalisation_state(self) -> dict[str, Any]:
         self._calibrate()
-        return self.policy.namm.normalizer.state_dict()
+        return self.policy.namm.normaliser.state_dict()
 
     def load_normalisation_state(self, state: dict[str, Any]) -> None:
         if state:
-            self.policy.namm.normalizer.load_state_dict(dict(state))
+            self.policy.namm.normaliser.load_state_dict(dict(state))
             self.calibrated = True
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -243,13 +243,13 @@ class TaskScorer:
         draw = random.Random(f"{self.seed}-{task.spec.name}-{generation}")
         return sorted(draw.sample(pool, min(self.prompts_per_task, len(pool))))
 
-    def _decode_settings(self, task: PreparedTask) -> GenerationSettings:
-        return generation_settings(task.decode_settings(self.loaded.tokenizer.pad_token_id or 0))
+    def _generation_settings(self, task: PreparedTask) -> GenerationSettings:
+        return task.generation_settings(self.loaded.tokenizer.pad_token_id or 0)
 
     def _run_population(self, task: PreparedTask, index: int, parameters: torch.Tensor):
         """One prompt, every candidate a batch row with its own parameter vector (micro-batched)."""
         sample = task.samples[index]
-        settings = self._decode_settings(task)
+        settings = self._generation_settings(task)
 
         def run_rows(start: int, stop: int) -> list[GenerationResult]:
             prompts = [list(sample.prompt_ids)] * (stop - start)
@@ -271,7 +271,7 @@ class TaskScorer:
             for task in self.tasks:
                 for index in self.indices(task, TRAIN_SPLIT, generation=-1):
                     prompt = list(task.samples[index].prompt_ids)
-                    self.engine.generate([prompt], self._decode_settings(task))
+                    self.engine.generate([prompt], self._generation_settings(task))
         self.calibrated = True
 
 

@@ -6,7 +6,7 @@ produce the same greedy tokens.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -14,17 +14,12 @@ from transformers import PreTrainedModel
 
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
 from namm.policies import PolicyConfig, build_policy
-from tasks.runner import DecodeSettings, Generator
-
-
-def generation_settings(settings: DecodeSettings) -> GenerationSettings:
-    """The engine's settings for a task's decode settings (the two dataclasses share their field names)."""
-    return GenerationSettings(**asdict(settings))
+from tasks.runner import Generator
 
 
 def engine_generator(engine: MemoryEngine) -> Generator:
     """`engine.generate` behind the seam; its results keep the engine's retained ratios and cache sizes."""
-    return lambda prompts, settings: engine.generate(prompts, generation_settings(settings))
+    return engine.generate
 
 
 @dataclass
@@ -36,7 +31,7 @@ def transformers_generator(model: PreTrainedModel) -> Generator:
     """Greedy `model.generate` on a left-padded batch; each row's ids end at its first stop token."""
 
     @torch.inference_mode()
-    def generate(prompts: list[list[int]], settings: DecodeSettings) -> list[GeneratedTokens]:
+    def generate(prompts: list[list[int]], settings: GenerationSettings) -> list[GeneratedTokens]:
         width = max(len(prompt) for prompt in prompts)
         ids = torch.full((len(prompts), width), settings.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)

@@ -1,9 +1,9 @@
 """The seam between tasks and whatever generates text: prompts in, token ids out, scores back.
 
-Nothing here knows the engine. A generator is any callable
-`generate(prompts: list[list[int]], settings: DecodeSettings) -> Sequence[object with .token_ids]`;
-`DecodeSettings` has the field names of `namm.engine.GenerationSettings`, so the engine plugs in through
-`tasks.generators.engine_generator(engine)` (conversion: `tasks.generators.generation_settings`).
+Nothing here runs the engine. A generator is any callable
+`generate(prompts: list[list[int]], settings: GenerationSettings) -> Sequence[object with .token_ids]`;
+the settings are the engine's own (`namm.engine.GenerationSettings`), so `engine.generate` plugs in as it is
+(`tasks.generators.engine_generator`).
 """
 
 from __future__ import annotations
@@ -14,22 +14,11 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from namm.engine import GenerationSettings
 from tasks.prompts import Tokenizer
 from tasks.scoring import length_buckets, score_prediction, task_score
 from tasks.settings import TaskSettings
 from tasks.spec import Sample, TaskSpec
-
-
-@dataclass(frozen=True)
-class DecodeSettings:
-    """Greedy decoding settings for one batch (same fields as namm.engine.GenerationSettings)."""
-
-    max_new_tokens: int
-    stop_on_eos: bool = True
-    stop_on_newline: bool = False
-    eos_token_ids: tuple[int, ...] = ()
-    newline_token_ids: tuple[int, ...] = ()
-    pad_token_id: int = 0
 
 
 class Generated(Protocol):
@@ -37,7 +26,7 @@ class Generated(Protocol):
 
 
 class Generator(Protocol):
-    def __call__(self, prompts: list[list[int]], settings: DecodeSettings) -> Sequence[Generated]: ...
+    def __call__(self, prompts: list[list[int]], settings: GenerationSettings) -> Sequence[Generated]: ...
 
 
 @dataclass(frozen=True)
@@ -48,8 +37,8 @@ class PreparedTask:
     settings: TaskSettings
     samples: tuple[Sample, ...]
 
-    def decode_settings(self, pad_token_id: int) -> DecodeSettings:
-        return DecodeSettings(
+    def generation_settings(self, pad_token_id: int) -> GenerationSettings:
+        return GenerationSettings(
             max_new_tokens=self.settings.max_new_tokens,
             stop_on_newline=self.settings.stop_on_newline,
             eos_token_ids=self.settings.eos_token_ids,
@@ -106,7 +95,7 @@ def run_task(
     if bad:
         raise IndexError(f"Task {task.spec.name!r} has samples 0..{len(task.samples) - 1}; got indices {bad}.")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (task.settings.eos_token_ids or (0,))[0]
-    settings = task.decode_settings(pad)
+    settings = task.generation_settings(pad)
     run = TaskRun(task.settings, [], [], [], [], [])
     bar = tqdm(total=len(chosen), desc=task.spec.name, disable=not progress)
     for start in range(0, len(chosen), batch_size):

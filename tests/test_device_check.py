@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-from namm.models import TINY_MAX_CONTEXT
+from namm.models.tiny import TINY_MAX_CONTEXT
 from namm.network import NAMMConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from namm.errors import ConfigError
 from namm.evolution.checkpoint import CheckpointError
 from namm.network.config import NAMMConfig
 from tasks.evaluation import evaluate, register_configs, validate_evaluate_config
@@ -144,11 +145,33 @@ def test_task_without_data_says_how_to_get_it(tmp_path, no_model):
         (["batch_size=0"], "batch_size must be >= 1"),
         (["budget_tolerance=2"], r"budget_tolerance is a relative gap in \(0, 1\)"),
         (["checkpoint=zero", "engine.update_interval=100"], "not a multiple of the NAMM's hop"),
+        (["checkpoint=zero", "engine.eviction_mode=per_token"], r"engine: eviction_mode must be one of"),
+        (
+            ["checkpoint=zero", "engine.update_interval=abc"],
+            r"engine.update_interval: Value 'abc' .* could not be converted to Integer",
+        ),
+        (["checkpoint=zero", "engine.prefill_chunk=0"], r"engine: prefill_chunk must be positive"),
+        (["model.seed=abc"], r"model.seed: Value 'abc'"),
+        (["model.device=tpu"], r"model.device='tpu' is not a device"),
+        (["compare=[full,h2o]", "checkpoints=[a,b]"], r"checkpoints=\['a', 'b'\] is given but no NAMM runs: add namm"),
+        (["policy=h2o", "checkpoints=[a]"], "checkpoints=.* is given but no NAMM runs"),
+        (["checkpoint=zero", "checkpoints=[a]"], r"checkpoint=zero and checkpoints=\['a'\] are both given"),
     ],
 )
 def test_bad_settings(tmp_path, no_model, overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         run(tmp_path, *overrides)
+
+
+def test_a_bug_in_planning_keeps_its_own_error(tmp_path, no_model, monkeypatch):
+    """Only bad settings become ConfigError (a clean exit); a TypeError of a bug keeps its traceback."""
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr("tasks.evaluation.pipeline.plan_contenders", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        run(tmp_path, "checkpoint=zero")
 
 
 # -- which NAMM -----------------------------------------------------------------------------------------
@@ -162,8 +185,8 @@ def test_auto_takes_the_newest_run_and_its_best_checkpoint(tmp_path):
     assert newest_checkpoint(tmp_path / "runs") == new.parent / "best.pt"
     source = resolve_namm_source("auto", tmp_path / "runs", "best", None)
     assert torch.equal(source.parameters, evicting_parameters(seed=3))
-    center = resolve_namm_source("auto", tmp_path / "runs", "center", None)
-    assert torch.equal(center.parameters, evicting_parameters(seed=3) * 0.5)
+    centre = resolve_namm_source("auto", tmp_path / "runs", "center", None)
+    assert torch.equal(centre.parameters, evicting_parameters(seed=3) * 0.5)
 
 
 def test_auto_without_runs_falls_back_to_the_zero_namm_and_says_so(tmp_path, caplog):

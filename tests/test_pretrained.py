@@ -68,8 +68,8 @@ def test_round_trip_gives_the_checkpoints_decisions(exported, tmp_path):
     """The loaded NAMM evicts exactly as one built by hand from the checkpoint's numbers."""
     loaded = PretrainedNAMM.from_pretrained(exported)
     by_hand = NAMM(NAMMConfig(), evicting_parameters())
-    by_hand.normalizer.set_stats(torch.tensor(MEAN), torch.tensor(VAR), count=500.0)
-    assert torch.equal(loaded.namm.normalizer.stats.mean, by_hand.normalizer.stats.mean)
+    by_hand.normaliser.set_stats(torch.tensor(MEAN), torch.tensor(VAR), count=500.0)
+    assert torch.equal(loaded.namm.normaliser.stats.mean, by_hand.normaliser.stats.mean)
     assert loaded.engine == EngineConfig(update_interval=128)
     model = load_model(ModelConfig(name="tiny-llama")).model
     prompts = [torch.randint(3, 256, (300,), generator=torch.Generator().manual_seed(1)).tolist()]

@@ -8,11 +8,12 @@ import pytest
 import torch
 from test_tasks_support import FIXTURES, byte_tokenizer, tiny_llama
 
+from namm.engine import GenerationSettings
 from tasks.config import TaskConfig
 from tasks.generators import full_cache_generator, transformers_generator
 from tasks.preparation import ModelInfo, prepare_tasks
 from tasks.references import ReferenceCache, ReferenceContext, ReferenceScores, fill_references
-from tasks.runner import DecodeSettings, run_task
+from tasks.runner import run_task
 
 TOKENIZER = byte_tokenizer()
 MODEL = ModelInfo("byte-model", TOKENIZER, max_context=4096, chat_template=False)
@@ -48,7 +49,7 @@ def test_run_task_decodes_cuts_and_scores_with_recorded_settings():
     assert run.sample_scores == [1.0] and run.score == 100.0  # scored on the first line only
     settings = generate.calls[0][1]
     newline = TOKENIZER.encode("\n", add_special_tokens=False)[-1]
-    assert settings == DecodeSettings(
+    assert settings == GenerationSettings(
         max_new_tokens=64, eos_token_ids=(1,), newline_token_ids=(newline,), pad_token_id=2
     )
     assert run.to_dict()["settings"]["first_line_cut"] is True
@@ -85,7 +86,7 @@ def test_transformers_generator_left_pads_like_single_prompts_and_cuts_at_stops(
     model = tiny_llama()
     generate = transformers_generator(model)
     prompts = [[0, 50, 60, 70, 80, 90], [0, 40, 41]]
-    settings = DecodeSettings(max_new_tokens=6, stop_on_eos=False, pad_token_id=2)
+    settings = GenerationSettings(max_new_tokens=6, stop_on_eos=False, pad_token_id=2)
     batched = generate(prompts, settings)
     alone = [generate([prompt], settings)[0].token_ids for prompt in prompts]
     assert [r.token_ids for r in batched] == alone and all(len(ids) == 6 for ids in alone)
@@ -95,7 +96,7 @@ def test_transformers_generator_left_pads_like_single_prompts_and_cuts_at_stops(
             ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
     assert alone[0] == ids[len(prompts[0]) :]
     stop = alone[0][2]
-    cut = generate(prompts[:1], DecodeSettings(max_new_tokens=6, eos_token_ids=(stop,), pad_token_id=2))
+    cut = generate(prompts[:1], GenerationSettings(max_new_tokens=6, eos_token_ids=(stop,), pad_token_id=2))
     assert cut[0].token_ids == alone[0][: alone[0].index(stop) + 1]
     model.generation_config.eos_token_id = stop  # the model's own EOS must not stop a run with stop_on_eos=False
     assert generate(prompts[:1], settings)[0].token_ids == alone[0]
@@ -104,7 +105,7 @@ def test_transformers_generator_left_pads_like_single_prompts_and_cuts_at_stops(
 def test_engine_and_transformers_agree_through_the_seam():
     model = tiny_llama()
     prompts = [[0] + [10 + i % 240 for i in range(700)], [0, 40, 41, 42]]  # 700 tokens: one engine update
-    settings = DecodeSettings(max_new_tokens=8, stop_on_eos=False, pad_token_id=2)
+    settings = GenerationSettings(max_new_tokens=8, stop_on_eos=False, pad_token_id=2)
     engine = full_cache_generator(model, "engine")(prompts, settings)
     plain = full_cache_generator(model, "transformers")(prompts, settings)
     assert [r.token_ids for r in engine] == [r.token_ids for r in plain]

@@ -115,7 +115,7 @@ def test_insert_at_depths_uses_sentence_starts():
 def smollm2_builder():
     from transformers import AutoTokenizer
 
-    from namm.models import PACKAGED_MODELS, locate_packaged_gguf
+    from namm.models.packaged_gguf import PACKAGED_MODELS, locate_packaged_gguf
 
     gguf, _ = locate_packaged_gguf(PACKAGED_MODELS["smollm2-135m"])
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -73,7 +73,7 @@ def test_population_rows_equal_each_candidate_alone_and_zero_keeps_everything(sc
         alone, _ = scorer._run_population(task, index, population[row : row + 1])
         assert batched[row].token_ids == alone[0].token_ids
         assert batched[row].retained_ratio == pytest.approx(alone[0].retained_ratio)
-    full = scorer.full_engine.generate([list(task.samples[index].prompt_ids)], scorer._decode_settings(task))[0]
+    full = scorer.full_engine.generate([list(task.samples[index].prompt_ids)], scorer._generation_settings(task))[0]
     assert batched[0].token_ids == full.token_ids
     assert batched[0].retained_ratio == 1.0
     assert min(result.retained_ratio for result in batched[1:]) < 1.0
@@ -224,6 +224,25 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("engine.eviction_mode=per_token", "engine: eviction_mode must be one of"),
+        ("engine.update_interval=abc", "engine.update_interval: Value 'abc' .* could not be converted to Integer"),
+        ("+engine.interval=64", "engine.interval: Key 'interval' not in 'EngineConfig'"),
+        ("model.device=tpu", "model.device='tpu' is not a device"),
+        ("engine.update_interval=100", "not a multiple of the NAMM's hop"),
+    ],
+)
+def test_bad_settings_are_config_errors_as_in_evaluate(tmp_path, override, message):
+    """The engine and model nodes are read as evaluate.py reads them (one schema each), with the same errors."""
+    from namm.errors import ConfigError
+    from tasks import evolution_scorer
+
+    with pytest.raises(ConfigError, match=message):
+        evolution_scorer.check_inputs(tiny_config(tmp_path, override))
+
+
 def test_the_typed_scorer_config_is_what_the_run_config_says(tmp_path):
     """scripts/device_check.py builds a TaskScorerConfig without Hydra; training converts its run config."""
     expected = TaskScorerConfig(
@@ -249,7 +268,7 @@ def test_keep_all_centre_keeps_everything_and_its_mirror_evicts(scorer, tmp_path
     index = scorer.indices(task, TRAIN_SPLIT, 0)[0]
     scorer._calibrate()
     kept, mirrored = scorer._run_population(task, index, torch.stack([centre, -centre]))[0]
-    full = scorer.full_engine.generate([list(task.samples[index].prompt_ids)], scorer._decode_settings(task))[0]
+    full = scorer.full_engine.generate([list(task.samples[index].prompt_ids)], scorer._generation_settings(task))[0]
     assert kept.update_positions and kept.retained_ratio == 1.0 and kept.token_ids == full.token_ids
     assert mirrored.retained_ratio < 0.2  # the same margin below the threshold evicts all but the newest
 

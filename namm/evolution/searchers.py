@@ -23,9 +23,9 @@ from namm.evolution.problem import EvolutionProblem
 _CMAES_FIELDS = ("m", "sigma", "C", "A", "p_sigma", "p_c")
 
 
-def build_searcher(problem: EvolutionProblem, evo: EvoConfig, center: torch.Tensor) -> SearchAlgorithm:
-    """The configured searcher, centred at `center`, with initial step size `evo.sigma`."""
-    center = center.to(torch.float32)
+def build_searcher(problem: EvolutionProblem, evo: EvoConfig, centre: torch.Tensor) -> SearchAlgorithm:
+    """The configured searcher, centred at `centre`, with initial step size `evo.sigma`."""
+    centre = centre.to(torch.float32)
     if evo.searcher in (Searcher.cmaes_separable, Searcher.cmaes_full):
         with warnings.catch_warnings():  # EvoTorch's CMAES builds its weights with torch.tensor(tensor)
             warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
@@ -33,7 +33,7 @@ def build_searcher(problem: EvolutionProblem, evo: EvoConfig, center: torch.Tens
                 problem,
                 stdev_init=evo.sigma,
                 popsize=evo.popsize,
-                center_init=center,
+                center_init=centre,
                 separable=evo.searcher == Searcher.cmaes_separable,
             )
     learning_rates = {
@@ -45,10 +45,10 @@ def build_searcher(problem: EvolutionProblem, evo: EvoConfig, center: torch.Tens
         if value is not None
     }
     searcher_class = {Searcher.snes: SNES, Searcher.xnes: XNES, Searcher.pgpe: PGPE}[evo.searcher]
-    return searcher_class(problem, stdev_init=evo.sigma, popsize=evo.popsize, center_init=center, **learning_rates)
+    return searcher_class(problem, stdev_init=evo.sigma, popsize=evo.popsize, center_init=centre, **learning_rates)
 
 
-def searcher_center(searcher: SearchAlgorithm) -> torch.Tensor:
+def searcher_centre(searcher: SearchAlgorithm) -> torch.Tensor:
     """The mean of the search distribution (what validation scores and checkpoints export)."""
     return _clone(searcher.m if isinstance(searcher, CMAES) else searcher._distribution.mu)
 
@@ -98,9 +98,9 @@ def _check_compatible(searcher: SearchAlgorithm, state: dict[str, Any], name: Se
     if state["searcher"] != name.value:
         raise ConfigError(f"the checkpoint holds a {state['searcher']} searcher but evo={name.value} is configured")
     length = searcher.problem.solution_length
-    center = state["m"] if "m" in state else state["distribution"]["mu"]
-    if center.shape != (length,):
-        raise ConfigError(f"the checkpoint's centre has {center.shape[0]} parameters, this run has {length}")
+    centre = state["m"] if "m" in state else state["distribution"]["mu"]
+    if centre.shape != (length,):
+        raise ConfigError(f"the checkpoint's centre has {centre.shape[0]} parameters, this run has {length}")
 
 
 def load_searcher_state(searcher: SearchAlgorithm, state: dict[str, Any], name: Searcher) -> None:
@@ -125,15 +125,15 @@ def load_searcher_state(searcher: SearchAlgorithm, state: dict[str, Any], name: 
 
 
 def start_from_distribution(
-    searcher: SearchAlgorithm, state: dict[str, Any], name: Searcher, center: torch.Tensor
+    searcher: SearchAlgorithm, state: dict[str, Any], name: Searcher, centre: torch.Tensor
 ) -> None:
-    """Start a new run (curriculum stage) from a saved search distribution, centred at `center`: step
+    """Start a new run (curriculum stage) from a saved search distribution, centred at `centre`: step
     size, covariance and evolution paths carry over; the step counter, optimizer momentum and pending
     population do not."""
     _check_compatible(searcher, state, name)
     if isinstance(searcher, CMAES):
         for field in _CMAES_FIELDS:
             setattr(searcher, field, _clone(state[field]))
-        searcher.m = _clone(center)
+        searcher.m = _clone(centre)
         return
-    searcher._distribution = searcher._distribution.modified_copy(**{**state["distribution"], "mu": _clone(center)})
+    searcher._distribution = searcher._distribution.modified_copy(**{**state["distribution"], "mu": _clone(centre)})

@@ -33,7 +33,7 @@ from namm.evolution.scoring import check_scorer_targets, initial_centre, scorer_
 from namm.evolution.searchers import (
     build_searcher,
     load_searcher_state,
-    searcher_center,
+    searcher_centre,
     searcher_sigma,
     searcher_state,
     start_from_distribution,
@@ -87,7 +87,7 @@ def _checkpoint_state(
     return {
         "format_version": FORMAT_VERSION,
         "generation": generation,
-        "center": searcher_center(searcher),
+        "center": searcher_centre(searcher),
         "sigma": searcher_sigma(searcher),
         "best_params": best.params.clone(),
         "best_validation_fitness": best.validation_fitness,
@@ -134,7 +134,7 @@ def _restore(
         )
         log.info("resumed from %s at generation %d", start.resume_path, state["generation"])
         return int(state["generation"]), best, state["wandb_run_id"]
-    centre = searcher_center(searcher)
+    centre = searcher_centre(searcher)
     if start.init_state is not None:
         state = start.init_state
         if state["searcher_state"]["searcher"] == config.evo.searcher.value:
@@ -219,7 +219,7 @@ def train(cfg: DictConfig) -> RunSummary:
         wandb_run = WandbRun(config.logger, run_dir, f"{config.name}-seed{config.seed}", wandb_run_id, resolved)
         if start.resume_state is None:  # where the search starts, scored like every later centre
             record: dict[str, Any] = {"generation": 0, "objective": evo.objective.value}
-            best = _validate(problem, searcher_center(searcher), 0, best, record)
+            best = _validate(problem, searcher_centre(searcher), 0, best, record)
             state = _checkpoint_state(0, searcher, config, resolved, problem, best, wandb_run.run_id)
             _record_generation(record, state, run_dir, metrics_log, wandb_run)
             if "validation/fitness" in record:
@@ -231,7 +231,7 @@ def train(cfg: DictConfig) -> RunSummary:
             while generation < evo.generations:
                 generation += 1
                 record = _run_generation(problem, searcher, generation)
-                centre = searcher_center(searcher)
+                centre = searcher_centre(searcher)
                 if generation % evo.eval_interval == 0 or generation == evo.generations:
                     best = _validate(problem, centre, generation, best, record)
                 if best.validation_fitness is None:

@@ -2,7 +2,7 @@
 
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM, NAMMOutput
-from namm.network.normalization import FeatureNormalizer, NormalizationStats
+from namm.network.normalisation import FeatureNormaliser, NormalisationStats
 from namm.network.parameters import ParameterLayout, param_count, parameter_layout
 from namm.network.spectrogram import SpectrogramState
 from namm.network.standalone import CacheUpdate, KVCacheManager
@@ -10,11 +10,11 @@ from namm.network.standalone import CacheUpdate, KVCacheManager
 __all__ = [
     "NAMM",
     "CacheUpdate",
-    "FeatureNormalizer",
+    "FeatureNormaliser",
     "KVCacheManager",
     "NAMMConfig",
     "NAMMOutput",
-    "NormalizationStats",
+    "NormalisationStats",
     "ParameterLayout",
     "SpectrogramState",
     "param_count",

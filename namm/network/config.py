@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from namm.errors import ConfigError
 from namm.policies.base import Budget
 
 ScorerKind = Literal["bam", "mlp"]
@@ -37,9 +38,9 @@ class NAMMConfig:
     budget_tokens: int | None = None  # hard top-k per head (token count); at most one budget field
 
     def check_update_interval(self, update_interval: int) -> None:
-        """The spectrogram needs whole frames per update: raise ValueError with the nearest fix."""
+        """The spectrogram needs whole frames per update: raise ConfigError with the nearest fix."""
         if update_interval % self.hop:
-            raise ValueError(
+            raise ConfigError(
                 f"engine.update_interval={update_interval} is not a multiple of the NAMM's hop ({self.hop}); the "
                 f"spectrogram needs whole frames per update. Use e.g. engine.update_interval="
                 f"{max(self.hop, update_interval // self.hop * self.hop)}."

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from namm.network.config import NAMMConfig
-from namm.network.normalization import FeatureNormalizer
+from namm.network.normalisation import FeatureNormaliser
 from namm.network.parameters import ParameterLayout, parameter_layout
 from namm.network.recency import RecencyCode
 from namm.network.scorer import token_scores
@@ -40,7 +40,7 @@ class NAMM:
     def __init__(self, config: NAMMConfig | None = None, parameters: torch.Tensor | None = None) -> None:
         self.config = config or NAMMConfig()
         self.layout: ParameterLayout = parameter_layout(self.config)
-        self.normalizer = FeatureNormalizer(self.config.bins, self.config.norm_eps, enabled=self.config.normalise)
+        self.normaliser = FeatureNormaliser(self.config.bins, self.config.norm_eps, enabled=self.config.normalise)
         self.recency = RecencyCode(self.config)
         self.parameters = torch.zeros(self.layout.size)
         self._on_device: torch.Tensor | None = None
@@ -117,8 +117,8 @@ class NAMM:
         state = state.resized(slots).masked(valid & ~is_new)
         state = update_spectrogram(attention, state, new_index, config)
 
-        self.normalizer.observe(state.ema, valid)
-        spectrogram = self.normalizer.apply(state.ema)
+        self.normaliser.observe(state.ema, valid)
+        spectrogram = self.normaliser.apply(state.ema)
         ages = torch.where(valid, newest - positions, -1)
         features = torch.cat([self.recency(ages), spectrogram], dim=-1) * valid[..., None]
 
@@ -137,12 +137,12 @@ class NAMM:
         """
         saved = self.parameters
         self.set_parameters(torch.zeros(self.layout.size))
-        self.normalizer.start_collection()
+        self.normaliser.start_collection()
         try:
             yield
         except BaseException:
-            self.normalizer.load_state_dict({})
+            self.normaliser.load_state_dict({})
             raise
         finally:
             self.set_parameters(saved)
-        self.normalizer.freeze()
+        self.normaliser.freeze()

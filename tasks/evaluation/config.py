@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from namm.config_resolvers import register_resolvers
+from namm.errors import ConfigError
 from namm.evolution.config import LoggerConfig, WandbMode
+from namm.typed_config import typed_config
 
 #: `checkpoint=auto`: the newest checkpoint under `train_dir`, else the zero-parameter NAMM
 AUTO_CHECKPOINT = "auto"
@@ -22,17 +24,6 @@ AUTO_CHECKPOINT = "auto"
 ZERO_CHECKPOINT = "zero"
 NAMM_POLICY = "namm"
 CHECKPOINT_PARAMS = ("best", "center")
-EVICTION_MODES = ("per_head", "per_layer_max")
-
-
-@dataclass
-class EngineSettings:
-    """Engine schedule; null values take the checkpoint's training setting, else the engine default."""
-
-    update_interval: int | None = None
-    eviction_mode: str | None = None
-    prefill_chunk: int | None = None
-    update_at_prefill_end: bool | None = None
 
 
 def _disabled_logger() -> LoggerConfig:
@@ -59,7 +50,8 @@ class EvaluateConfig:
     front: bool = False  # score-memory front: every budgeted baseline at each of `front_budgets` as well
     front_budgets: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75])
     batch_size: int = 4  # prompts per engine call (rows are left-padded)
-    engine: EngineSettings = field(default_factory=EngineSettings)
+    #: namm.engine.EngineConfig fields; a null one takes the checkpoints' training setting, else the engine default
+    engine: Any = None
     plots: bool = True
     progress: bool = True
     logger: LoggerConfig = field(default_factory=_disabled_logger)
@@ -93,17 +85,8 @@ class EvaluateConfig:
             problems.append(f"front_budgets repeats a budget: {list(self.front_budgets)}")
         if self.checkpoints is not None and not self.checkpoints:
             problems.append("checkpoints is empty; give at least one checkpoint, run or sweep directory")
-        engine = self.engine
-        if engine.update_interval is not None and engine.update_interval < 1:
-            problems.append(f"engine.update_interval must be a positive token count, got {engine.update_interval}")
-        if engine.eviction_mode is not None and engine.eviction_mode not in EVICTION_MODES:
-            problems.append(
-                f"engine.eviction_mode must be one of {EVICTION_MODES} or null, got {engine.eviction_mode!r}"
-            )
-        if engine.prefill_chunk is not None and engine.prefill_chunk < 1:
-            problems.append(f"engine.prefill_chunk must be positive or null, got {engine.prefill_chunk}")
         if problems:
-            raise ValueError("Invalid evaluate config: " + "; ".join(problems) + ".")
+            raise ConfigError("Invalid evaluate config: " + "; ".join(problems) + ".")
 
 
 def register_configs() -> None:
@@ -113,6 +96,5 @@ def register_configs() -> None:
 
 
 def validate_evaluate_config(cfg: DictConfig) -> EvaluateConfig:
-    """Every type and value check of the schema; raises ValueError naming the key and the fix."""
-    schema = OmegaConf.structured(EvaluateConfig)
-    return OmegaConf.to_object(OmegaConf.merge(schema, cfg))  # type: ignore[return-value]
+    """Every type and value check of the schema; raises ConfigError naming the key and the fix."""
+    return typed_config(EvaluateConfig, cfg)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from namm.errors import ConfigError
 from namm.policies import BudgetPolicy, MemoryPolicy, PolicyConfig, available_policies, build_policy
 from tasks.evaluation.config import NAMM_POLICY, EvaluateConfig
 from tasks.evaluation.namm_source import NAMMSource
@@ -64,7 +65,7 @@ def _policy_config(values: dict[str, Any], key: str) -> PolicyConfig:
     known = {item.name for item in dataclasses.fields(PolicyConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{key}: unknown key(s) {unknown}; a policy config has {sorted(known)}.")
+        raise ConfigError(f"{key}: unknown key(s) {unknown}; a policy config has {sorted(known)}.")
     return PolicyConfig(**values)
 
 
@@ -77,7 +78,7 @@ def _settings_for(name: str, config: EvaluateConfig) -> tuple[PolicyConfig, str]
         return _policy_config(baselines[name], f"baselines.{name}"), f"baselines.{name}"
     defaults = POLICY_CONFIGS / f"{name}.yaml"
     if not defaults.is_file():
-        raise ValueError(f"policy {name!r} has no default settings: add conf/policy/{name}.yaml (see CONTRIBUTING.md)")
+        raise ConfigError(f"policy {name!r} has no default settings: add conf/policy/{name}.yaml (see CONTRIBUTING.md)")
     from omegaconf import OmegaConf
 
     return _policy_config(OmegaConf.to_container(OmegaConf.load(defaults)), str(defaults)), f"baselines.{name}"
@@ -90,14 +91,14 @@ def plan_contenders(config: EvaluateConfig, namms: list[tuple[str, NAMMSource]])
     Every baseline is instantiated once here so an unknown name or a budget out of range fails now."""
     names = contender_names(config)
     if config.policy is not None and config.compare is not None and config.policy["name"] not in config.compare:
-        raise ValueError(
+        raise ConfigError(
             f"policy={config.policy['name']} is not among compare={list(config.compare)}; add it to compare, or "
             "drop compare to evaluate that one policy."
         )
     known = available_policies()
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise ValueError(f"unknown polic{'y' if len(unknown) == 1 else 'ies'} {unknown}; available: {known}.")
+        raise ConfigError(f"unknown polic{'y' if len(unknown) == 1 else 'ies'} {unknown}; available: {known}.")
     contenders = []
     for name in sorted(names, key=lambda n: (n != "full", n != NAMM_POLICY)):
         if name == NAMM_POLICY:
@@ -108,11 +109,11 @@ def plan_contenders(config: EvaluateConfig, namms: list[tuple[str, NAMMSource]])
             continue
         settings, key = _settings_for(name, config)
         if settings.name != name:
-            raise ValueError(f"{key}.name is {settings.name!r}, expected {name!r}.")
+            raise ConfigError(f"{key}.name is {settings.name!r}, expected {name!r}.")
         try:
             policy = build_policy(settings)
         except (ValueError, TypeError) as error:
-            raise ValueError(f"{key} ({name}): {error}") from error
+            raise ConfigError(f"{key} ({name}): {error}") from error
         contenders.append(Contender(name, settings, budgeted=isinstance(policy, BudgetPolicy)))
     return contenders
 
@@ -141,7 +142,7 @@ def wants_matched_budgets(config: EvaluateConfig, contenders: list[Contender], n
     has_budgeted = any(c.budgeted for c in contenders)
     if len(namms) > 1:
         if config.match_budget:
-            raise ValueError(
+            raise ConfigError(
                 f"match_budget=true matches the baselines to one NAMM's retained ratio, but {len(namms)} NAMMs run; "
                 "evaluate them with front=true (each baseline at front_budgets), or one checkpoint at a time"
             )
@@ -152,7 +153,7 @@ def wants_matched_budgets(config: EvaluateConfig, contenders: list[Contender], n
             log.info("the zero-parameter NAMM keeps every token: baselines run at their own budgets, not matched")
         return namm is not None and not namm.is_zero and has_budgeted
     if config.match_budget and namm is None:
-        raise ValueError(
+        raise ConfigError(
             "match_budget=true sets each baseline's budget to the NAMM's retained ratio, so the NAMM must run too: "
             "add namm to compare (e.g. compare=[full,namm,h2o]) or set match_budget=false."
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from namm.errors import ConfigError
 from namm.evolution.checkpoint import BEST, LATEST, CheckpointError, resolve_checkpoint_path
 from namm.evolution.sweep import read_job_statuses
 from namm.network.config import NAMMConfig
@@ -49,8 +50,8 @@ class NAMMSource:
         return self.artefact.config
 
     @property
-    def normalization(self) -> dict[str, torch.Tensor]:
-        return self.artefact.namm.normalizer.state_dict()
+    def normalisation(self) -> dict[str, torch.Tensor]:
+        return self.artefact.namm.normaliser.state_dict()
 
     @property
     def param_count(self) -> int:
@@ -69,8 +70,8 @@ class NAMMSource:
         """Hash of everything that changes the NAMM's decisions (keys its per-sample results)."""
         digest = hashlib.sha256(self.parameters.double().numpy().tobytes())
         digest.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
-        for name in sorted(self.normalization):
-            digest.update(name.encode() + torch.as_tensor(self.normalization[name]).double().numpy().tobytes())
+        for name in sorted(self.normalisation):
+            digest.update(name.encode() + torch.as_tensor(self.normalisation[name]).double().numpy().tobytes())
         return digest.hexdigest()[:12]
 
     def build_policy(self) -> NAMMPolicy:
@@ -88,7 +89,7 @@ class NAMMSource:
             "sha256": checkpoint.get("sha256"),
             "fingerprint": self.fingerprint(),
             "trained_on_model": self.trained_on,
-            "normalization": bool(self.normalization),
+            "normalization": bool(self.normalisation),
             "namm": self.config.to_dict(),
         }
 
@@ -107,7 +108,7 @@ def _namm_config(values: dict[str, Any] | None, where: str) -> NAMMConfig:
     try:
         return NAMMConfig.from_dict(dict(values or {}))
     except ValueError as error:
-        raise ValueError(f"{where}: {error}") from error
+        raise ConfigError(f"{where}: {error}") from error
 
 
 def _check_shape(requested: NAMMConfig, saved: NAMMConfig, path: Path) -> None:
@@ -116,7 +117,7 @@ def _check_shape(requested: NAMMConfig, saved: NAMMConfig, path: Path) -> None:
     shape = [(block.name, block.shape) for block in wanted.blocks]
     saved_shape = [(block.name, block.shape) for block in stored.blocks]
     if shape != saved_shape:
-        raise ValueError(
+        raise ConfigError(
             f"checkpoint {path} is a NAMM of {stored.size} parameters ({saved.scorer}, hidden={saved.hidden}, "
             f"heads={saved.heads}, bias={saved.bias}, recency_dims={saved.recency_dims}, n_fft={saved.n_fft}) but "
             f"the namm config asks for {wanted.size} ({requested.scorer}, hidden={requested.hidden}, "
@@ -143,9 +144,9 @@ def load_namm_source(path: Path, params_kind: str, namm_override: dict[str, Any]
         requested = _namm_config(namm_override, "namm")
         _check_shape(requested, artefact.config, path)
         namm = NAMM(requested, artefact.namm.parameters)
-        namm.normalizer.load_state_dict(artefact.namm.normalizer.state_dict())
+        namm.normaliser.load_state_dict(artefact.namm.normaliser.state_dict())
         artefact = replace(artefact, namm=namm)
-    if artefact.config.normalise and artefact.namm.normalizer.stats is None and artefact.namm.parameters.any():
+    if artefact.config.normalise and artefact.namm.normaliser.stats is None and artefact.namm.parameters.any():
         log.warning(
             "%s has no normalisation statistics although namm.normalise is on: its NAMM will see raw "
             "spectrograms, unlike in training",
@@ -205,6 +206,22 @@ def expand_sweep(path: Path) -> list[tuple[str, Path]]:
     return [(str(run.relative_to(path)).replace("/", ","), run) for run in runs]
 
 
+def check_checkpoint_choice(checkpoint: str, checkpoints: list[str] | None, runs_namm: bool) -> None:
+    """`checkpoints` replaces `checkpoint` and only a NAMM reads it: refuse what it would silently ignore."""
+    if checkpoints is None:
+        return
+    if not runs_namm:
+        raise ConfigError(
+            f"checkpoints={list(checkpoints)} is given but no NAMM runs: add {NAMM_POLICY} to compare "
+            f"(e.g. compare=[full,{NAMM_POLICY}]), or drop checkpoints"
+        )
+    if checkpoint != AUTO_CHECKPOINT:
+        raise ConfigError(
+            f"checkpoint={checkpoint} and checkpoints={list(checkpoints)} are both given, and checkpoints replaces "
+            "checkpoint: give the NAMM(s) in one of them and drop the other"
+        )
+
+
 def resolve_namm_sources(
     checkpoint: str,
     checkpoints: list[str] | None,
@@ -223,5 +240,5 @@ def resolve_namm_sources(
     labels = [f"{NAMM_POLICY}:{tag}" for tag, _ in sources]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
-        raise ValueError(f"checkpoints: two NAMMs would share the label(s) {repeated}; give distinct run directories")
+        raise ConfigError(f"checkpoints: two NAMMs would share the label(s) {repeated}; give distinct run directories")
     return [(label, source) for label, (_, source) in zip(labels, sources)]

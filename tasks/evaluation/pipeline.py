@@ -21,8 +21,9 @@ from namm.engine import EngineConfig
 from namm.errors import ConfigError
 from namm.evolution.checkpoint import library_versions
 from namm.models import ModelConfig, check_model_config, load_model
+from namm.typed_config import typed_config
 from tasks.config import TaskConfig, task_config
-from tasks.evaluation.config import NAMM_POLICY, EngineSettings, EvaluateConfig, validate_evaluate_config
+from tasks.evaluation.config import NAMM_POLICY, EvaluateConfig, validate_evaluate_config
 from tasks.evaluation.contenders import (
     Contender,
     contender_names,
@@ -30,7 +31,7 @@ from tasks.evaluation.contenders import (
     plan_contenders,
     wants_matched_budgets,
 )
-from tasks.evaluation.namm_source import NAMMSource, resolve_namm_sources
+from tasks.evaluation.namm_source import NAMMSource, check_checkpoint_choice, resolve_namm_sources
 from tasks.evaluation.plots import write_plots
 from tasks.evaluation.policy_runs import EvaluationContext, PolicyTaskRun, mean_ratio, run_matched, run_policy
 from tasks.evaluation.report import RESULTS_CSV, RESULTS_JSON, markdown_table, write_results
@@ -68,41 +69,36 @@ class EvaluationPlan:
         return [contender.namm for contender in self.contenders if contender.namm is not None]
 
 
-def resolve_engine_config(settings: EngineSettings, namms: list[NAMMSource]) -> EngineConfig:
-    """Explicit `engine.*` values, else the checkpoints' training settings (which must agree), else the
-    engine defaults."""
+def resolve_engine_config(settings: dict[str, Any] | None, namms: list[NAMMSource]) -> EngineConfig:
+    """Explicit (non-null) `engine.*` values, else the checkpoints' training settings (which must agree), else
+    the engine defaults."""
+    explicit = {key: value for key, value in (settings or {}).items() if value is not None}
     schedules = [namm.training_engine for namm in namms if namm.training_engine is not None]
     trained = dict(schedules[0]) if schedules else {}
     for other in schedules[1:]:
-        differing = sorted(key for key in trained if other.get(key) != trained[key] and getattr(settings, key) is None)
+        differing = sorted(key for key in trained if other.get(key) != trained[key] and key not in explicit)
         if differing:
-            raise ValueError(
+            raise ConfigError(
                 f"the NAMMs were trained with different engine settings ({differing}); every policy runs on one "
                 f"schedule, so give it explicitly (e.g. engine.{differing[0]}=...)"
             )
-    values = {
-        key: trained[key]
-        for key in ("update_interval", "eviction_mode", "prefill_chunk", "update_at_prefill_end")
-        if key in trained
-    }
-    values |= {key: value for key, value in asdict(settings).items() if value is not None}
-    config = EngineConfig(**values)
+    config = typed_config(EngineConfig, trained | explicit, "engine")
     for namm in namms:
         namm.config.check_update_interval(config.update_interval)
     return config
 
 
 def plan_evaluation(cfg: DictConfig) -> EvaluationPlan:
-    """Every check that does not need the model: config values, checkpoint, policies, budgets, task data."""
+    """Every check that does not need the model: config values, checkpoint, policies, budgets, task data.
+    A bad input raises ConfigError (or CheckpointError) naming the setting and the fix."""
     config = validate_evaluate_config(cfg)
     tasks = task_config(config.task)
-    try:
-        model = ModelConfig(**dict(config.model or {}))
-    except TypeError as error:
-        raise ValueError(f"model: {error}") from error
+    model = typed_config(ModelConfig, config.model, "model")
     check_model_config(model)
+    runs_namm = NAMM_POLICY in contender_names(config)
+    check_checkpoint_choice(config.checkpoint, config.checkpoints, runs_namm)
     labelled = []
-    if NAMM_POLICY in contender_names(config):
+    if runs_namm:
         labelled = resolve_namm_sources(
             config.checkpoint, config.checkpoints, config.train_dir, config.checkpoint_params, config.namm
         )
@@ -217,12 +213,7 @@ def build_document(
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation `cfg` (a composed conf/evaluate.yaml) describes; returns the results document."""
     started = time.perf_counter()
-    try:
-        plan = plan_evaluation(cfg)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError, FileNotFoundError) as error:  # bad input, found before the model loads
-        raise ConfigError(str(error)) from error
+    plan = plan_evaluation(cfg)
     config = plan.config
     for namm in plan.namms:
         if namm.trained_on and namm.trained_on != plan.model.name:

@@ -13,14 +13,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from namm.engine import EngineConfig, GenerationResult, MemoryEngine
+from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
 from namm.models import LoadedModel
 from namm.policies import PolicyConfig
 from tasks.evaluation.budget_matching import UpdateSchedule, relative_gap, solve_budget
 from tasks.evaluation.contenders import Contender, build_contender_policy
 from tasks.evaluation.sample_store import SampleStore, prompt_digest
 from tasks.generators import engine_generator
-from tasks.runner import DecodeSettings, PreparedTask, run_task
+from tasks.runner import PreparedTask, run_task
 
 SAMPLES_DIR = "samples"
 
@@ -32,7 +32,7 @@ class TimedEngine:
         self.generate = engine_generator(engine)
         self.seconds = 0.0
 
-    def __call__(self, prompts: list[list[int]], settings: DecodeSettings) -> list[GenerationResult]:
+    def __call__(self, prompts: list[list[int]], settings: GenerationSettings) -> list[GenerationResult]:
         start = time.perf_counter()
         results = self.generate(prompts, settings)
         self.seconds += time.perf_counter() - start

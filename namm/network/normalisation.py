@@ -13,7 +13,7 @@ import torch
 
 
 @dataclass
-class NormalizationStats:
+class NormalisationStats:
     """Running per-bin count, mean and population variance (float64 for a stable merge)."""
 
     count: torch.Tensor  # () float64
@@ -21,7 +21,7 @@ class NormalizationStats:
     var: torch.Tensor  # (bins,) float64
 
     @classmethod
-    def of(cls, values: torch.Tensor) -> NormalizationStats:
+    def of(cls, values: torch.Tensor) -> NormalisationStats:
         """Statistics of (tokens, bins) values."""
         values = values.double()
         count = torch.tensor(float(values.shape[0]), dtype=torch.float64, device=values.device)
@@ -30,7 +30,7 @@ class NormalizationStats:
             return cls(count, zeros, zeros.clone())
         return cls(count, values.mean(dim=0), values.var(dim=0, unbiased=False))
 
-    def merge(self, other: NormalizationStats) -> NormalizationStats:
+    def merge(self, other: NormalisationStats) -> NormalisationStats:
         """Chan et al.'s parallel combination: equal to the statistics of both samples pooled."""
         other = other.to(self.mean.device)
         total = self.count + other.count
@@ -39,16 +39,16 @@ class NormalizationStats:
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.count / total)
         m2 = self.var * self.count + other.var * other.count + delta.square() * (self.count * other.count / total)
-        return NormalizationStats(total, mean, m2 / total)
+        return NormalisationStats(total, mean, m2 / total)
 
-    def to(self, device: torch.device | str) -> NormalizationStats:
-        return NormalizationStats(self.count.to(device), self.mean.to(device), self.var.to(device))
+    def to(self, device: torch.device | str) -> NormalisationStats:
+        return NormalisationStats(self.count.to(device), self.mean.to(device), self.var.to(device))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"count": self.count.cpu(), "mean": self.mean.cpu(), "var": self.var.cpu()}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> NormalizationStats:
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> NormalisationStats:
         return cls(
             torch.as_tensor(state["count"], dtype=torch.float64),
             torch.as_tensor(state["mean"], dtype=torch.float64).reshape(-1),
@@ -56,14 +56,14 @@ class NormalizationStats:
         )
 
 
-class FeatureNormalizer:
+class FeatureNormaliser:
     """Applies frozen statistics; while `collecting`, merges every observed batch into them instead."""
 
     def __init__(self, bins: int, eps: float, enabled: bool = True) -> None:
         self.bins = bins
         self.eps = eps
         self.enabled = enabled
-        self.stats: NormalizationStats | None = None
+        self.stats: NormalisationStats | None = None
         self.collecting = False
         self._cached: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
 
@@ -81,7 +81,7 @@ class FeatureNormalizer:
     def freeze(self) -> None:
         """Stop collecting; from now on `apply` uses the statistics gathered so far."""
         if self.collecting and self.stats is None:
-            raise RuntimeError("FeatureNormalizer.freeze: no statistics were collected; run a calibration pass first.")
+            raise RuntimeError("FeatureNormaliser.freeze: no statistics were collected; run a calibration pass first.")
         self.collecting = False
         self._cached = None
 
@@ -93,7 +93,7 @@ class FeatureNormalizer:
             raise ValueError(
                 f"normalisation statistics need {self.bins} bins, got mean {mean.numel()} / var {var.numel()}."
             )
-        self.stats = NormalizationStats(torch.tensor(float(count), dtype=torch.float64), mean, var)
+        self.stats = NormalisationStats(torch.tensor(float(count), dtype=torch.float64), mean, var)
         self.collecting = False
         self._cached = None
 
@@ -101,7 +101,7 @@ class FeatureNormalizer:
         """Merge the (..., bins) values at `valid` (...) positions when collecting; otherwise do nothing."""
         if not self.collecting:
             return
-        batch = NormalizationStats.of(spectrogram[valid].reshape(-1, self.bins))
+        batch = NormalisationStats.of(spectrogram[valid].reshape(-1, self.bins))
         self.stats = batch if self.stats is None else self.stats.merge(batch)
 
     def apply(self, spectrogram: torch.Tensor) -> torch.Tensor:
@@ -122,6 +122,6 @@ class FeatureNormalizer:
         if not state:
             self.stats = None
         else:
-            self.stats = NormalizationStats.from_state_dict(state)
+            self.stats = NormalisationStats.from_state_dict(state)
         self.collecting = False
         self._cached = None
