@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +24,13 @@ from transformers import AttentionInterface
 from namm.attention_variant import AttentionVariant, configured_sliding_window
 from namm.cache import MemoryCache, MemoryCacheLayer, SlotStore
 from namm.models import UnsupportedModelError
+from namm.row_chunks import ChunkedRows
 
 ATTENTION_NAME = "namm_memory"
 MASK_ELEMENTS_PER_BLOCK = 1 << 26  # bounds a masked-attention block: its (heads x queries x slots) mask (64M)
 ROW_ELEMENTS_PER_BLOCK = 1 << 25  # bounds the fp32 logits when recomputing attention rows (accelerators)
 ROW_ELEMENTS_PER_BLOCK_CPU = 1 << 19  # on CPU: a block of logits that stays in cache (2 MiB)
+ROW_CHUNK_BYTES = 1 << 28  # bounds the float32 rows handed to the NAMM at once: a chunk of (row, KV head) pairs
 SUM_QUERIES_PER_BLOCK = 64  # query block of column sums: fixed, so sums add up in the same order at any batch
 #: keywords that change nothing here: positions come from the engine's chunk, the cache is always on, and
 #: router statistics are a mixture-of-experts concern outside attention
@@ -58,6 +61,32 @@ def row_blocking(pairs: int, group: int, slots: int, count: int, budget: int, qu
 def row_block_bytes(pairs: int, group: int, slots: int, count: int, head_dim: int, step: int, pair_step: int) -> int:
     """Bytes of one row-recomputation block's temporaries: float32 keys of its pairs, logits and softmax."""
     return min(pairs, pair_step) * slots * 4 * (head_dim + 2 * group * min(step, count))
+
+
+@dataclass(frozen=True)
+class RowChunkPlan:
+    """How one store's attention rows reach the NAMM: pairs per chunk and the bytes alive at once."""
+
+    pairs_per_chunk: int
+    chunk_bytes: int  # one chunk's (pairs, count, width) float32 rows
+    block_bytes: int  # the recomputation block's temporaries while the chunk is filled
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.chunk_bytes + self.block_bytes
+
+
+def row_chunk_plan(
+    pairs: int, group: int, count: int, slots: int, head_dim: int, on_cpu: bool, width: int | None = None
+) -> RowChunkPlan:
+    """Chunks of whole recomputation pair blocks (so every block's matmul stays as it was) within
+    ROW_CHUNK_BYTES; `slots` is the store's, `width` the layer's slot axis the rows are padded to."""
+    width = width or slots
+    budget = ROW_ELEMENTS_PER_BLOCK_CPU if on_cpu else ROW_ELEMENTS_PER_BLOCK
+    step, pair_step = row_blocking(pairs, group, slots, count, budget, None)
+    chunk = min(pairs, pair_step * max(1, ROW_CHUNK_BYTES // (pair_step * count * width * 4)))
+    block = row_block_bytes(pairs, group, slots, count, head_dim, step, pair_step)
+    return RowChunkPlan(chunk, chunk * count * width * 4, block)
 
 
 def visible_mask(
@@ -207,6 +236,7 @@ def probability_blocks(
     tokens_seen: torch.Tensor,
     count: int,
     queries_per_block: int | None = None,
+    pair_range: slice | None = None,
 ) -> Iterator[ProbabilityBlock]:
     """The softmax rows of the newest `count` queries against one store, block by block.
 
@@ -216,34 +246,41 @@ def probability_blocks(
     memory traffic); a block takes whole pairs when it can, so many-row batches still make large matmuls.
     Keys are upcast to float32 per block of pairs, never the whole cache at once. When every slot is live,
     only the newest `count` slots need the causal mask and each block's matmul stops at its last visible
-    slot. `queries_per_block` fixes the query blocking (for sums that must not depend on the batch). The
-    layer's sliding window, softcap and sinks apply as in its forward (rows then sum to less than 1 with sinks).
+    slot. `queries_per_block` fixes the query blocking (for sums that must not depend on the batch).
+    `pair_range` restricts the blocks to a range of the store's (row, KV head) pairs (block pairs then count
+    from its start; only its rows are read). The layer's sliding window, softcap and sinks apply as in its
+    forward (rows then sum to less than 1 with sinks).
     """
     variant = layer.variant
     group = layer.query_buffer.shape[1] // layer.num_kv_heads
-    queries = layer.recent_queries(rows, count)[:, store.heads.start * group : store.heads.stop * group]
-    used = store.used(None if every_row else rows)
-    num_rows, _, _, head_dim = queries.shape
     kv_heads, slots = store.num_heads, store.length
-    pairs = num_rows * kv_heads
-    grouped = queries.reshape(pairs, group, count, head_dim)
-    keys = used.keys.reshape(pairs, slots, head_dim)
+    span = slice(0, rows.numel() * kv_heads) if pair_range is None else pair_range
+    first_row, last_row = span.start // kv_heads, -(-span.stop // kv_heads)  # only the rows the pairs need
+    offset = first_row * kv_heads
+    span = slice(span.start - offset, span.stop - offset)
+    rows, tokens_seen = rows[first_row:last_row], tokens_seen[first_row:last_row]
+    queries = layer.recent_queries(rows, count)[:, store.heads.start * group : store.heads.stop * group]
+    used = store.used(slice(first_row, last_row) if every_row else rows)
+    num_rows, _, _, head_dim = queries.shape
+    grouped = queries.reshape(num_rows * kv_heads, group, count, head_dim)[span]
+    keys = used.keys.reshape(num_rows * kv_heads, slots, head_dim)[span]
+    pairs = keys.shape[0]
     budget = ROW_ELEMENTS_PER_BLOCK_CPU if keys.device.type == "cpu" else ROW_ELEMENTS_PER_BLOCK
     step, pair_step = row_blocking(pairs, group, slots, count, budget, queries_per_block)
     layer.meter.temporary(row_block_bytes(pairs, group, slots, count, head_dim, step, pair_step))
     # the newest `count` slots hold the queries' own tokens, in order (a window needs the positions of the rest)
     dense = store.all_valid and slots >= count and variant.sliding_window is None
     sinks = store_sinks(variant, store, group)
-    sinks = None if sinks is None else sinks.repeat(num_rows, 1)  # (pairs, group)
+    sinks = None if sinks is None else sinks.repeat(num_rows, 1)[span]  # (pairs, group)
     if dense:
         older = slots - count
         future = torch.full((count, count), float("-inf"), device=keys.device).triu_(1)  # added: faster than a fill
     else:
         query_positions = tokens_seen[:, None] - count + torch.arange(count, device=tokens_seen.device)
-        query_positions = query_positions.repeat_interleave(kv_heads, dim=0)  # (pairs, n)
+        query_positions = query_positions.repeat_interleave(kv_heads, dim=0)[span]  # (pairs, n)
         # an invalid slot gets a position no query reaches: the causal comparison hides it with the future keys
         key_positions = used.positions.masked_fill(~used.valid, torch.iinfo(used.positions.dtype).max)
-        key_positions = key_positions.reshape(pairs, slots)
+        key_positions = key_positions.reshape(num_rows * kv_heads, slots)[span]
     for first in range(0, pairs, pair_step):
         last = min(pairs, first + pair_step)
         block_keys = keys[first:last].float()
@@ -275,9 +312,51 @@ def attention_rows(layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: tor
     layer.meter.hold(out.numel() * out.element_size())
     for store in layer.stores:
         target = out[:, store.heads].flatten(0, 1)  # (pairs, count, S): a view, also for one head of many
-        for block in probability_blocks(store, layer, rows, every_row, tokens_seen, count):
-            torch.mean(block.probabilities, dim=1, out=target[block.pairs, block.queries, : block.width])
+        write_group_means(target, probability_blocks(store, layer, rows, every_row, tokens_seen, count))
     return out
+
+
+def write_group_means(target: torch.Tensor, blocks: Iterator[ProbabilityBlock]) -> None:
+    """Each block's GQA-group mean into `target` (pairs, count, S); slots past a block's width stay as they are."""
+    for block in blocks:
+        torch.mean(block.probabilities, dim=1, out=target[block.pairs, block.queries, : block.width])
+
+
+def layer_pairs(store: SlotStore, kv_heads: int, span: slice) -> slice:
+    """The layer's flattened (row, KV head) pairs (r * H + h) of a range of the store's own pairs; a store
+    holds every KV head of the layer or one of them (per_head storage)."""
+    if store.num_heads == kv_heads:
+        return span
+    if store.num_heads != 1:
+        raise ValueError(f"a store of {store.num_heads} of {kv_heads} KV heads: stores hold one head or all.")
+    head = store.heads.start
+    return slice(span.start * kv_heads + head, (span.stop - 1) * kv_heads + head + 1, kv_heads)
+
+
+def chunked_attention_rows(
+    layer: MemoryCacheLayer, rows: torch.Tensor, tokens_seen: torch.Tensor, count: int
+) -> ChunkedRows:
+    """The rows of `attention_rows`, each chunk of (row, KV head) pairs computed only when its consumer asks
+    (`row_chunk_plan` bounds a chunk), with the same blocks, so the same values."""
+    every_row = rows.numel() == layer.stores[0].keys.shape[0]
+    kv_heads, width = layer.num_kv_heads, layer.length
+    group, head_dim = layer.query_buffer.shape[1] // kv_heads, layer.query_buffer.shape[3]
+
+    def compute(store: SlotStore, span: slice) -> torch.Tensor:
+        out = torch.zeros(span.stop - span.start, count, width, dtype=torch.float32, device=rows.device)
+        write_group_means(out, probability_blocks(store, layer, rows, every_row, tokens_seen, count, pair_range=span))
+        return out
+
+    chunks, chunk_bytes = [], 0
+    for store in layer.stores:
+        pairs = rows.numel() * store.num_heads
+        plan = row_chunk_plan(pairs, group, count, store.length, head_dim, rows.device.type == "cpu", width)
+        chunk_bytes = max(chunk_bytes, plan.chunk_bytes)
+        for first in range(0, pairs, plan.pairs_per_chunk):
+            span = slice(first, min(pairs, first + plan.pairs_per_chunk))
+            chunks.append((layer_pairs(store, kv_heads, span), partial(compute, store, span)))
+    layer.meter.hold(chunk_bytes)  # one chunk at a time: its consumer drops it before asking for the next
+    return ChunkedRows((rows.numel(), kv_heads, count, width), tuple(chunks))
 
 
 def attention_column_sums(

@@ -122,8 +122,8 @@ class SlotStore:
         self.length = end
         self.all_valid = self.all_valid and chunk.all_real
 
-    def used(self, rows: torch.Tensor | None = None) -> Slots:
-        """Views (every row) or copies (a subset) of the used slots."""
+    def used(self, rows: torch.Tensor | slice | None = None) -> Slots:
+        """Views (every row, or a slice of rows) or copies (an index tensor of rows) of the used slots."""
         stores = (self.keys, self.values, self.valid, self.positions)
         if rows is None:
             return Slots(*(store[:, :, : self.length] for store in stores))

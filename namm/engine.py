@@ -17,7 +17,12 @@ from functools import partial
 import torch
 from transformers import PreTrainedModel
 
-from namm.attention import attention_column_sums, attention_rows, register_memory_attention
+from namm.attention import (
+    attention_column_sums,
+    attention_rows,
+    chunked_attention_rows,
+    register_memory_attention,
+)
 from namm.cache import ChunkInfo, MemoryCache, MemoryCacheLayer, StorageSizing
 from namm.memory import MemoryUsage
 from namm.policies.base import LayerView, MemoryPolicy, top_k_keep
@@ -348,10 +353,11 @@ class _Run:
         self, layer_idx: int, layer: MemoryCacheLayer, rows: torch.Tensor, seen: torch.Tensor, count: int
     ) -> LayerView:
         slots = layer.slots(rows, every_row=rows.numel() == self.batch)
-        rows_fn = sums_fn = None
+        rows_fn = sums_fn = chunks_fn = None
         if self.policy.needs_attention:
             rows_fn = partial(attention_rows, layer, rows, seen)
             sums_fn = partial(attention_column_sums, layer, rows, seen)
+            chunks_fn = partial(chunked_attention_rows, layer, rows, seen)
         return LayerView(
             layer_idx=layer_idx,
             rows=rows,
@@ -363,6 +369,7 @@ class _Run:
             num_new_tokens=count,
             attention_fn=rows_fn,
             attention_sums_fn=sums_fn,
+            attention_chunks_fn=chunks_fn,
         )
 
     # -- results ----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Recomputed attention rows (and their column sums) equal eager softmax attention, on the dense (every slot
-live) and the masked path, in one query block or many, for all rows or a subset, in one store or per head."""
+live) and the masked path, in one query block or many, for all rows or a subset, in one store or per head;
+rows handed over in chunks of (row, head) pairs equal the whole tensor and stay bounded at long contexts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from namm import attention
-from namm.attention import attention_column_sums, attention_rows
+from namm.attention import attention_column_sums, attention_rows, chunked_attention_rows, row_chunk_plan
 from namm.attention_variant import AttentionVariant
 from namm.cache import ChunkInfo, MemoryCacheLayer, StorageSizing
 from namm.memory import MemoryMeter
@@ -150,3 +151,41 @@ def test_column_sums_do_not_depend_on_the_row_block(monkeypatch, count):
     for row in range(3):
         alone = attention_column_sums(layer, torch.tensor([row]), torch.tensor([40]), count)
         assert torch.equal(alone[0], batched[row])
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * WINDOW * 40 * 4, 1 << 28])  # a pair / 3 pairs / everything
+def test_chunked_rows_equal_the_whole_tensor_exactly(monkeypatch, per_head, chunk_bytes):
+    """Every chunk holds exactly its pairs' rows of `attention_rows` (bit for bit), and the chunks cover every
+    (row, head) pair once: with padding, a per-head gap, all rows or a subset, and several recomputation blocks."""
+    monkeypatch.setattr(attention, "ROW_ELEMENTS_PER_BLOCK_CPU", 2 * Q_HEADS * 40 * 4)
+    monkeypatch.setattr(attention, "ROW_CHUNK_BYTES", chunk_bytes)
+    real = torch.ones(3, 40, dtype=torch.bool)
+    real[1, :7] = False
+    layer = filled_layer(rows=3, slots=40, real=real, per_head=per_head)
+    evict_gap(layer, row=0, head=1, gap=range(3, 11))
+    seen = torch.tensor([40, 33, 40])
+    for rows in (torch.arange(3), torch.tensor([2, 0])):
+        whole = attention_rows(layer, rows, seen[rows], WINDOW).flatten(0, 1)
+        chunked = chunked_attention_rows(layer, rows, seen[rows], WINDOW)
+        assert chunked.shape == (rows.numel(), KV_HEADS, WINDOW, layer.length)
+        covered = torch.zeros(whole.shape[0], dtype=torch.long)
+        for pairs, compute in chunked.chunks:
+            assert torch.equal(compute(), whole[pairs])
+            covered[pairs] += 1
+        assert covered.tolist() == [1] * whole.shape[0]
+        if chunk_bytes == 1:
+            assert len(chunked.chunks) == whole.shape[0]  # one pair per chunk
+
+
+def test_row_chunks_bound_memory_at_llama3_8b_32k():
+    """Shapes only: 8 rows x 8 KV heads (group 4, head_dim 128), 512 queries on 32k slots. The whole tensor
+    would be 4 GiB; one chunk and its recomputation block stay under 1 GiB (accelerator and CPU budgets)."""
+    pairs, group, count, slots, head_dim = 8 * 8, 4, 512, 32768, 128
+    assert pairs * count * slots * 4 == 4 << 30
+    for on_cpu in (False, True):
+        plan = row_chunk_plan(pairs, group, count, slots, head_dim, on_cpu)
+        assert plan.peak_bytes <= 1 << 30
+        assert plan.chunk_bytes == plan.pairs_per_chunk * count * slots * 4 <= attention.ROW_CHUNK_BYTES
+    small = row_chunk_plan(pairs=6, group=3, count=16, slots=40, head_dim=8, on_cpu=True)
+    assert small.pairs_per_chunk == 6  # short contexts: one chunk, as before

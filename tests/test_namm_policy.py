@@ -181,3 +181,44 @@ def test_namm_transformer_from_a_name_or_a_fresh_config(tiny_llama):
     assert fresh.tokenizer is None
     out = fresh.engine.generate([list(range(1, 60))], GenerationSettings(max_new_tokens=8, stop_on_eos=False))[0]
     assert out.retained_ratio == 1.0 and len(out.token_ids) == 8  # zero parameters keep everything
+
+
+@pytest.mark.parametrize("mode", ["per_head", "per_layer_max"])
+def test_engine_rows_in_chunks_change_nothing(tiny_llama, monkeypatch, mode):
+    """One (row, head) pair per chunk of attention rows vs the whole layer at once: every update's scores and
+    spectrogram state are bit-identical, and so are the generations."""
+    import namm.engine
+    from namm import attention
+    from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
+
+    prompts = random_prompts([110, 110, 90], tiny_llama.config.vocab_size, seed=2)  # rows 0, 1 update together
+    theta = torch.randn(3, 4172, generator=torch.Generator().manual_seed(17)) * 0.5
+    theta[:, -1] = 1.0
+    settings = GenerationSettings(max_new_tokens=24, stop_on_eos=False)
+
+    monkeypatch.setattr(attention, "ROW_ELEMENTS_PER_BLOCK_CPU", 1 << 12)  # recomputation blocks of 1-2 pairs
+    chunk_counts = []
+
+    def counted(*args):
+        rows = attention.chunked_attention_rows(*args)
+        chunk_counts.append(len(rows.chunks))
+        return rows
+
+    monkeypatch.setattr(namm.engine, "chunked_attention_rows", counted)
+
+    def run(chunk_bytes: int):
+        monkeypatch.setattr(attention, "ROW_CHUNK_BYTES", chunk_bytes)
+        seen = []
+        policy = NAMMPolicy(observer=lambda view, output: seen.append((output.scores, output.state.ema)))
+        engine = MemoryEngine(tiny_llama, policy, EngineConfig(update_interval=32, eviction_mode=mode))
+        return engine.generate(prompts, settings, row_parameters=theta), seen
+
+    (whole, whole_seen), whole_chunks = run(1 << 28), sum(chunk_counts)
+    (chunked, chunked_seen), chunked_chunks = run(1), sum(chunk_counts) - whole_chunks
+    assert chunked_chunks > whole_chunks  # the second run did split its rows into more chunks
+    assert len(whole_seen) == len(chunked_seen) > 0
+    for (scores, ema), (chunked_scores, chunked_ema) in zip(whole_seen, chunked_seen):
+        assert torch.equal(scores, chunked_scores) and torch.equal(ema, chunked_ema)
+    assert [r.token_ids for r in whole] == [r.token_ids for r in chunked]
+    assert [r.cache_sizes for r in whole] == [r.cache_sizes for r in chunked]
+    assert min(r.retained_ratio for r in whole) < 1.0

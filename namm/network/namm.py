@@ -21,6 +21,7 @@ from namm.network.recency import RecencyCode
 from namm.network.scorer import token_scores
 from namm.network.selection import keep_mask, newest_positions, ranking_scores
 from namm.network.spectrogram import SpectrogramState, update_spectrogram
+from namm.row_chunks import ChunkedRows
 
 
 @dataclass
@@ -83,7 +84,7 @@ class NAMM:
 
     def __call__(
         self,
-        attention: torch.Tensor,
+        attention: torch.Tensor | ChunkedRows,
         positions: torch.Tensor,
         valid: torch.Tensor | None = None,
         state: SpectrogramState | None = None,
@@ -93,19 +94,21 @@ class NAMM:
         """Score one layer's cache.
 
         attention: (R, H, n, S) attention of the n queries since the previous update (GQA-averaged),
-            zero where a query could not see a slot. The n newest positions are this update's new tokens.
+            zero where a query could not see a slot, as a tensor or in chunks of (row, head) pairs (only one
+            chunk is held at a time). The n newest positions are this update's new tokens.
         positions: (R, H, S) int64 absolute token positions; valid: (R, H, S) bool (default: positions >= 0).
         state: the state returned by the previous call, re-gathered to the current slot order (None: fresh).
         rows: the batch rows of the input, to pick per-row parameter vectors (default: all, in order).
         parameters: (P,) or (B, P) vectors to use instead of the NAMM's own (e.g. a population).
         """
         config = self.config
-        if attention.dim() != 4 or positions.shape != (attention.shape[0], attention.shape[1], attention.shape[3]):
+        shape = tuple(attention.shape)
+        if len(shape) != 4 or positions.shape != (shape[0], shape[1], shape[3]):
             raise ValueError(
-                f"expected attention (R, H, n, S) and positions (R, H, S); got {tuple(attention.shape)} and "
-                f"{tuple(positions.shape)}."
+                f"expected attention (R, H, n, S) and positions (R, H, S); got {shape} and {tuple(positions.shape)}."
             )
-        rows_count, heads, queries, slots = attention.shape
+        rows_count, heads, queries, slots = shape
+        device = positions.device
         valid = positions >= 0 if valid is None else valid
         newest = newest_positions(positions, valid)  # (R, H, 1)
         new_index = positions - (newest + 1 - queries)
@@ -113,7 +116,7 @@ class NAMM:
         new_index = new_index.masked_fill(~is_new, -1)
 
         if state is None:
-            state = SpectrogramState.zeros(rows_count, heads, slots, config, attention.device)
+            state = SpectrogramState.zeros(rows_count, heads, slots, config, device)
         state = state.resized(slots).masked(valid & ~is_new)
         state = update_spectrogram(attention, state, new_index, config)
 
@@ -122,7 +125,7 @@ class NAMM:
         ages = torch.where(valid, newest - positions, -1)
         features = torch.cat([self.recency(ages), spectrogram], dim=-1) * valid[..., None]
 
-        weights = self.row_weights(rows, rows_count, attention.device, parameters)
+        weights = self.row_weights(rows, rows_count, device, parameters)
         scores = token_scores(features, positions, valid, weights, config).masked_fill(~valid, float("-inf"))
         ranked = ranking_scores(scores, positions, valid, config)
         keep = keep_mask(ranked, positions, valid, config)

@@ -6,7 +6,8 @@ followed by the `n` new ones; frames of `n_fft` samples, `hop` apart, are window
 Fourier-transformed (one-sided, as `torch.stft(center=False)`) and reduced to magnitudes. The EMA weighs frame t of T = n / hop by
 (1 - a) a^(T-1-t) with a = ema_coeff^hop and decays the previous state by a^T. A token that is new in
 this update (index j inside the block) only collects frames t >= floor(j / hop): earlier frames
-precede its arrival. Tokens are processed in blocks so memory stays bounded at long contexts.
+precede its arrival. Tokens are processed in blocks, and the attention rows arrive in chunks of (row, head)
+pairs, so memory stays bounded at long contexts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from namm.network.config import NAMMConfig
+from namm.row_chunks import ChunkedRows
 
 # Token blocks bound the spectrum's memory: cache-sized on CPU (where memory traffic dominates), large
 # on accelerators (where each block costs kernel launches).
@@ -96,34 +98,54 @@ def ema_frame_weights(config: NAMMConfig, frames: int, device: torch.device) -> 
 
 
 def update_spectrogram(
-    attention: torch.Tensor, state: SpectrogramState, new_index: torch.Tensor, config: NAMMConfig
+    attention: torch.Tensor | ChunkedRows, state: SpectrogramState, new_index: torch.Tensor, config: NAMMConfig
 ) -> SpectrogramState:
     """One update of every token's EMA spectrogram.
 
-    attention: (R, H, n, S) attention of the n new queries (rows) on the S slots (columns).
+    attention: (R, H, n, S) attention of the n new queries (rows) on the S slots (columns), as a tensor or
+        in chunks of (row, head) pairs (each chunk's rows are computed when needed and dropped after).
     state: the previous state, already zero for slots that are new or invalid.
     new_index: (R, H, S) int64, j for the j-th new token of this update, -1 for tokens cached before.
     Returns the new state: EMA (R, H, S, bins) and the carry-over for the next update.
     """
+    attention = attention if isinstance(attention, ChunkedRows) else ChunkedRows.whole(attention)
     rows, heads, queries, slots = attention.shape
     if queries % config.hop or queries == 0:
         raise ValueError(
             f"the NAMM needs a positive multiple of hop={config.hop} queries per update, got {queries}; "
             "use an update interval that is a multiple of the hop."
         )
+    bins, carry_len, device = config.bins, config.carry_over, new_index.device
+    # (row, head) pairs are independent: flatten them so a block can take whole pairs when they are short
+    pairs = rows * heads
+    old = SpectrogramState(state.ema.reshape(pairs, slots, bins), state.carry.reshape(pairs, slots, carry_len))
+    first_frame = torch.div(new_index, config.hop, rounding_mode="floor").reshape(pairs, slots)  # old tokens: -1
+    new = SpectrogramState(
+        torch.empty(pairs, slots, bins, device=device), torch.empty(pairs, slots, carry_len, device=device)
+    )
+    for chunk, chunk_rows in attention.chunks:
+        update_pairs(chunk_rows(), old, first_frame, new, chunk, config)
+    return SpectrogramState(new.ema.view(rows, heads, slots, bins), new.carry.view(rows, heads, slots, carry_len))
+
+
+def update_pairs(
+    attention: torch.Tensor,
+    old: SpectrogramState,
+    first_frame: torch.Tensor,
+    new: SpectrogramState,
+    chunk: slice,
+    config: NAMMConfig,
+) -> None:
+    """Write the new state of the pairs `chunk` (of the flattened (pairs, S, .) states) from their (P, n, S)
+    attention, in blocks of pairs and tokens; a function of its own so the chunk's rows die on return."""
+    _, queries, slots = attention.shape
     frames, bins, carry_len = queries // config.hop, config.bins, config.carry_over
     basis = dft_basis(config, attention.device)
     weights, decay = ema_frame_weights(config, frames, attention.device)
-    first_frame = torch.div(new_index, config.hop, rounding_mode="floor")  # old tokens: -1, every frame
     frame_ids = torch.arange(frames, device=attention.device)
-
-    # (row, head) pairs are independent: flatten them so a block can take whole pairs when they are short
-    pairs = rows * heads
-    attention = attention.reshape(pairs, queries, slots)
-    old_ema, old_carry = state.ema.reshape(pairs, slots, bins), state.carry.reshape(pairs, slots, carry_len)
-    first_frame = first_frame.reshape(pairs, slots)
-    ema = torch.empty(pairs, slots, bins, device=attention.device)
-    carry = torch.empty(pairs, slots, carry_len, device=attention.device)
+    old_ema, old_carry, first_frame = old.ema[chunk], old.carry[chunk], first_frame[chunk]
+    ema, carry = new.ema[chunk], new.carry[chunk]  # views: written in place
+    pairs = attention.shape[0]
     budget = ELEMENTS_PER_BLOCK if attention.device.type == "cpu" else ACCELERATOR_ELEMENTS_PER_BLOCK
     block = max(1, min(slots, budget // (frames * 2 * bins)))  # tokens per block
     pair_block = max(1, budget // (frames * 2 * bins * block))
@@ -145,5 +167,3 @@ def update_spectrogram(
             mask = frame_ids[:, None] >= first_frame[first:last, None, start:stop]  # (P, T, b)
             collected = magnitudes.mul_((weights[:, None] * mask)[:, :, None, :]).sum(dim=1)  # (P, bins, b)
             ema[first:last, start:stop] = old_ema[first:last, start:stop] * decay + collected.transpose(1, 2)
-    ema, carry = ema.view(rows, heads, slots, bins), carry.view(rows, heads, slots, carry_len)
-    return SpectrogramState(ema, carry)

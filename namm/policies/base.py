@@ -15,6 +15,8 @@ from typing import ClassVar
 
 import torch
 
+from namm.row_chunks import ChunkedRows
+
 
 @dataclass
 class LayerView:
@@ -34,6 +36,7 @@ class LayerView:
     num_new_tokens: int  # n
     attention_fn: Callable[[int], torch.Tensor] | None = None
     attention_sums_fn: Callable[[int], torch.Tensor] | None = None
+    attention_chunks_fn: Callable[[int], ChunkedRows] | None = None
 
     @cached_property
     def attention(self) -> torch.Tensor:
@@ -52,6 +55,13 @@ class LayerView:
         if "attention" in self.__dict__:
             return self.__dict__["attention"][:, :, self.num_new_tokens - count :]
         return self.attention_fn(count)
+
+    def chunked_attention(self) -> ChunkedRows:
+        """The rows of `attention` in chunks of (row, KV head) pairs, each computed when its consumer asks,
+        so a consumer that goes pair by pair never holds the (R, H, n, S) tensor (GiBs at long contexts)."""
+        if "attention" in self.__dict__ or self.attention_chunks_fn is None:
+            return ChunkedRows.whole(self.attention)
+        return self.attention_chunks_fn(self.num_new_tokens)
 
     def attention_received(self, count: int | None = None) -> torch.Tensor:
         """(R, H, S) float32: the attention each slot received from the newest `count` queries (default n),

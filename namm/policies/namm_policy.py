@@ -1,6 +1,6 @@
 """The NAMM as an engine memory policy: per-(layer, row) spectrogram state, per-row parameter vectors.
 
-The engine hands each update's GQA-averaged attention rows; the NAMM scores every slot and returns
+The engine hands each update's GQA-averaged attention rows (chunk by chunk); the NAMM scores every slot and returns
 its keep decision. The engine applies its eviction mode (`per_head` or the reference's
 `per_layer_max`) and compaction, then calls `reindex` so the state follows the surviving tokens.
 """
@@ -77,7 +77,7 @@ class NAMMPolicy(MemoryPolicy):
 
     def select(self, view: LayerView) -> Selection:
         output = self.namm(
-            view.attention,
+            view.chunked_attention(),
             view.positions,
             view.valid,
             state=self._rows_state(view.layer_idx, view.rows),
