@@ -21,8 +21,10 @@ from transformers import PreTrainedModel
 from namm.attention import attention_column_sums, attention_rows, register_memory_attention
 from namm.cache import ChunkInfo, MemoryCache, MemoryCacheLayer, StorageSizing
 from namm.memory import MemoryUsage
-from namm.policies.base import LayerView, MemoryPolicy, top_k_keep
+from namm.models import check_supported
+from namm.policies.base import LayerView, MemoryPolicy
 from namm.schedule import chunk_ends
+from namm.selection import per_layer_max_keep_per_row
 
 EvictionMode = Literal["per_head", "per_layer_max"]
 
@@ -87,8 +89,6 @@ class MemoryEngine:
     """Runs greedy generation with `policy` managing the KV cache of `model`."""
 
     def __init__(self, model: PreTrainedModel, policy: MemoryPolicy, config: EngineConfig | None = None) -> None:
-        from namm.models import check_supported
-
         check_supported(model)
         self.model = model
         self.policy = policy
@@ -332,7 +332,7 @@ class _Run:
                 selection = self.policy.select(view)
                 keep = selection.keep & view.valid
                 if self.config.eviction_mode == "per_layer_max":
-                    keep = top_k_keep(selection.scores, view.valid, keep.sum(dim=-1).amax(dim=-1))
+                    keep = per_layer_max_keep_per_row(selection.scores, keep, view.valid)
                 order, new_valid = layer.compact(index, keep)
             self.policy.reindex(layer_idx, index, order, new_valid)
             sizes.append(new_valid.sum(dim=-1).double().mean(dim=-1))

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from namm.policies.base import Budget
+from namm.selection import Budget
 
 ScorerKind = Literal["bam", "mlp"]
 
