@@ -1,7 +1,7 @@
 """One-call construction of a NAMM-managed transformer: a model, a NAMM policy and the engine together.
 
-It sits above the engine, the model loader and the policies (which import none of them), so building a
-policy by name never loads the engine or the models.
+It sits above the engine, the model loader and the policies, so that the policies need import neither of
+the first two: building a policy by name never loads the engine or the models.
 """
 
 from __future__ import annotations
