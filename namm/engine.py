@@ -25,8 +25,10 @@ from namm.attention import (
 )
 from namm.cache import ChunkInfo, MemoryCache, MemoryCacheLayer, StorageSizing
 from namm.memory import MemoryUsage
-from namm.policies.base import LayerView, MemoryPolicy, top_k_keep
+from namm.models import check_supported
+from namm.policies.base import LayerView, MemoryPolicy
 from namm.schedule import chunk_ends
+from namm.selection import per_layer_max_keep_per_row
 
 EVICTION_MODES = ("per_head", "per_layer_max")
 
@@ -93,8 +95,6 @@ class MemoryEngine:
     """Runs greedy generation with `policy` managing the KV cache of `model`."""
 
     def __init__(self, model: PreTrainedModel, policy: MemoryPolicy, config: EngineConfig | None = None) -> None:
-        from namm.models import check_supported
-
         check_supported(model)
         self.model = model
         self.policy = policy
@@ -338,7 +338,7 @@ class _Run:
                 selection = self.policy.select(view)
                 keep = selection.keep & view.valid
                 if self.config.eviction_mode == "per_layer_max":
-                    keep = top_k_keep(selection.scores, view.valid, keep.sum(dim=-1).amax(dim=-1))
+                    keep = per_layer_max_keep_per_row(selection.scores, keep, view.valid)
                 order, new_valid = layer.compact(index, keep)
             self.policy.reindex(layer_idx, index, order, new_valid)
             sizes.append(new_valid.sum(dim=-1).double().mean(dim=-1))

@@ -41,7 +41,7 @@ COST_PARTS: dict[str, list[tuple[object, str]]] = {
     "attention_rows": [(namm.attention, "write_group_means")],
     "stft_ema": [(namm.network.namm, "update_spectrogram")],
     "scorer": [(namm.network.namm, "token_scores")],
-    "eviction": [(namm.engine, "top_k_keep"), (MemoryCacheLayer, "compact"), (NAMMPolicy, "reindex")],
+    "eviction": [(namm.engine, "per_layer_max_keep_per_row"), (MemoryCacheLayer, "compact"), (NAMMPolicy, "reindex")],
     "update_total": [(namm.engine._Run, "update")],
 }
 NESTED = {"stft_ema": "attention_rows"}

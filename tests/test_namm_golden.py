@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from namm.network import NAMM, NAMMConfig
-from namm.policies.base import LayerView, top_k_keep
+from namm.policies.base import LayerView
 from namm.policies.namm_policy import NAMMPolicy
+from namm.selection import per_layer_max_keep_per_row
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_REQUIRED = bool(os.environ.get("NAMM_GOLDEN_DIR"))  # asked for by name (CI): a missing set fails, never skips
@@ -97,7 +98,7 @@ def test_policy_interface_reproduces_module_golden(checker):
             attention_fn=lambda count, a=attention: a[:, :, a.shape[2] - count :],
         )
         selection = policy.select(view)
-        keep = top_k_keep(selection.scores, valid, selection.keep.sum(dim=-1).amax(dim=-1))
+        keep = per_layer_max_keep_per_row(selection.scores, selection.keep, valid)
         counts = keep.sum(dim=-1)
         index = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[..., : int(counts.max())]
         policy.reindex(0, torch.arange(1), index, torch.arange(index.shape[-1]) < counts[..., None])

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from namm.network import NAMMConfig
-from namm.policies.base import LayerView, top_k_keep
+from namm.policies.base import LayerView
 from namm.policies.namm_policy import NAMMPolicy
+from namm.selection import top_k_keep
 
 
 def causal_attention(rows: int, heads: int, queries: int, slots: int, seed: int) -> torch.Tensor:
@@ -159,8 +160,8 @@ def test_engine_zero_parameters_evict_nothing(tiny_llama):
 def test_namm_transformer_from_a_name_or_a_fresh_config(tiny_llama):
     from transformers import LlamaConfig
 
+    from namm.api import namm_transformer
     from namm.engine import EngineConfig, GenerationSettings
-    from namm.policies.namm_policy import namm_transformer
 
     theta = torch.randn(4172, generator=torch.Generator().manual_seed(17)) * 0.5
     named = namm_transformer("tiny-llama", parameters=theta)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from namm.errors import ConfigError
-from namm.policies.base import Budget
+from namm.selection import Budget
 
 ScorerKind = Literal["bam", "mlp"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from namm.network.config import NAMMConfig
-from namm.policies.base import top_k_keep
+from namm.selection import top_k_keep
 
 
 def newest_positions(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -30,12 +30,3 @@ def keep_mask(ranked: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor
         return (ranked >= config.threshold) & valid
     tokens_seen = newest_positions(positions, valid).amax(dim=1).view(-1) + 1
     return top_k_keep(ranked, valid, budget.keep_counts(tokens_seen))
-
-
-def per_layer_max_keep(ranked: torch.Tensor, keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """The reference's layer rule: every head keeps its own top-K, K = the largest keep count of any head.
-
-    K is also the maximum over rows, as in the reference, so the kept cache stays one dense tensor.
-    """
-    count = keep.sum(dim=-1).amax()
-    return top_k_keep(ranked, valid, count.expand(ranked.shape[0]))

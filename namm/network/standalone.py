@@ -12,8 +12,8 @@ import torch
 
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
-from namm.network.selection import per_layer_max_keep
 from namm.network.spectrogram import SpectrogramState
+from namm.selection import per_layer_max_keep_whole_batch
 
 
 @dataclass
@@ -68,7 +68,7 @@ class KVCacheManager:
             )
         output = self.namm(attention, positions, state=self.state)
         valid = torch.ones_like(output.keep)
-        keep = per_layer_max_keep(output.ranked, output.keep, valid)
+        keep = per_layer_max_keep_whole_batch(output.ranked, output.keep, valid)
         kept = int(keep.sum(dim=-1).amax())
         index = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[..., :kept]
         self.state = output.state.gather(index, torch.ones_like(index, dtype=torch.bool))

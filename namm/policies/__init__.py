@@ -1,7 +1,8 @@
 """Memory policies: the NAMM and the hand-designed baselines, all on the engine's schedule."""
 
-from namm.policies.base import Budget, BudgetPolicy, LayerView, MemoryPolicy, Selection
-from namm.policies.registry import PolicyConfig, available_policies, build_policy, register_policy
+from namm.policies.base import BudgetPolicy, LayerView, MemoryPolicy, Selection
+from namm.policies.registry import PolicyConfig, available_policies, build_policy, policy_class, register_policy
+from namm.selection import Budget
 
 __all__ = [
     "Budget",
@@ -12,5 +13,6 @@ __all__ = [
     "Selection",
     "available_policies",
     "build_policy",
+    "policy_class",
     "register_policy",
 ]

@@ -6,7 +6,6 @@ That split keeps every baseline a page of code and lets the NAMM plug into the s
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import ClassVar
 import torch
 
 from namm.row_chunks import ChunkedRows
+from namm.selection import Budget, top_k_keep
 
 
 @dataclass
@@ -90,53 +90,16 @@ class Selection:
     keep: torch.Tensor  # (R, H, S) bool, never True on invalid slots
 
 
-@dataclass(frozen=True)
-class Budget:
-    """How many tokens a budgeted policy keeps per head: a ratio of tokens seen or a fixed count."""
-
-    ratio: float | None = 0.5
-    tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        if (self.ratio is None) == (self.tokens is None):
-            raise ValueError("Budget: give exactly one of `ratio` (0 < ratio <= 1) or `tokens` (> 0).")
-        if (
-            self.ratio is not None
-            and not (0.0 < self.ratio <= 1.0)
-            or (self.ratio is not None and math.isnan(self.ratio))
-        ):
-            raise ValueError(f"Budget ratio must be in (0, 1], got {self.ratio}; e.g. policy.budget=0.5.")
-        if self.tokens is not None and self.tokens <= 0:
-            raise ValueError(f"Budget token count must be positive, got {self.tokens}.")
-
-    def keep_counts(self, tokens_seen: torch.Tensor) -> torch.Tensor:
-        """(R,) int64 number of tokens each row may keep per head."""
-        if self.tokens is not None:
-            return torch.full_like(tokens_seen, self.tokens)
-        return torch.ceil(tokens_seen.double() * self.ratio).long().clamp(min=1)
-
-
 #: the rank of a policy's protected slots (sinks, windows, recent tokens): above every score, below the newest
 PROTECTED_SCORE = torch.finfo(torch.float32).max
 
 
-def top_k_keep(scores: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """(R, H, S) bool keeping the `counts[r]` best-scoring valid slots of every head.
-
-    Ties go to the older token: a stable sort keeps slot order, and live slots are in position order (the
-    cache appends tokens in order and compacts stably). Each row and head is ranked on its own, so which
-    rows share the batch cannot change the result.
-    """
-    masked = scores.masked_fill(~valid, float("-inf"))
-    order = masked.argsort(dim=-1, descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    return (rank < counts.view(-1, 1, 1)) & valid
-
-
+@dataclass(eq=False)
 class MemoryPolicy(ABC):
     """Base class of every memory policy.
 
+    A policy is a dataclass (`eq=False`: policies compare by identity) whose init fields are its options, the
+    keys of `policy.options`, checked in `__post_init__`; per-sequence state is `field(init=False)`.
     Subclasses implement `select`. Policies with per-token state keep it in slot order and re-gather it
     in `reindex`, which the engine calls after it compacts a layer.
     """
@@ -146,7 +109,7 @@ class MemoryPolicy(ABC):
     #: registry name used in configs and result files
     name: ClassVar[str] = "policy"
     #: every update must bring a multiple of this many queries (the NAMM's STFT hop); checked before a run
-    update_query_multiple: int = 1
+    update_query_multiple: ClassVar[int] = 1
 
     def reset(self, batch_size: int, num_layers: int, num_kv_heads: int, device: torch.device) -> None:
         """Forget all per-sequence state before a new batch."""
@@ -172,6 +135,7 @@ class MemoryPolicy(ABC):
             raise ValueError(f"Policy '{self.name}' has no parameters; row_parameters must be None.")
 
 
+@dataclass(eq=False)
 class BudgetPolicy(MemoryPolicy):
     """A policy that keeps a fixed budget per head: the newest token first, then the policy's protected
     tokens (oldest first), then the best scores (ties: the older token).
@@ -180,8 +144,7 @@ class BudgetPolicy(MemoryPolicy):
     budget that is too small at some update keeps the newest token and as many protected ones as fit.
     """
 
-    def __init__(self, budget: Budget) -> None:
-        self.budget = budget
+    budget: Budget
 
     @abstractmethod
     def score(self, view: LayerView) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -11,6 +12,7 @@ from namm.policies.registry import register_policy
 
 
 @register_policy
+@dataclass(eq=False)
 class FullCachePolicy(MemoryPolicy):
     name: ClassVar[str] = "full"
     #: the engine skips updates (and query recording) entirely for a policy that never evicts

@@ -9,27 +9,31 @@ information before anything could ask about it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from namm.policies.base import Budget, BudgetPolicy, LayerView
+from namm.policies.base import BudgetPolicy, LayerView
 from namm.policies.registry import register_policy
 
 
 @register_policy
+@dataclass(eq=False)
 class H2OPolicy(BudgetPolicy):
     name: ClassVar[str] = "h2o"
     needs_attention: ClassVar[bool] = True
 
-    def __init__(self, budget: Budget, recent_share: float = 0.5) -> None:
-        super().__init__(budget)
-        if not 0.0 <= recent_share <= 1.0:
+    recent_share: float = 0.5  # the budget's share for the newest tokens (the paper: 0.5)
+    received: dict[int, torch.Tensor] = field(init=False, default_factory=dict, repr=False)  # per layer (B, H, S)
+    batch_size: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.recent_share <= 1.0:
             raise ValueError(
-                f"h2o recent_share must be in [0, 1] (the budget's share for the newest tokens), got {recent_share}."
+                "h2o policy.options.recent_share must be in [0, 1] (the budget's share for the newest tokens), "
+                f"got {self.recent_share}."
             )
-        self.recent_share = recent_share
-        self.received: dict[int, torch.Tensor] = {}
 
     def reset(self, batch_size: int, num_layers: int, num_kv_heads: int, device: torch.device) -> None:
         self.received = {}

@@ -10,6 +10,7 @@ near-equal norms straddling a rounding boundary still fall on its two sides.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -27,6 +28,7 @@ def round_significant(values: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 @register_policy
+@dataclass(eq=False)
 class KeyNormPolicy(BudgetPolicy):
     name: ClassVar[str] = "knorm"
 

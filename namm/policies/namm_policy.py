@@ -8,14 +8,11 @@ its keep decision. The engine applies its eviction mode (`per_head` or the refer
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from namm.engine import EngineConfig, MemoryEngine
-from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM, NAMMOutput
 from namm.network.spectrogram import SpectrogramState
@@ -26,31 +23,28 @@ Observer = Callable[[LayerView, NAMMOutput], None]
 
 
 @register_policy
+@dataclass(eq=False)
 class NAMMPolicy(MemoryPolicy):
     """Keeps a token when the NAMM scores it >= threshold (or in its top-k budget); newest always kept."""
 
     needs_attention: ClassVar[bool] = True
     name: ClassVar[str] = "namm"
 
-    def __init__(
-        self,
-        namm: NAMM | NAMMConfig | dict[str, Any] | None = None,
-        parameters: torch.Tensor | None = None,
-        observer: Observer | None = None,
-    ) -> None:
-        """`namm`: a built NAMM, its config, or the config as a plain mapping (default: the reference BAM).
+    #: a built NAMM, its config, or the config as a plain mapping (default: the reference BAM); a NAMM after init
+    namm: NAMM | NAMMConfig | dict[str, Any] | None = None
+    #: the NAMM's parameter vector, handed to it (default: the NAMM's own, zeros for a fresh one: keep everything)
+    parameters: InitVar[torch.Tensor | None] = None
+    #: `observer(view, output)` is called after every layer update (statistics, parity checks)
+    observer: Observer | None = None
+    row_parameters: torch.Tensor | None = field(init=False, default=None, repr=False)
+    states: dict[int, SpectrogramState] = field(init=False, default_factory=dict, repr=False)
+    batch_size: int | None = field(init=False, default=None)
 
-        `observer(view, output)` is called after every layer update (statistics, parity checks).
-        """
-        if isinstance(namm, dict):
-            namm = NAMMConfig.from_dict(namm)
+    def __post_init__(self, parameters: torch.Tensor | None) -> None:
+        namm = NAMMConfig.from_dict(self.namm) if isinstance(self.namm, dict) else self.namm
         self.namm = namm if isinstance(namm, NAMM) else NAMM(namm)
         if parameters is not None:
             self.namm.set_parameters(parameters)
-        self.observer = observer
-        self.row_parameters: torch.Tensor | None = None
-        self.states: dict[int, SpectrogramState] = {}
-        self.batch_size: int | None = None
 
     @property
     def param_count(self) -> int:
@@ -120,34 +114,3 @@ class NAMMPolicy(MemoryPolicy):
         state.ema[index] = update.ema
         state.carry[index] = update.carry
         self.states[layer_idx] = state
-
-
-@dataclass
-class NAMMTransformer:
-    """A causal LM whose KV cache a NAMM manages: `engine.generate(...)`; `tokenizer` is None for a
-    model built from a bare config."""
-
-    engine: MemoryEngine
-    tokenizer: PreTrainedTokenizerBase | None
-
-    @property
-    def policy(self) -> NAMMPolicy:
-        return self.engine.policy  # type: ignore[return-value]
-
-
-def namm_transformer(
-    model: str | ModelConfig | PretrainedConfig | PreTrainedModel = "smollm2-135m",
-    namm: NAMM | NAMMConfig | None = None,
-    parameters: torch.Tensor | None = None,
-    engine_config: EngineConfig | None = None,
-) -> NAMMTransformer:
-    """One call from a model name (or ModelConfig), a fresh transformers config (random weights) or a
-    loaded model to a NAMM-managed transformer. Zero parameters (the default) keep every token."""
-    tokenizer = None
-    if isinstance(model, (str, ModelConfig)):
-        loaded = load_model(model if isinstance(model, ModelConfig) else ModelConfig(name=model))
-        model, tokenizer = loaded.model, loaded.tokenizer
-    elif isinstance(model, PretrainedConfig):
-        model = AutoModelForCausalLM.from_config(model).eval()
-    policy = NAMMPolicy(namm, parameters)
-    return NAMMTransformer(MemoryEngine(model, policy, engine_config), tokenizer)

@@ -7,11 +7,12 @@ every update draws afresh. The hash is 31-bit integer arithmetic, exact on every
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from namm.policies.base import Budget, BudgetPolicy, LayerView
+from namm.policies.base import BudgetPolicy, LayerView
 from namm.policies.registry import register_policy
 
 MASK_31 = (1 << 31) - 1
@@ -33,12 +34,11 @@ def hashed_uniform(*keys: torch.Tensor | int) -> torch.Tensor:
 
 
 @register_policy
+@dataclass(eq=False)
 class RandomPolicy(BudgetPolicy):
     name: ClassVar[str] = "random"
 
-    def __init__(self, budget: Budget, seed: int = 0) -> None:
-        super().__init__(budget)
-        self.seed = seed
+    seed: int = 0  # one of the hash's keys: another seed draws other tokens
 
     def score(self, view: LayerView) -> torch.Tensor:
         heads = torch.arange(view.positions.shape[1], device=view.positions.device).view(1, -1, 1)

@@ -1,18 +1,33 @@
-"""Policy registry: a policy module registers its class; configs name it (`policy=h2o`)."""
+"""Policy registry: a policy module registers its dataclass once; configs name it (`policy=h2o`).
+
+A config's `options` are checked against the dataclass's init fields before the policy is built, so an unknown
+option is refused by name and any error the policy itself raises (its `__post_init__` checks, a real
+TypeError) reaches the caller unchanged.
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-from namm.policies.base import Budget, BudgetPolicy, MemoryPolicy
+from namm.policies.base import BudgetPolicy, MemoryPolicy
+from namm.selection import Budget
 
 _POLICIES: dict[str, type[MemoryPolicy]] = {}
 
+PolicyClass = TypeVar("PolicyClass", bound=type[MemoryPolicy])
 
-def register_policy(cls: type[MemoryPolicy]) -> type[MemoryPolicy]:
+
+def register_policy(cls: PolicyClass) -> PolicyClass:
+    """Class decorator (above `@dataclass(eq=False)`): make the policy buildable by its `name`."""
+    if "__dataclass_fields__" not in cls.__dict__:
+        raise TypeError(f"{cls.__name__}: decorate it with @dataclass(eq=False) below @register_policy")
+    if _POLICIES.get(cls.name, cls) is not cls:
+        raise ValueError(f"policy name {cls.name!r} is taken by {_POLICIES[cls.name].__qualname__}")
     _POLICIES[cls.name] = cls
     return cls
 
@@ -32,32 +47,42 @@ def available_policies() -> list[str]:
     return sorted(_POLICIES)
 
 
-def build_policy(config: PolicyConfig) -> MemoryPolicy:
-    """Instantiate the policy a config names; budget errors surface here, before any model work."""
+def policy_class(name: str) -> type[MemoryPolicy]:
     _import_all()
-    if config.name not in _POLICIES:
-        raise ValueError(f"unknown policy '{config.name}'; available: {', '.join(sorted(_POLICIES))}.")
-    cls = _POLICIES[config.name]
+    if name not in _POLICIES:
+        raise ValueError(f"unknown policy '{name}'; available: {', '.join(sorted(_POLICIES))}.")
+    return _POLICIES[name]
+
+
+def policy_options(cls: type[MemoryPolicy]) -> list[str]:
+    """The options a config may set (`policy.options`): the dataclass's init fields (and init-only
+    variables) but the budget, read from the `__init__` the dataclass generated."""
+    return [name for name in inspect.signature(cls).parameters if name != "budget"]
+
+
+def build_policy(config: PolicyConfig) -> MemoryPolicy:
+    """Instantiate the policy a config names; budget and option errors surface here, before any model work."""
+    cls = policy_class(config.name)
     options = dict(config.options)
-    try:
-        if issubclass(cls, BudgetPolicy):
-            budget = (
-                Budget(ratio=None, tokens=config.budget_tokens)
-                if config.budget_tokens is not None
-                else Budget(config.budget)
-            )
-            return cls(budget=budget, **options)
-        return cls(**options)
-    except TypeError as error:  # an option the policy does not take
+    known = policy_options(cls)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
         raise ValueError(
-            f"policy {config.name!r} does not take the options {sorted(options)} ({error}); "
-            f"see conf/policy/{config.name}.yaml for the ones it has"
-        ) from error
+            f"policy {config.name!r} does not take the options {unknown}; its options are {sorted(known)} "
+            f"(defaults in conf/policy/{config.name}.yaml)"
+        )
+    if issubclass(cls, BudgetPolicy):
+        budget = (
+            Budget(ratio=None, tokens=config.budget_tokens)
+            if config.budget_tokens is not None
+            else Budget(config.budget)
+        )
+        return cls(budget=budget, **options)
+    return cls(**options)
 
 
 def _import_all() -> None:
-    import namm.policies as package
-
-    for module in pkgutil.iter_modules(package.__path__):
+    """Import every module of this package, so each policy registers itself."""
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if module.name not in ("base", "registry"):
-            importlib.import_module(f"namm.policies.{module.name}")
+            importlib.import_module(f"{__package__}.{module.name}")

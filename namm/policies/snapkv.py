@@ -13,30 +13,39 @@ votes are the GQA group's mean attention.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from namm.policies.base import Budget, BudgetPolicy, LayerView
+from namm.policies.base import BudgetPolicy, LayerView
 from namm.policies.registry import register_policy
 
 POOLING_PADDING = {"max": float("-inf"), "avg": 0.0}
 
 
 @register_policy
+@dataclass(eq=False)
 class SnapKVPolicy(BudgetPolicy):
     name: ClassVar[str] = "snapkv"
     needs_attention: ClassVar[bool] = True
 
-    def __init__(self, budget: Budget, window: int = 32, kernel_size: int = 7, pooling: str = "max") -> None:
-        super().__init__(budget)
-        if window < 1 or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"snapkv needs window >= 1 and an odd kernel_size >= 1, got {window}, {kernel_size}.")
-        if pooling not in POOLING_PADDING:
-            raise ValueError(f"snapkv pooling must be one of {', '.join(POOLING_PADDING)}, got {pooling!r}.")
-        self.window, self.kernel_size, self.pooling = window, kernel_size, pooling
-        self.require_budget_for(window, f"its observation window of {window} tokens", "window")
+    window: int = 32  # the newest queries that vote (the observation window), always kept
+    kernel_size: int = 7  # votes pooled over this many neighbouring prefix tokens (odd)
+    pooling: str = "max"  # max | avg
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(
+                "snapkv needs policy.options.window >= 1 and an odd policy.options.kernel_size >= 1, got "
+                f"{self.window}, {self.kernel_size}."
+            )
+        if self.pooling not in POOLING_PADDING:
+            raise ValueError(
+                f"snapkv policy.options.pooling must be one of {', '.join(POOLING_PADDING)}, got {self.pooling!r}."
+            )
+        self.require_budget_for(self.window, f"its observation window of {self.window} tokens", "window")
 
     def observed(self, view: LayerView) -> int:
         """The observation window at this update: at most the queries recorded since the last one."""

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from namm.policies.base import Budget, BudgetPolicy, LayerView
+from namm.policies.base import BudgetPolicy, LayerView
 from namm.policies.registry import register_policy
 
 
 @register_policy
+@dataclass(eq=False)
 class StreamingPolicy(BudgetPolicy):
     name: ClassVar[str] = "streaming"
 
-    def __init__(self, budget: Budget, sink_tokens: int = 4) -> None:
-        super().__init__(budget)
-        if sink_tokens < 0:
-            raise ValueError(f"sink_tokens must be >= 0, got {sink_tokens}.")
-        self.sink_tokens = sink_tokens
-        self.require_budget_for(sink_tokens + 1, f"{sink_tokens} attention sinks and the newest token", "sink_tokens")
+    sink_tokens: int = 4  # the first tokens, always kept (attention sinks)
+
+    def __post_init__(self) -> None:
+        if self.sink_tokens < 0:
+            raise ValueError(f"streaming policy.options.sink_tokens must be >= 0, got {self.sink_tokens}.")
+        sinks = self.sink_tokens
+        self.require_budget_for(sinks + 1, f"{sinks} attention sinks and the newest token", "sink_tokens")
 
     def score(self, view: LayerView) -> torch.Tensor:
         return view.positions.float()  # recency

@@ -1,0 +1,67 @@
+"""Keep-selection primitives shared by the engine, the policies and the NAMM network (a leaf: torch only).
+
+A budget says how many tokens a head keeps, `top_k_keep` picks them, and the per-layer-max rule tops every
+head up to the layer's largest keep count. That rule comes in two scopes: per row (the engine's, so which
+rows share a batch cannot change a row's result) and over the whole batch (the reference's, which keeps
+the compacted cache one dense tensor).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many tokens a budgeted policy keeps per head: a ratio of tokens seen or a fixed count."""
+
+    ratio: float | None = 0.5
+    tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ratio is None) == (self.tokens is None):
+            raise ValueError("Budget: give exactly one of `ratio` (0 < ratio <= 1) or `tokens` (> 0).")
+        if (
+            self.ratio is not None
+            and not (0.0 < self.ratio <= 1.0)
+            or (self.ratio is not None and math.isnan(self.ratio))
+        ):
+            raise ValueError(f"Budget ratio must be in (0, 1], got {self.ratio}; e.g. policy.budget=0.5.")
+        if self.tokens is not None and self.tokens <= 0:
+            raise ValueError(f"Budget token count must be positive, got {self.tokens}.")
+
+    def keep_counts(self, tokens_seen: torch.Tensor) -> torch.Tensor:
+        """(R,) int64 number of tokens each row may keep per head."""
+        if self.tokens is not None:
+            return torch.full_like(tokens_seen, self.tokens)
+        return torch.ceil(tokens_seen.double() * self.ratio).long().clamp(min=1)
+
+
+def top_k_keep(scores: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(R, H, S) bool keeping the `counts[r]` best-scoring valid slots of every head.
+
+    Ties go to the older token: a stable sort keeps slot order, and live slots are in position order (the
+    cache appends tokens in order and compacts stably). Each row and head is ranked on its own, so which
+    rows share the batch cannot change the result.
+    """
+    masked = scores.masked_fill(~valid, float("-inf"))
+    order = masked.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return (rank < counts.view(-1, 1, 1)) & valid
+
+
+def per_layer_max_keep_per_row(scores: torch.Tensor, keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The engine's `per_layer_max` rule: every head of a row keeps its own top-K by `scores`, K = the
+    row's largest keep count over its heads (batch-invariant: rows never see each other's counts)."""
+    return top_k_keep(scores, valid, keep.sum(dim=-1).amax(dim=-1))
+
+
+def per_layer_max_keep_whole_batch(scores: torch.Tensor, keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The reference's layer rule: every head keeps its own top-K, K = the largest keep count of any head
+    of any row, so the kept cache stays one dense tensor."""
+    count = keep.sum(dim=-1).amax()
+    return top_k_keep(scores, valid, count.expand(scores.shape[0]))
