@@ -18,9 +18,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=runs/cpu-memory/seed0
 COMMON=(checkpoint="$RUN" task.seed=4243 task.num_samples="${SAMPLES:-30}" batch_size=4 progress=false
-        compare=[full,namm,h2o,snapkv,streaming])
-read -ra EXTRA_ARGS <<< "${EXTRA:-}"
-COMMON+=("${EXTRA_ARGS[@]}")
+        "compare=[full,namm,h2o,snapkv,streaming]")
+read -ra EXTRA_ARGS <<< "${EXTRA:-}"   # split on whitespace: no spaces inside one override
+COMMON+=(${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
 for stage in "${@:-train front heldout 4k}"; do
   for step in $stage; do
     case "$step" in
