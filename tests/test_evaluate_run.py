@@ -18,6 +18,7 @@ from evaluation_helpers import (
     write_checkpoint,
 )
 from hydra import compose, initialize_config_dir
+from sweep_helpers import run_multirun
 
 from namm.evolution.config import register_configs as register_train_configs
 from namm.evolution.trainer import train
@@ -266,22 +267,11 @@ def test_full_cache_scores_go_to_the_reference_cache_training_reads(tmp_path, mo
 
 def test_an_evaluation_sweep_runs_each_job_apart_and_exits_1_when_one_failed(tmp_path, monkeypatch):
     """`evaluate.py -m batch_size=0,2`: the bad job fails alone, the good one writes its results, the sweep exits 1."""
-    import subprocess
     from pathlib import Path
 
-    monkeypatch.setenv("NAMM_REFERENCE_CACHE", str(tmp_path / "references"))
-    root = Path(__file__).resolve().parents[1]
-    command = [
-        sys.executable,
-        str(root / "evaluate.py"),
-        "-m",
-        "batch_size=0,2",
-        *[override for override in TINY if not override.startswith("batch_size")],
-        "compare=[full]",
-        "name=sweep-test",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ]
-    done = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    tiny = [override for override in TINY if not override.startswith("batch_size")]
+    overrides = ["batch_size=0,2", *tiny, "compare=[full]", "name=sweep-test"]
+    done = run_multirun("evaluate.py", overrides, tmp_path, monkeypatch, timeout=600)
     assert done.returncode == 1, done.stderr[-3000:]
     summary = json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())
     assert [job["status"] for job in summary["jobs"]] == ["failed", "finished"]

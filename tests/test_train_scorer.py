@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from sweep_helpers import run_multirun
 
 from namm.engine import EngineConfig
 from namm.evolution.config import register_configs
@@ -170,21 +171,8 @@ def test_scores_do_not_depend_on_how_the_population_or_the_prompts_are_split(tmp
 @pytest.mark.slow
 def test_a_sweep_gives_each_job_its_own_run_and_a_bad_job_fails_alone(tmp_path, monkeypatch):
     """`train.py -m evo.sigma=-1,0.03,0.065` on a tiny model: two runs in two directories, one clear failure."""
-    import subprocess
-    import sys
-
-    monkeypatch.setenv("NAMM_REFERENCE_CACHE", str(tmp_path / "references"))
-    root = Path(__file__).resolve().parents[1]
-    command = [
-        sys.executable,
-        str(root / "train.py"),
-        "-m",
-        "evo.sigma=-1,0.03,0.065",
-        *TINY,
-        "evo.generations=1",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ]
-    done = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    overrides = ["evo.sigma=-1,0.03,0.065", *TINY, "evo.generations=1"]
+    done = run_multirun("train.py", overrides, tmp_path, monkeypatch, timeout=900)
     assert done.returncode == 1, done.stderr[-3000:]  # the sweep ran to the end, then said a job failed
     summary = json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())
     assert [job["status"] for job in summary["jobs"]] == ["failed", "finished", "finished"]
