@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from namm.network.config import NAMMConfig
-from namm.network.normalisation import FeatureNormaliser
+from namm.network.normalisation import FeatureNormaliser, bound_features
 from namm.network.parameters import ParameterLayout, parameter_layout
 from namm.network.recency import RecencyCode
 from namm.network.scorer import token_scores
@@ -121,7 +121,7 @@ class NAMM:
         state = update_spectrogram(attention, state, new_index, config)
 
         self.normaliser.observe(state.ema, valid)
-        spectrogram = self.normaliser.apply(state.ema)
+        spectrogram = bound_features(self.normaliser.apply(state.ema), config.feature_bound, config.feature_squash)
         ages = torch.where(valid, newest - positions, -1)
         features = torch.cat([self.recency(ages), spectrogram], dim=-1) * valid[..., None]
 

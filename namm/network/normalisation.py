@@ -125,3 +125,20 @@ class FeatureNormaliser:
             self.stats = NormalisationStats.from_state_dict(state)
         self.collecting = False
         self._cached = None
+
+
+def bound_features(values: torch.Tensor, bound: float | None, squash: str) -> torch.Tensor:
+    """B * squash(z / B): near z for |z| << B, never beyond B in size, so no single extreme bin (an attention
+    sink at z ~ 40) can flip a token's fate; `bound` None returns the values unchanged (the reference)."""
+    if bound is None:
+        return values
+    scaled = values / bound
+    if squash == "tanh":
+        squashed = torch.tanh(scaled)
+    elif squash == "softsign":
+        squashed = scaled / (1.0 + scaled.abs())
+    elif squash == "clip":
+        squashed = scaled.clamp(-1.0, 1.0)
+    else:
+        raise ValueError(f"unknown feature squash {squash!r}; use tanh, softsign or clip")
+    return bound * squashed
