@@ -74,8 +74,10 @@ def main() -> None:
         f"{float(stats['var'][0]) ** 0.5:.3f}); synthetic sink takes {sink_share:.0%} of each query's attention; "
         f"{args.draws} draws of sigma {args.sigma} around keep_all (margin {args.margin})\n"
     )
-    print("| variant | sink z (bin 0) | (draw, head) pairs evicting the sink | draws evicting it in any head "
-          "| mean retained ratio of the draws |")
+    print(
+        "| variant | sink z (bin 0) | (draw, head) pairs evicting the sink | draws evicting it in any head "
+        "| mean retained ratio of the draws |"
+    )
     print("|---|---|---|---|---|")
     for label, options in VARIANTS.items():
         config = replace(base, **options)
@@ -89,7 +91,9 @@ def main() -> None:
         valid = torch.ones(rows, dtype=torch.bool)
         weights = namm.row_weights(None, args.draws, features.device, draws)
         scores = token_scores(features.expand(args.draws, -1, -1, -1), positions.expand(rows), valid, weights, config)
-        keep = keep_mask(ranking_scores(scores, positions.expand(rows), valid, config), positions.expand(rows), valid, config)
+        keep = keep_mask(
+            ranking_scores(scores, positions.expand(rows), valid, config), positions.expand(rows), valid, config
+        )
         evicted = ~keep[:, :, 0]  # (draws, heads)
         sink_z = float(features[0, :, 0, config.recency_dims].max())
         print(

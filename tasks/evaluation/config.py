@@ -53,6 +53,7 @@ class EvaluateConfig:
     #: namm.engine.EngineConfig fields; a null one takes the checkpoints' training setting, else the engine default
     engine: Any = None
     plots: bool = True
+    eviction_maps: int = 0  # N > 0: for the first N prompts of each task, one PNG per policy of the tokens kept
     progress: bool = True
     logger: LoggerConfig = field(default_factory=_disabled_logger)
     model: Any = None
@@ -71,6 +72,8 @@ class EvaluateConfig:
             problems.append(f"budget_tolerance is a relative gap in (0, 1), got {self.budget_tolerance}")
         if self.budget_attempts < 1:
             problems.append(f"budget_attempts must be >= 1, got {self.budget_attempts}")
+        if self.eviction_maps < 0:
+            problems.append(f"eviction_maps is a prompt count per task (0: none), got {self.eviction_maps}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.compare is not None:

@@ -31,6 +31,7 @@ from tasks.evaluation.contenders import (
     plan_contenders,
     wants_matched_budgets,
 )
+from tasks.evaluation.eviction_maps import write_eviction_maps
 from tasks.evaluation.namm_source import NAMMSource, check_checkpoint_choice, resolve_namm_sources
 from tasks.evaluation.plots import write_plots
 from tasks.evaluation.policy_runs import EvaluationContext, PolicyTaskRun, mean_ratio, run_matched, run_policy
@@ -230,14 +231,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         tqdm(total=total, unit="sample", disable=not config.progress, dynamic_ncols=True) as bar,
     ):
         context = EvaluationContext(loaded, asdict(plan.model), plan.engine, run_dir, config.batch_size, bar)
+        maps: list[str] = []
         for task in tasks:
-            rows += [
-                result_row(contender, task, run, run_dir) for contender, run in run_task_policies(context, plan, task)
-            ]
+            runs = run_task_policies(context, plan, task)
+            rows += [result_row(contender, task, run, run_dir) for contender, run in runs]
+            if config.eviction_maps:
+                maps += write_eviction_maps(context, task, runs, config.eviction_maps)
 
     document = build_document(plan, context, tasks, rows)
     if config.plots:
         document["files"]["plots"] = write_plots(document, run_dir)
+    if maps:
+        document["files"]["eviction_maps"] = maps
     write_results(document, run_dir)
     print(f"\n{markdown_table(document)}\n")
     print(

@@ -182,7 +182,14 @@ RESULTS_SCHEMA: dict[str, Any] = {
             "policies": {"type": "array", "items": _POLICY},
             "results": {"type": "array", "items": _TASK_RESULT},
             "aggregates": {"type": "object", "additionalProperties": _AGGREGATE},
-            "files": _object({"csv": _STRING, "plots": {"type": "array", "items": _STRING}}),
+            "files": _object(
+                {
+                    "csv": _STRING,
+                    "plots": {"type": "array", "items": _STRING},
+                    "eviction_maps": {"type": "array", "items": _STRING},  # with eviction_maps=N only
+                },
+                required=["csv", "plots"],
+            ),
         }
     ),
 }
