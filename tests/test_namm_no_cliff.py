@@ -78,3 +78,40 @@ def test_feature_bound_caps_the_namm_features_and_a_sink_stays_kept():
     evict_all[-1] = -1.0  # the read-out bias: every token scores -1 (below the threshold)
     keep = protected(attention, positions, parameters=evict_all).keep[0, 0]
     assert keep.tolist() == [True] + [False] * 30 + [True]  # the sink and the newest
+
+
+def test_key_novelty_input_hand_computed():
+    from namm.network import KVCacheManager, param_count
+    from namm.network.namm import key_novelty
+
+    keys = torch.tensor([[[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [9.0, 9.0]]]])
+    valid = torch.tensor([[[True, True, True, False]]])
+    # mean of the valid keys: (2/3, 1/3); cos with (1, 0) is 2/sqrt(5), with (0, 1) 1/sqrt(5)
+    expected = [1 - 2 / math.sqrt(5), 1 - 2 / math.sqrt(5), 1 - 1 / math.sqrt(5)]
+    torch.testing.assert_close(key_novelty(keys, valid)[0, 0, :3], torch.tensor(expected))
+
+    config = NAMMConfig(key_novelty=True)
+    assert config.feature_dim == 26 and param_count(config) == 26 * 96 + 96 + 32 * 52 + 52 + 26 + 1
+    attention = torch.softmax(torch.randn(1, 1, 32, 32), dim=-1).tril()
+    cache = torch.randn(1, 1, 32, 4)
+    update = KVCacheManager(config).update(cache, cache, attention, torch.arange(32).view(1, -1))
+    torch.testing.assert_close(update.features[..., -1], key_novelty(cache, torch.ones(1, 1, 32, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="key_novelty needs the cached keys"):
+        NAMM(config)(attention, torch.arange(32).view(1, 1, 32))
+
+
+def test_the_engine_hands_the_keys_to_a_key_novelty_namm():
+    from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
+    from namm.models import ModelConfig, load_model
+    from namm.policies.namm_policy import NAMMPolicy
+
+    seen = []
+    config = NAMMConfig(key_novelty=True)
+    policy = NAMMPolicy(config, observer=lambda view, output: seen.append((view.keys, view.valid, output.features)))
+    model = load_model(ModelConfig(name="tiny-llama")).model
+    MemoryEngine(model, policy, EngineConfig(update_interval=32)).generate([list(range(3, 67))], GenerationSettings())
+    from namm.network.namm import key_novelty
+
+    assert seen
+    for keys, valid, features in seen:
+        torch.testing.assert_close(features[..., -1], key_novelty(keys, valid) * valid)

@@ -28,6 +28,9 @@ class NAMMConfig:
     # so one extreme bin (an attention sink at z ~ 40) cannot dominate the score
     feature_bound: float | None = None  # B; None: no transform
     feature_squash: SquashKind = "tanh"  # tanh | softsign (z / (1 + |z|)) | clip (clamp to [-1, 1])
+    # an extra input after the spectrogram (off: the reference's inputs): each key's cosine dissimilarity to the
+    # mean key of its layer and KV head (KeyDiff's rule, needs no query)
+    key_novelty: bool = False
     # recency code
     recency_dims: int = 8
     max_freq: float = 50000.0
@@ -101,8 +104,8 @@ class NAMMConfig:
 
     @property
     def feature_dim(self) -> int:
-        """Per-token scorer input: recency code then spectrogram bins."""
-        return self.recency_dims + self.bins
+        """Per-token scorer input: recency code, spectrogram bins, then the key novelty when enabled."""
+        return self.recency_dims + self.bins + int(self.key_novelty)
 
     @property
     def budget(self) -> Budget | None:
