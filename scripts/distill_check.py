@@ -22,7 +22,7 @@ from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
 from namm.policies.namm_policy import NAMMPolicy
 from tasks.config import TaskConfig
-from tasks.distillation import collect_examples, collection_engine
+from tasks.distillation import collection_engine, run_prompt
 from tasks.preparation import prepare_tasks
 
 RATIOS = (0.75, 0.5, 0.25)
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=8)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--update-interval", type=int, default=512)
+    parser.add_argument("--stats", default="results/cpu-memory/latest.pt", help="frozen statistics ('': calibrate)")
     parser.add_argument("--namm", default="", help="NAMMConfig overrides as key=value,key=value (e.g. feature_bound=5)")
     args = parser.parse_args()
 
@@ -62,32 +63,42 @@ def main() -> None:
     count = args.fit_prompts + args.heldout
     config = TaskConfig(name=args.task, tasks=[args.task], context_length=args.context_length, num_samples=count)
     (task,) = prepare_tasks(config, loaded)
+    print(f"prepared {count} prompts", flush=True)
     engine_config = EngineConfig(update_interval=args.update_interval)
     policy = NAMMPolicy(NAMMConfig(**typed))
     pad = loaded.tokenizer.pad_token_id or 0
     started = time.perf_counter()
-    with policy.namm.calibration():  # frozen statistics from the fitting prompts, as training calibrates
-        calibrating = collection_engine(policy, loaded.model, engine_config)
-        for index in range(args.fit_prompts):
-            calibrating.generate([list(task.samples[index].prompt_ids)], GenerationSettings(max_new_tokens=1))
+    if args.stats:  # the frozen statistics of a real run (same model and NAMM): no calibration pass
+        stats = torch.load(args.stats, map_location="cpu", weights_only=False)["normalisation_state"]
+        policy.namm.normaliser.set_stats(stats["mean"], stats["var"], float(stats["count"]))
+    else:
+        with policy.namm.calibration():  # frozen statistics from the fitting prompts, as training calibrates
+            calibrating = collection_engine(policy, loaded.model, engine_config)
+            for index in range(args.fit_prompts):
+                calibrating.generate([list(task.samples[index].prompt_ids)], GenerationSettings(max_new_tokens=1))
+    print(f"statistics ready ({time.perf_counter() - started:.0f} s)", flush=True)
+    engine = collection_engine(policy, loaded.model, engine_config)
+    question = DistillConfig().question_tokens
+    runs = []
+    for index in range(count):
+        runs.append(run_prompt(engine, task.samples[index], loaded.tokenizer, question, pad))
+        print(f"prompt {index} collected ({time.perf_counter() - started:.0f} s)", flush=True)
     fits = {}
     for target in (DistillTarget.oracle, DistillTarget.h2o):
         settings = DistillConfig(target=target, steps=args.steps)
-        engine = collection_engine(policy, loaded.model, engine_config)
-        examples = []
-        for index in range(args.fit_prompts):
-            examples += collect_examples(engine, task, index, loaded.tokenizer, settings, pad)
+        examples = [example for run in runs[: args.fit_prompts] for example in run.examples(target)]
         fits[target] = fit_ranking(examples, policy.namm.config, settings)
         fit = fits[target]
-        print(f"fit to {target.value}: loss {fit.loss_before:.4f} -> {fit.loss_after:.4f} on {len(examples)} updates")
+        print(
+            f"fit to {target.value}: loss {fit.loss_before:.4f} -> {fit.loss_after:.4f} on {len(examples)} updates "
+            f"({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
     rankings: dict[str, list[list[float]]] = {}
-    oracle_settings = DistillConfig(target=DistillTarget.oracle)
-    h2o_settings = DistillConfig(target=DistillTarget.h2o)
-    engine = collection_engine(policy, loaded.model, engine_config)
     for index in range(args.fit_prompts, count):
         sample = task.samples[index]
-        oracle_last = collect_examples(engine, task, index, loaded.tokenizer, oracle_settings, pad)[-1]
-        h2o_last = collect_examples(engine, task, index, loaded.tokenizer, h2o_settings, pad)[-1]
+        oracle_last = runs[index].examples(DistillTarget.oracle)[-1]
+        h2o_last = runs[index].examples(DistillTarget.h2o)[-1]
         sources = {
             "oracle (target)": oracle_last.target,
             "h2o (target)": h2o_last.target,

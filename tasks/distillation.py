@@ -158,6 +158,37 @@ def collection_engine(policy: NAMMPolicy, model: PreTrainedModel, engine_config:
     return MemoryEngine(model, collector_policy, engine_config)
 
 
+@dataclass
+class PromptRun:
+    """One prompt's all-keep run: the recorded updates, and the oracle attention when it was measured."""
+
+    collector: FeatureCollector
+    oracle: torch.Tensor | None  # (layers, KV heads, prompt tokens)
+
+    def examples(self, target: DistillTarget) -> list[RankingExample]:
+        if target == DistillTarget.oracle and self.oracle is None:
+            raise ValueError("this prompt was run without the oracle target")
+        return self.collector.examples(target, self.oracle)
+
+
+def run_prompt(
+    engine: MemoryEngine, sample: Sample, tokenizer: Tokenizer, question_tokens: int | None, pad_token_id: int
+) -> PromptRun:
+    """A prompt under the all-keep engine (every target but the oracle), plus the oracle unless
+    `question_tokens` is None."""
+    collector = FeatureCollector()
+    engine.policy.observer = collector
+    try:
+        engine.generate([list(sample.prompt_ids)], GenerationSettings(max_new_tokens=1, pad_token_id=pad_token_id))
+    finally:
+        engine.policy.observer = None
+    oracle = None
+    if question_tokens is not None:
+        continuation = gold_continuation(sample, tokenizer)
+        oracle = suffix_attention(engine.model, list(sample.prompt_ids), continuation, question_tokens)
+    return PromptRun(collector, oracle)
+
+
 def collect_examples(
     engine: MemoryEngine,
     task: PreparedTask,
@@ -167,18 +198,8 @@ def collect_examples(
     pad_token_id: int,
 ) -> list[RankingExample]:
     """Every update of one prompt under the all-keep engine, with `settings.target`'s per-token target."""
-    sample = task.samples[index]
-    collector = FeatureCollector()
-    engine.policy.observer = collector
-    try:
-        engine.generate([list(sample.prompt_ids)], GenerationSettings(max_new_tokens=1, pad_token_id=pad_token_id))
-    finally:
-        engine.policy.observer = None
-    oracle = None
-    if settings.target == DistillTarget.oracle:
-        continuation = gold_continuation(sample, tokenizer)
-        oracle = suffix_attention(engine.model, list(sample.prompt_ids), continuation, settings.question_tokens)
-    return collector.examples(settings.target, oracle)
+    oracle = settings.question_tokens if settings.target == DistillTarget.oracle else None
+    return run_prompt(engine, task.samples[index], tokenizer, oracle, pad_token_id).examples(settings.target)
 
 
 def distillation_prompts(train_pool: dict[str, list[int]], settings: DistillConfig, seed: int) -> dict[str, list[int]]:
