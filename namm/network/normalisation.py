@@ -125,3 +125,24 @@ class FeatureNormaliser:
             self.stats = NormalisationStats.from_state_dict(state)
         self.collecting = False
         self._cached = None
+
+
+def check_statistics(state: dict[str, torch.Tensor], bins: int) -> None:
+    """Refuse statistics `FeatureNormaliser.load_state_dict` would apply silently wrong: raise ValueError naming
+    the field (`mean`, `var`, `count`) when one is missing, has another number of bins, is not finite, or a
+    variance is negative ({} is fine: no statistics)."""
+    if not state:
+        return
+    missing = sorted({"count", "mean", "var"} - set(state))
+    if missing:
+        raise ValueError(f"the normalisation statistics lack {missing}; they need count, mean and var")
+    for name in ("count", "mean", "var"):
+        values = torch.as_tensor(state[name], dtype=torch.float64)
+        if name != "count" and values.numel() != bins:
+            raise ValueError(f"normalisation {name} has {values.numel()} bins, the NAMM config has {bins}")
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"normalisation {name} holds a non-finite number (NaN or inf)")
+        if name == "var" and bool((values < 0).any()):
+            raise ValueError("normalisation var holds a negative variance")
+        if name == "count" and bool((values <= 0).any()):
+            raise ValueError("normalisation count must be > 0")
