@@ -28,7 +28,13 @@ from transformers import PreTrainedModel
 from namm.atomic_io import atomic_write, atomic_write_json, atomic_write_text
 from namm.engine import EngineConfig
 from namm.errors import ConfigError
-from namm.evolution.checkpoint import CheckpointError, library_versions, load_checkpoint, resolve_checkpoint_path
+from namm.evolution.checkpoint import (
+    CheckpointError,
+    library_versions,
+    load_checkpoint,
+    read_provenance,
+    resolve_checkpoint_path,
+)
 from namm.evolution.progress import METRICS_FILE, MetricsLog
 from namm.generate import MemoryManagedCache
 from namm.model_card import model_card
@@ -188,6 +194,7 @@ class PretrainedNAMM:
             "params": params_kind,
             "checkpoint": {"path": str(path), "sha256": state.get("sha256"), "generation": int(state["generation"])},
             "versions": state.get("versions"),
+            "provenance": read_provenance(state),  # its training and validation prompts (None: not recorded)
         }
         measured = _validation_record(MetricsLog(path.parent).read(), generation)
         return cls(namm, EngineConfig(**engine_values), training, measured)

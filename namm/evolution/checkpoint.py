@@ -40,6 +40,8 @@ REQUIRED_KEYS = (
     "versions",
 )
 _DIGEST_KEY = "sha256"
+#: optional: the prompts the run trained and validated on (written by the scorer, read by evaluation)
+PROVENANCE_KEY = "provenance"
 
 
 class CheckpointError(RuntimeError):
@@ -55,6 +57,17 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+def with_provenance(state: dict[str, Any], provenance: dict[str, Any] | None) -> dict[str, Any]:
+    """`state` with the scorer's record of its training and validation prompts (unchanged without one)."""
+    return state if provenance is None else {**state, PROVENANCE_KEY: provenance}
+
+
+def read_provenance(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The prompts record of a checkpoint; None for one written before it existed (held-out unknown)."""
+    record = state.get(PROVENANCE_KEY)
+    return dict(record) if isinstance(record, dict) else None
 
 
 def _update_digest(digest: Any, value: Any) -> None:

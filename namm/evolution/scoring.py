@@ -200,6 +200,8 @@ class CandidateScorer(Protocol):
         ...
 
 
+#: a scorer may also have `prompt_provenance() -> dict`: the prompts it trains and validates on, written into
+#: every checkpoint (namm.evolution.checkpoint.PROVENANCE_KEY) so an evaluation can check it holds them out
 SCORER_METHODS = (
     "param_count",
     "prompts",

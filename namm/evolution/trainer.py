@@ -21,7 +21,16 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from namm.evolution.checkpoint import BEST, FORMAT_VERSION, LATEST, library_versions, save_checkpoint, save_latest
+from namm.evolution.checkpoint import (
+    BEST,
+    FORMAT_VERSION,
+    LATEST,
+    library_versions,
+    read_provenance,
+    save_checkpoint,
+    save_latest,
+    with_provenance,
+)
 from namm.evolution.config import ConfigError, TrainConfig, validate_train_config
 from namm.evolution.fitness import FitnessRule
 from namm.evolution.metrics import generation_line, generation_metrics, validation_metrics
@@ -102,6 +111,17 @@ def _checkpoint_state(
         "wandb_run_id": wandb_run_id,
         "versions": library_versions(),
     }
+
+
+def _provenance(problem: EvolutionProblem, start: StartPoint) -> dict[str, Any] | None:
+    """The prompts this run trains and validates on: a resumed run keeps its record; a run started from
+    another's centre keeps that run's record under `init_from` (None: it had none)."""
+    if start.resume_state is not None and read_provenance(start.resume_state) is not None:
+        return read_provenance(start.resume_state)
+    record = problem.prompt_provenance()
+    if record is None or start.init_state is None:
+        return record
+    return {**record, "init_from": read_provenance(start.init_state)}
 
 
 def _initial_centre(start: StartPoint, param_count: int, cfg: DictConfig, config: TrainConfig) -> torch.Tensor:
@@ -209,6 +229,7 @@ def train(cfg: DictConfig) -> RunSummary:
         log.info("loading the model in %s", f"{evo.num_actors} Ray actors" if evo.num_actors >= 2 else "this process")
         problem.start_workers()
         generation, best, wandb_run_id = _restore(start, searcher, problem, config)
+        provenance = _provenance(problem, start)
         if start.resume_state is None and not (start.init_state or {}).get("normalisation_state"):
             problem.share_normalisation()  # calibrated once, on the first worker
         computed = problem.prepare_references(list(range(generation + 1, evo.generations + 1)))
@@ -221,6 +242,7 @@ def train(cfg: DictConfig) -> RunSummary:
             record: dict[str, Any] = {"generation": 0, "objective": evo.objective.value}
             best = _validate(problem, searcher_centre(searcher), 0, best, record)
             state = _checkpoint_state(0, searcher, config, resolved, problem, best, wandb_run.run_id)
+            state = with_provenance(state, provenance)
             _record_generation(record, state, run_dir, metrics_log, wandb_run)
             if "validation/fitness" in record:
                 log.info("gen 0 (start): validation %.4f", record["validation/fitness"])
@@ -237,6 +259,7 @@ def train(cfg: DictConfig) -> RunSummary:
                 if best.validation_fitness is None:
                     best = BestCentre(centre, None, generation)  # the current centre stands in until validated
                 state = _checkpoint_state(generation, searcher, config, resolved, problem, best, wandb_run.run_id)
+                state = with_provenance(state, provenance)
                 _record_generation(record, state, run_dir, metrics_log, wandb_run)
                 log.info(generation_line(record, evo.generations))
                 bar.set_postfix(fitness=f"{record['fitness/mean']:.3f}", step=f"{record['search/step_size']:.3g}")
