@@ -240,12 +240,13 @@ def footer(document: dict[str, Any]) -> str:
     level = round(100 * statistics["level"])
     lines = [
         (
-            f"Scores: 100 x mean sample score, [{level}% interval]: Wilson for 0/1 metrics, else a percentile bootstrap "
-            f"over prompts (seed {statistics['seed']}, {statistics['resamples']} resamples)."
+            f"Scores: 100 x mean sample score, [{level}% interval]: Wilson for 0/1 metrics, else a percentile "
+            f"bootstrap over prompts (seed {statistics['seed']}, {statistics['resamples']} resamples)."
         ),
         (
-            f"mean, retained ratios, live KV: {document['settings']['weighting']}; the mean's interval is a stratified "
-            "bootstrap (prompts resampled within each task). rel. to full: the ratio of mean scores, paired interval."
+            f"mean, retained ratios, live KV: {document['settings']['weighting']}; the mean's interval is a "
+            "stratified bootstrap (prompts resampled within each task; one task: its own interval). rel. to full: "
+            "the ratio of mean scores, paired interval."
         ),
         (
             "vs X: paired difference in points (policy - X) on the same prompts, with its paired bootstrap interval "

@@ -141,11 +141,17 @@ def policy_aggregate(
             relative = mean(raw_means) / full_mean
             pairs = [(scores[t].scores, full[t].scores) for t in tasks]
             relative_interval = ratio_of_means_interval(pairs, settings)
+    # one task: its own interval (Wilson for a 0/1 metric); several: the stratified bootstrap
+    mean_interval = (
+        list(results[0]["score_interval"])
+        if len(results) == 1
+        else list(stratified_interval([scores[t].scores for t in tasks], settings))
+    )
     seconds = sum(r["seconds"] for r in results)
     all_longbench = all(name in task_scores_ for name in SUITES["longbench"])
     return {
         "mean_score": round(100 * mean(raw_means), 2),
-        "mean_score_interval": list(stratified_interval([scores[t].scores for t in tasks], settings)),
+        "mean_score_interval": mean_interval,
         "mean_relative_to_full": relative,
         "relative_to_full_interval": None if relative_interval is None else list(relative_interval),
         "category_means": {category: round(mean(values), 2) for category, values in by_category.items()},
