@@ -8,7 +8,9 @@ from statistics import NormalDist
 
 import pytest
 
+from namm.errors import ConfigError
 from tasks.evaluation.comparisons import TaskScores, compare_all_tasks, compare_task
+from tasks.evaluation.config import EvaluateConfig, StatisticsConfig
 from tasks.evaluation.intervals import (
     BootstrapSettings,
     bootstrap_interval,
@@ -160,3 +162,17 @@ def test_a_task_row_uses_wilson_for_a_binary_task_and_times_fresh_samples_only()
     with pytest.raises(ValueError, match="is 0/1"):
         task_result("h2o", task, [_record(0, 0.5)], frozenset(), SETTINGS)
     assert not math.isnan(row["prompt_retained_ratio"])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"match_on": "peak"}, "match_on must be one of"),
+        ({"trained_prompts": "ignore"}, "trained_prompts must be one of"),
+        ({"statistics": StatisticsConfig(resamples=10)}, "statistics.resamples must be >= 100"),
+        ({"statistics": StatisticsConfig(weak_full_score=150)}, "statistics.weak_full_score is a score"),
+    ],
+)
+def test_bad_statistics_and_matching_settings_name_the_key(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        EvaluateConfig(**settings)
