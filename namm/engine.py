@@ -222,6 +222,7 @@ class _Run:
         self.updates: list[tuple[list[int], list[int], torch.Tensor]] = []  # rows, seen, (R, layers) kept
         self.policy_state_bytes = 0
         self.prompt_kept: torch.Tensor | None = None  # (B,) kept slots over layers and heads at the prompt's end
+        self.prompt_seen: list[int] = []  # tokens each row had seen then
 
         self.policy.reset(self.batch, engine.num_layers, engine.num_kv_heads, self.device)
         self.policy.set_row_parameters(None if row_parameters is None else row_parameters.to(self.device))
@@ -316,7 +317,7 @@ class _Run:
         updated yet; then note what each row keeps (its end-of-prompt ratio, free of generated tokens)."""
         if self.config.update_at_prefill_end and self.evicts:
             self.update([row for row in range(self.batch) if self.tokens_seen[row] > self.last_update[row]])
-        self.prompt_kept = self.kept_slots().sum(dim=(1, 2))
+        self.prompt_kept, self.prompt_seen = self.kept_slots().sum(dim=(1, 2)), list(self.tokens_seen)
 
     def kept_slots(self) -> torch.Tensor:
         """(B, layers, KV heads) live slots of every row now."""
@@ -388,7 +389,9 @@ class _Run:
         kept = self.kept_slots()
         heads = kept.shape[-1]
         slots_per_token = len(self.cache.layers) * heads
-        prompt_kept = (kept.sum(dim=(1, 2)) if self.prompt_kept is None else self.prompt_kept).tolist()
+        at_prompt_end = self.prompt_kept is not None  # else the run ends before decoding: now is the prompt's end
+        prompt_kept = (self.prompt_kept if at_prompt_end else kept.sum(dim=(1, 2))).tolist()
+        prompt_seen = self.prompt_seen if at_prompt_end else self.tokens_seen
         kept_per_layer = kept.sum(dim=-1).tolist()
         per_layer = [
             [count / (heads * self.tokens_seen[row]) for count in kept_per_layer[row]] for row in range(self.batch)
@@ -407,7 +410,7 @@ class _Run:
                 tokens_seen=self.tokens_seen[row],
                 retained_ratio=sum(kept_per_layer[row]) / (len(kept_per_layer[row]) * heads * self.tokens_seen[row]),
                 retained_ratio_per_layer=per_layer[row],
-                prompt_retained_ratio=prompt_kept[row] / (slots_per_token * self.lengths[row]),
+                prompt_retained_ratio=prompt_kept[row] / (slots_per_token * prompt_seen[row]),
                 memory=memory[row],
                 cache_sizes=cache_sizes[row],
                 update_positions=[entry["tokens_seen"] for entry in cache_sizes[row]],
