@@ -20,7 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from namm.engine import EngineConfig
 from namm.errors import ConfigError
 from namm.evolution.checkpoint import library_versions
-from namm.models import ModelConfig, check_model_config, load_model
+from namm.models import ModelConfig, check_model_config, load_model, max_context_without_weights
 from namm.typed_config import typed_config
 from tasks.config import TaskConfig, task_config
 from tasks.evaluation.budget_matching import MATCH_TARGETS
@@ -50,7 +50,7 @@ from tasks.evaluation.summary import (
     weak_full_tasks,
 )
 from tasks.evaluation.wandb_log import log_to_wandb
-from tasks.preparation import prepare_tasks
+from tasks.preparation import check_prompt_lengths, prepare_tasks
 from tasks.references import (
     ReferenceCache,
     ReferenceContext,
@@ -117,6 +117,7 @@ def plan_evaluation(cfg: DictConfig) -> EvaluationPlan:
     tasks = task_config(config.task)
     model = typed_config(ModelConfig, config.model, "model")
     check_model_config(model)
+    check_prompt_lengths(tasks, model.name, max_context_without_weights(model))
     runs_namm = NAMM_POLICY in contender_names(config)
     check_checkpoint_choice(config.checkpoint, config.checkpoints, runs_namm)
     labelled = []
@@ -195,6 +196,16 @@ def result_row(
     return row
 
 
+def prompt_lengths(task: PreparedTask) -> dict[str, int]:
+    """The truncation actually applied (`max_prompt_tokens` is the budget asked for; a chat wrapper can make a
+    prompt shorter still): how many prompts were cut and the longest prompt that ran."""
+    return {
+        "num_samples": len(task.samples),
+        "truncated_samples": sum(sample.truncated for sample in task.samples),
+        "longest_prompt_tokens": max(len(sample.prompt_ids) for sample in task.samples),
+    }
+
+
 def build_document(
     plan: EvaluationPlan,
     context: EvaluationContext,
@@ -249,7 +260,7 @@ def build_document(
         },
         "held_out": {label: record.to_dict() for label, record in held_out.items()},
         "weak_full_tasks": weak_full_tasks(rows, plan.config.statistics.weak_full_score),
-        "tasks": {task.spec.name: {**task.settings.to_dict(), "num_samples": len(task.samples)} for task in tasks},
+        "tasks": {task.spec.name: {**task.settings.to_dict(), **prompt_lengths(task)} for task in tasks},
         "policies": [{**c.describe(), "matched_budget": plan.matched and c.budgeted} for c in plan.contenders],
         "results": rows,
         "aggregates": {
