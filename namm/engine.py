@@ -85,6 +85,7 @@ class GenerationResult:
     tokens_seen: int  # real tokens that went through the model (prompt + generated - 1)
     retained_ratio: float  # kept / seen, averaged over layers and KV heads
     retained_ratio_per_layer: list[float]
+    prompt_retained_ratio: float  # kept / prompt tokens once the whole prompt is in (before the first new token)
     memory: MemoryUsage  # live KV bytes of this row; storage and overhead of its batch (peak and final)
     cache_sizes: list[dict] = field(default_factory=list)  # after each update: tokens_seen, per-layer mean kept
     update_positions: list[int] = field(default_factory=list)  # tokens_seen at each update
@@ -220,6 +221,8 @@ class _Run:
         self.finished = [False] * self.batch
         self.updates: list[tuple[list[int], list[int], torch.Tensor]] = []  # rows, seen, (R, layers) kept
         self.policy_state_bytes = 0
+        self.prompt_kept: torch.Tensor | None = None  # (B,) kept slots over layers and heads at the prompt's end
+        self.prompt_seen: list[int] = []  # tokens each row had seen then
 
         self.policy.reset(self.batch, engine.num_layers, engine.num_kv_heads, self.device)
         self.policy.set_row_parameters(None if row_parameters is None else row_parameters.to(self.device))
@@ -310,9 +313,15 @@ class _Run:
             self.update(due)
 
     def update_prefill_ends(self) -> None:
-        """With update_at_prefill_end: update every row whose prompt tail has not been updated yet."""
+        """The whole prompt is in: with update_at_prefill_end, update every row whose prompt tail has not been
+        updated yet; then note what each row keeps (its end-of-prompt ratio, free of generated tokens)."""
         if self.config.update_at_prefill_end and self.evicts:
             self.update([row for row in range(self.batch) if self.tokens_seen[row] > self.last_update[row]])
+        self.prompt_kept, self.prompt_seen = self.kept_slots().sum(dim=(1, 2)), list(self.tokens_seen)
+
+    def kept_slots(self) -> torch.Tensor:
+        """(B, layers, KV heads) live slots of every row now."""
+        return torch.stack([layer.kept_per_head() for layer in self.cache.layers], dim=1)
 
     # -- eviction ---------------------------------------------------------------------------------
     def update(self, rows: list[int]) -> None:
@@ -377,8 +386,12 @@ class _Run:
         self, tokens: torch.Tensor, generated: list[int], step_logits: list[torch.Tensor]
     ) -> list[GenerationResult]:
         # Integer counts, one division per figure in Python: a row's ratios cannot depend on the batch.
-        kept = torch.stack([layer.kept_per_head() for layer in self.cache.layers], dim=1)  # (B, layers, H)
+        kept = self.kept_slots()
         heads = kept.shape[-1]
+        slots_per_token = len(self.cache.layers) * heads
+        at_prompt_end = self.prompt_kept is not None  # else the run ends before decoding: now is the prompt's end
+        prompt_kept = (self.prompt_kept if at_prompt_end else kept.sum(dim=(1, 2))).tolist()
+        prompt_seen = self.prompt_seen if at_prompt_end else self.tokens_seen
         kept_per_layer = kept.sum(dim=-1).tolist()
         per_layer = [
             [count / (heads * self.tokens_seen[row]) for count in kept_per_layer[row]] for row in range(self.batch)
@@ -397,6 +410,7 @@ class _Run:
                 tokens_seen=self.tokens_seen[row],
                 retained_ratio=sum(kept_per_layer[row]) / (len(kept_per_layer[row]) * heads * self.tokens_seen[row]),
                 retained_ratio_per_layer=per_layer[row],
+                prompt_retained_ratio=prompt_kept[row] / (slots_per_token * prompt_seen[row]),
                 memory=memory[row],
                 cache_sizes=cache_sizes[row],
                 update_positions=[entry["tokens_seen"] for entry in cache_sizes[row]],

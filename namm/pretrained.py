@@ -34,6 +34,7 @@ from namm.evolution.checkpoint import (
     CheckpointError,
     library_versions,
     load_checkpoint,
+    read_provenance,
     resolve_checkpoint_path,
 )
 from namm.evolution.progress import METRICS_FILE, MetricsLog
@@ -185,6 +186,7 @@ class PretrainedNAMM:
             "params": params_kind,
             "checkpoint": {"path": str(path), "sha256": record.sha256, "generation": record.generation},
             "versions": record.versions,
+            "provenance": read_provenance(record),  # its training and validation prompts (None: not recorded)
         }
         measured = _validation_record(MetricsLog(path.parent).read(), generation)
         return cls(namm, EngineConfig(**engine_values), training, measured)

@@ -36,6 +36,7 @@ from namm.typed_config import typed_config
 from tasks.config import TaskConfig, task_config
 from tasks.generators import engine_generator
 from tasks.preparation import check_prompt_lengths, prepare_tasks
+from tasks.provenance import training_provenance
 from tasks.references import (
     ReferenceCache,
     ReferenceContext,
@@ -243,6 +244,12 @@ class TaskScorer:
         if save:
             for name in sorted(touched):
                 self.reference_cache.save(self.task_by_name[name].settings, self.references[name])
+
+    def prompt_provenance(self) -> dict[str, Any]:
+        """Every prompt a generation may draw (the training pool) and the validation set, for checkpoints."""
+        return training_provenance(
+            self.tasks, {TRAIN_SPLIT: self.splits.train, VALIDATION_SPLIT: self.splits.validation}
+        )
 
     def normalisation_state(self) -> dict[str, Any]:
         self._calibrate()

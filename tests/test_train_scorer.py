@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from sweep_helpers import run_multirun
 
 from namm.engine import EngineConfig
+from namm.evolution.checkpoint import load_checkpoint, read_provenance
 from namm.evolution.config import register_configs
 from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores
 from namm.models import ModelConfig
@@ -62,6 +64,17 @@ def test_splits_are_disjoint_and_training_draws_are_seeded(scorer):
     assert len({tuple(draw) for draw in draws}) > 1
 
 
+def test_the_scorer_records_its_training_pool_and_validation_prompts(scorer):
+    task = scorer.tasks[0]
+    by_split = {entry["split"]: entry for entry in scorer.prompt_provenance()["prompts"]}
+    train, validation = by_split[TRAIN_SPLIT]["indices"], by_split[VALIDATION_SPLIT]["indices"]
+    assert validation == scorer.indices(task, VALIDATION_SPLIT, 0) and not set(train) & set(validation)
+    assert set(train) | set(validation) == set(range(6))  # the whole pool a generation may draw from
+    assert by_split[TRAIN_SPLIT]["seed"] == 42 and by_split[TRAIN_SPLIT]["task"] == "passkey"
+    expected = [hashlib.sha256(json.dumps(list(task.samples[i].prompt_ids)).encode()).hexdigest()[:16] for i in train]
+    assert by_split[TRAIN_SPLIT]["prompt_sha"] == expected
+
+
 def test_population_rows_equal_each_candidate_alone_and_zero_keeps_everything(scorer):
     task = scorer.tasks[0]
     index = scorer.indices(task, TRAIN_SPLIT, 0)[0]
@@ -104,6 +117,11 @@ def test_train_py_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert [line["generation"] for line in lines if "fitness/mean" in line] == [1, 2]
     assert (run / "latest.pt").is_file() and (run / "best.pt").is_file()
     assert "python evaluate.py checkpoint=" in done.stdout
+    provenance = read_provenance(load_checkpoint(run / "latest.pt"))
+    assert {(entry["split"], len(entry["indices"])) for entry in provenance["prompts"]} == {
+        ("train", 4),
+        ("validation", 2),
+    }
     # references: computed once before generation 1 (the start's validation, 2 draws of 1 prompt), one file
     computed = re.search(r"computed (\d+) full-cache reference scores; every worker uses them", done.stdout)
     assert computed is not None, done.stdout[-3000:]

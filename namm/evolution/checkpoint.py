@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import platform
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
 from types import UnionType
@@ -177,6 +177,16 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+def with_provenance(record: TrainingCheckpoint, provenance: dict[str, Any] | None) -> TrainingCheckpoint:
+    """`record` with the scorer's record of its training and validation prompts (unchanged without one)."""
+    return record if provenance is None else replace(record, provenance=provenance)
+
+
+def read_provenance(record: TrainingCheckpoint) -> dict[str, Any] | None:
+    """The prompts record of a checkpoint; None for one written before it existed (held-out unknown)."""
+    return dict(record.provenance) if record.provenance else None
 
 
 def _update_digest(digest: Any, value: Any) -> None:

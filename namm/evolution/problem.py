@@ -117,6 +117,11 @@ class EvolutionProblem(Problem):
         """Load the model in this process."""
         self.local_scorer()
 
+    def provenance_here(self) -> dict[str, Any] | None:
+        """The scorer's record of its training and validation prompts (optional scorer method)."""
+        record = getattr(self.local_scorer(), "prompt_provenance", None)
+        return None if record is None else record()
+
     def scorer_call_here(self, method: str, *args: Any) -> Any:
         return getattr(self.local_scorer(), method)(*args)
 
@@ -181,6 +186,10 @@ class EvolutionProblem(Problem):
             references.update(computed)
         self._on_workers_after_first("scorer_call_here", "add_references", references, False)
         return len(references)
+
+    def prompt_provenance(self) -> dict[str, Any] | None:
+        """Which prompts this run trains and validates on (None: the scorer does not say)."""
+        return self._on_first_worker("provenance_here")
 
     def share_normalisation(self) -> None:
         """Calibrate once, on the first worker, and give its statistics to the others."""

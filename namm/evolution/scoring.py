@@ -226,6 +226,8 @@ def _members(protocol: type) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for name in names if not name.startswith("_")))
 
 
+#: a scorer may also have `prompt_provenance() -> dict`: the prompts it trains and validates on, written into
+#: every checkpoint (`TrainingCheckpoint.provenance`) so an evaluation can check it holds them out
 SCORER_METHODS = _members(CandidateScorer)
 FACTORY_MEMBERS = _members(ScorerFactory)
 

@@ -27,8 +27,10 @@ from namm.evolution.checkpoint import (
     CheckpointError,
     TrainingCheckpoint,
     library_versions,
+    read_provenance,
     save_checkpoint,
     save_latest,
+    with_provenance,
 )
 from namm.evolution.config import ConfigError, TrainConfig, validate_train_config
 from namm.evolution.fitness import FitnessRule
@@ -101,6 +103,17 @@ def _checkpoint(
         wandb_run_id=wandb_run_id,
         versions=library_versions(),
     )
+
+
+def _provenance(problem: EvolutionProblem, start: StartPoint) -> dict[str, Any] | None:
+    """The prompts this run trains and validates on: a resumed run keeps its record; a run started from
+    another's centre keeps that run's record under `init_from` (None: it had none)."""
+    if start.resume_state is not None and read_provenance(start.resume_state) is not None:
+        return read_provenance(start.resume_state)
+    record = problem.prompt_provenance()
+    if record is None or start.init_state is None:
+        return record
+    return {**record, "init_from": read_provenance(start.init_state)}
 
 
 def _initial_centre(start: StartPoint, param_count: int, cfg: DictConfig, config: TrainConfig) -> torch.Tensor:
@@ -217,6 +230,7 @@ def train(cfg: DictConfig) -> RunSummary:
         log.info("loading the model in %s", f"{evo.num_actors} Ray actors" if evo.num_actors >= 2 else "this process")
         problem.start_workers()
         generation, best, wandb_run_id = _restore(start, searcher, problem, config)
+        provenance = _provenance(problem, start)
         if start.resume_state is None and not (start.init_state and start.init_state.normalisation_state):
             problem.share_normalisation()  # calibrated once, on the first worker
         computed = problem.prepare_references(list(range(generation + 1, evo.generations + 1)))
@@ -228,7 +242,9 @@ def train(cfg: DictConfig) -> RunSummary:
         if start.resume_state is None:  # where the search starts, scored like every later centre
             record: dict[str, Any] = {"generation": 0, "objective": evo.objective.value}
             best = _validate(problem, searcher.centre(), 0, best, record)
-            checkpoint = _checkpoint(0, searcher, resolved, problem, best, wandb_run.run_id)
+            checkpoint = with_provenance(
+                _checkpoint(0, searcher, resolved, problem, best, wandb_run.run_id), provenance
+            )
             _record_generation(record, checkpoint, run_dir, metrics_log, wandb_run)
             if "validation/fitness" in record:
                 log.info("gen 0 (start): validation %.4f", record["validation/fitness"])
@@ -245,6 +261,7 @@ def train(cfg: DictConfig) -> RunSummary:
                 if best.validation_fitness is None:
                     best = BestCentre(centre, None, generation)  # the current centre stands in until validated
                 checkpoint = _checkpoint(generation, searcher, resolved, problem, best, wandb_run.run_id)
+                checkpoint = with_provenance(checkpoint, provenance)
                 _record_generation(record, checkpoint, run_dir, metrics_log, wandb_run)
                 log.info(generation_line(record, evo.generations))
                 bar.set_postfix(fitness=f"{record['fitness/mean']:.3f}", step=f"{record['search/step_size']:.3g}")
