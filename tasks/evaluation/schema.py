@@ -48,7 +48,30 @@ SAMPLE_RECORD_SCHEMA: dict[str, Any] = _object(
         "batch_peak_overhead_bytes": _COUNT,  # query buffer, metadata, policy state, temporaries of that batch
         "batch_rows": {"type": "integer", "minimum": 1},
         "seconds": _NUMBER,  # this sample's share of its batch's generate time
-    }
+        # a reconstructing policy's extra forwards (kvzip): this sample's tokens fed, and its share of the
+        # batch's reconstruction seconds (inside `seconds`); absent in records written before they existed
+        "reconstruction_tokens": _COUNT,
+        "reconstruction_seconds": _NUMBER,
+    },
+    required=[
+        "index",
+        "prompt_sha",
+        "prediction",
+        "answers",
+        "score",
+        "retained_ratio",
+        "retained_ratio_per_layer",
+        "prompt_tokens",
+        "generated_tokens",
+        "tokens_seen",
+        "last_update",
+        "peak_live_kv_bytes",
+        "final_live_kv_bytes",
+        "batch_peak_storage_bytes",
+        "batch_peak_overhead_bytes",
+        "batch_rows",
+        "seconds",
+    ],  # fmt: skip
 )
 
 _BUDGET_ATTEMPT = _object({"budget": _RATIO, "retained_ratio": _RATIO, "relative_gap": _NUMBER})
@@ -74,6 +97,8 @@ _TASK_RESULT = _object(
         "retained_ratio_per_layer": {"type": "array", "items": _RATIO},
         "tokens": _COUNT,
         "seconds": _NUMBER,
+        "reconstruction_seconds": _NUMBER,  # the part of `seconds` spent in reconstruction forwards (kvzip)
+        "reconstruction_tokens": _COUNT,  # tokens those forwards fed, over the samples
         "tokens_per_second": _OPTIONAL_NUMBER,
         "samples_per_second": _OPTIONAL_NUMBER,
         "mean_peak_live_kv_bytes": _NUMBER,  # mean over samples of each one's peak live KV bytes
@@ -114,6 +139,7 @@ _POLICY = _object(
         "name": _STRING,
         "budget": {"type": ["number", "null"]},
         "budget_tokens": {"type": ["integer", "null"]},
+        "allocation": _STRING,  # none | adakv | pyramid (namm/allocation.py)
         "options": {"type": "object"},
         "matched_budget": {"type": "boolean"},
     }
@@ -164,6 +190,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
                     "eviction_mode": _STRING,
                     "prefill_chunk": {"type": ["integer", "null"]},
                     "update_at_prefill_end": {"type": "boolean"},
+                    "schedule": {"enum": ["prefill", "post_prefill"]},  # which schedule ran
                 }
             ),
             "settings": _object(
