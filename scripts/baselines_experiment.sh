@@ -8,8 +8,8 @@
 # (engine.eviction_mode=per_head), which adakv needs, so the two allocations are compared on one layout.
 # Usage: bash scripts/baselines_experiment.sh [task ...]   (default: niah_single passkey; every run resumes)
 # SAMPLES=30 prompts per task; RATIOS="0.1 0.25 0.5 0.75"; EXTRA="key=value ..." adds evaluate.py overrides.
-# Cost, measured on 2 busy cores (docs/pending/wt-baselines.md): ~3-4 s per prompt and policy at 2k tokens
-# for the cheap scorers, kvzip about twice that (a second prefill); the whole grid is ~1-2 days on 2 cores.
+# Cost: 140 policy runs x SAMPLES prompts per task; at a quiet machine's ~3-4 s per prompt and policy at 2k
+# (kvzip about twice: a second prefill), ~6-7 hours on 2 cores for both tasks (docs/pending/wt-baselines.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SAMPLES="${SAMPLES:-30}"
