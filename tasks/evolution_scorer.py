@@ -89,7 +89,10 @@ class TaskScorerConfig:
             model=typed_config(ModelConfig, cfg.model, "model"),
             task=task_config(cfg.task),
             namm=namm,
-            engine=typed_config(EngineConfig, cfg.get("engine"), "engine"),
+            # resolved here: engine.schedule is `${schedule}`, a key of the run config's root
+            engine=typed_config(
+                EngineConfig, OmegaConf.to_container(cfg.engine, resolve=True) if cfg.get("engine") else None, "engine"
+            ),
             prompts_per_task=int(cfg.evo.prompts_per_task),
             validation_prompts=int(cfg.evo.validation_prompts),
             seed=int(cfg.seed),

@@ -58,6 +58,7 @@ def test_the_folder_holds_named_weights_a_complete_config_and_a_card(exported):
         "eviction_mode": "per_layer_max",
         "prefill_chunk": None,
         "update_at_prefill_end": False,
+        "schedule": "prefill",
     }
     assert config["training"]["model"] == {"name": "tiny-llama"} and config["training"]["generation"] == 4
     assert config["training"]["evo"]["reference_floor"] == 1.0

@@ -140,6 +140,7 @@ class TrainConfig:
     task: Any = None
     namm: Any = None
     engine: Any = None
+    schedule: str = "prefill"  # prefill | post_prefill (namm.engine.SCHEDULES), read as engine.schedule
 
     def __post_init__(self) -> None:
         problems = []
