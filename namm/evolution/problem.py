@@ -16,7 +16,7 @@ import torch
 from evotorch import Problem, SolutionBatch
 from omegaconf import DictConfig
 
-from namm.evolution.config import ConfigError
+from namm.errors import ConfigError
 from namm.evolution.distillation import DistillConfig, DistillFit
 from namm.evolution.fitness import FitnessRule, PopulationFitness, population_fitness
 from namm.evolution.scoring import (
@@ -107,13 +107,7 @@ class EvolutionProblem(Problem):
     def local_scorer(self) -> CandidateScorer:
         """The scorer of this process, built (model loaded) on first use."""
         if self._scorer is None:
-            scorer = build_scorer(self._cfg)
-            if int(scorer.param_count) != self.solution_length:
-                raise ConfigError(
-                    f"the scorer expects {scorer.param_count} parameters but scorer.param_count_target gave "
-                    f"{self.solution_length}; make both read the same `namm` config"
-                )
-            self._scorer = scorer
+            self._scorer = build_scorer(self._cfg)
         return self._scorer
 
     def score_here(
@@ -121,16 +115,14 @@ class EvolutionProblem(Problem):
     ) -> ScoringOutcome:
         return score_guarded(self.local_scorer(), parameters, split, generation, prompts)
 
-    def prepare_here(self) -> int:
-        """Load the model in this process; returns the scorer's parameter count."""
-        return int(self.local_scorer().param_count)
+    def prepare_here(self) -> None:
+        """Load the model in this process."""
+        self.local_scorer()
 
-    def run_prompts_here(self, generations: list[int]) -> list[PromptId]:
-        """Every prompt a run over `generations` scores: their training draws and the validation set."""
-        scorer = self.local_scorer()
-        prompts = {prompt for generation in generations for prompt in scorer.prompts(TRAIN_SPLIT, generation)}
-        prompts.update(scorer.prompts(VALIDATION_SPLIT, 0))
-        return sorted(prompts)
+    def provenance_here(self) -> dict[str, Any] | None:
+        """The scorer's record of its training and validation prompts (optional scorer method)."""
+        record = getattr(self.local_scorer(), "prompt_provenance", None)
+        return None if record is None else record()
 
     def scorer_call_here(self, method: str, *args: Any) -> Any:
         return getattr(self.local_scorer(), method)(*args)
@@ -183,12 +175,10 @@ class EvolutionProblem(Problem):
         the batching (and so every reference) is the same for any number of actors. The first worker writes
         each round to the shared cache (one writer; an interrupted run keeps the finished rounds), and every
         worker uses them all. Returns how many were computed."""
-        needed = self._on_first_worker("run_prompts_here", generations)
-        missing = self._on_first_worker("scorer_call_here", "missing_references", needed)
-        if not missing:
+        batches = self._on_first_worker("scorer_call_here", "reference_batches", generations)
+        if not batches:
             return 0
-        batches = self._on_first_worker("scorer_call_here", "reference_batches", missing)
-        log.info("computing %d full-cache reference scores before the first generation", len(missing))
+        log.info("computing %d full-cache reference scores before the first generation", sum(map(len, batches)))
         references: dict[PromptId, float] = {}
         for start in range(0, len(batches), self.num_workers):
             work = batches[start : start + self.num_workers]
@@ -198,6 +188,10 @@ class EvolutionProblem(Problem):
             references.update(computed)
         self._on_workers_after_first("scorer_call_here", "add_references", references, False)
         return len(references)
+
+    def prompt_provenance(self) -> dict[str, Any] | None:
+        """Which prompts this run trains and validates on (None: the scorer does not say)."""
+        return self._on_first_worker("provenance_here")
 
     def distilled_centre_here(self, settings: DistillConfig) -> DistillFit:
         scorer = self.local_scorer()
