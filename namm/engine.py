@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -181,11 +181,15 @@ class MemoryEngine:
         prompts: Sequence[Sequence[int]],
         settings: GenerationSettings,
         row_parameters: torch.Tensor | None = None,
+        on_prompt_end: Callable[[MemoryCache], None] | None = None,
     ) -> list[GenerationResult]:
-        """Greedy-decode every prompt (one batch, left-padded); each row may carry its own parameters."""
+        """Greedy-decode every prompt (one batch, left-padded); each row may carry its own parameters.
+        `on_prompt_end(cache)` sees the cache once every prompt is in, before the first new token (eviction maps)."""
         lengths = self._validate(prompts, settings)
         with torch.inference_mode(), self._memory_attention():
-            return _Run(self, prompts, lengths, settings, row_parameters).execute()
+            run = _Run(self, prompts, lengths, settings, row_parameters)
+            run.on_prompt_end = on_prompt_end
+            return run.execute()
 
     def _validate(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> list[int]:
         if len(prompts) == 0:
@@ -283,6 +287,7 @@ class _Run:
         self.reconstruction_tokens = [0] * self.batch
         self.reconstruction_forwards = 0
         self.reconstruction_seconds = 0.0
+        self.on_prompt_end: Callable[[MemoryCache], None] | None = None
 
         self.policy.reset(self.batch, engine.num_layers, engine.num_kv_heads, self.device)
         self.policy.set_row_parameters(None if row_parameters is None else row_parameters.to(self.device))
@@ -303,6 +308,8 @@ class _Run:
             logits = self.forward(ids, positions, real, advanced, prefill_end=end == self.width)
             start = end
         self.update_prefill_ends()
+        if self.on_prompt_end is not None:
+            self.on_prompt_end(self.cache)
 
         settings = self.settings
         stop_ids = set(settings.eos_token_ids if settings.stop_on_eos else ())

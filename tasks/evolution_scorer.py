@@ -17,6 +17,7 @@ import torch
 
 from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
 from namm.errors import ConfigError
+from namm.evolution.distillation import DistillConfig, DistillFit, DistillTarget
 from namm.evolution.scoring import (
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
@@ -34,6 +35,7 @@ from namm.policies.namm_policy import NAMMPolicy
 from namm.row_batches import RowBatches
 from namm.typed_config import typed_config
 from tasks.config import TaskConfig, task_config
+from tasks.distillation import check_distill_target, distil, distillation_prompts
 from tasks.generators import engine_generator
 from tasks.preparation import check_prompt_lengths, prepare_tasks
 from tasks.provenance import training_provenance
@@ -146,6 +148,10 @@ class TaskScorer:
         config.namm.check_update_interval(config.engine.update_interval)
         counts = check_task_data(config.task)
         check_split_sizes(counts, config.validation_prompts)
+        if getattr(cfg.evo.init, "value", cfg.evo.init) == "distill":  # an Enum in the typed config, a str otherwise
+            check_distill_target(
+                DistillTarget(getattr(cfg.evo.distill.target, "value", cfg.evo.distill.target)), config.task
+            )
 
     @classmethod
     def solution_length(cls, cfg: DictConfig) -> int:
@@ -263,6 +269,22 @@ class TaskScorer:
         if state:
             self.policy.namm.normaliser.load_state_dict(dict(state))
             self.calibrated = True
+
+    def distilled_centre(self, settings: DistillConfig) -> DistillFit:
+        """evo.init=distill: a start fitted on training prompts to rank tokens like `settings.target`."""
+        self._calibrate()
+        prompts = distillation_prompts(self.splits.train, settings, self.seed)
+        tokenizer = self.loaded.tokenizer
+        return distil(
+            self.policy,
+            self.loaded.model,
+            self.engine.config,
+            self.tasks,
+            prompts,
+            tokenizer,
+            settings,
+            tokenizer.pad_token_id or 0,
+        )
 
     # -- helpers ----------------------------------------------------------------------------------
     def _validation_reference(self, name: str) -> float:

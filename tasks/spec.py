@@ -36,3 +36,5 @@ class Sample:
     all_classes: tuple[str, ...] | None = None
     length: int | None = None  # LongBench's `length` field (words, or chars for zh): LongBench-E buckets
     truncated: bool = False  # the prompt was middle-truncated to the token budget
+    answer_spans: tuple[tuple[int, int], ...] | None = None  # [first, end) tokens of the gold answer in the
+    # prompt, where the task knows them (synthetic tasks); None: unknown

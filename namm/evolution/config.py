@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from namm.config_resolvers import register_resolvers
 from namm.errors import ConfigError
+from namm.evolution.distillation import DistillConfig
 from namm.evolution.searchers import available_searchers, searcher_class
 
 
@@ -34,6 +35,7 @@ class InitialCentre(Enum):
 
     zeros = "zeros"  # the reference: every token scores exactly the threshold, so the first draws evict at random
     keep_all = "keep_all"  # the read-out bias puts every token evo.init_margin above the threshold
+    distill = "distill"  # fitted to rank tokens like evo.distill.target, keeping evo.distill.retained of them
 
 
 class WandbMode(Enum):
@@ -54,6 +56,7 @@ class EvoConfig:
     memory_weight: float = 0.5  # memory_penalty only: fitness points one retained ratio of 1.0 costs
     init: InitialCentre = InitialCentre.keep_all
     init_margin: float = 0.2  # keep_all: the centre's score margin above the threshold (the read-out bias)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # init=distill: target, retained share, fit
     popsize: int = 4
     sigma: float = 0.065  # initial step size (CMA-ES sigma; initial stdev of SNES/XNES/PGPE)
     generations: int = 4

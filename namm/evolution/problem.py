@@ -16,6 +16,8 @@ import torch
 from evotorch import Problem, SolutionBatch
 from omegaconf import DictConfig
 
+from namm.errors import ConfigError
+from namm.evolution.distillation import DistillConfig, DistillFit
 from namm.evolution.fitness import FitnessRule, PopulationFitness, population_fitness
 from namm.evolution.scoring import (
     TRAIN_SPLIT,
@@ -190,6 +192,19 @@ class EvolutionProblem(Problem):
     def prompt_provenance(self) -> dict[str, Any] | None:
         """Which prompts this run trains and validates on (None: the scorer does not say)."""
         return self._on_first_worker("provenance_here")
+
+    def distilled_centre_here(self, settings: DistillConfig) -> DistillFit:
+        scorer = self.local_scorer()
+        if not hasattr(scorer, "distilled_centre"):
+            raise ConfigError(
+                f"evo.init=distill needs a scorer with distilled_centre(); {type(scorer).__name__} has none: "
+                "use evo.init=keep_all"
+            )
+        return scorer.distilled_centre(settings)
+
+    def distil(self, settings: DistillConfig) -> DistillFit:
+        """evo.init=distill: the start fitted by the first worker's scorer (it holds the model)."""
+        return self._on_first_worker("distilled_centre_here", settings)
 
     def share_normalisation(self) -> None:
         """Calibrate once, on the first worker, and give its statistics to the others."""

@@ -32,7 +32,8 @@ from namm.evolution.checkpoint import (
     save_latest,
     with_provenance,
 )
-from namm.evolution.config import ConfigError, TrainConfig, validate_train_config
+from namm.evolution.config import ConfigError, InitialCentre, TrainConfig, validate_train_config
+from namm.evolution.distillation import distill_record
 from namm.evolution.fitness import FitnessRule
 from namm.evolution.metrics import generation_line, generation_metrics, validation_metrics
 from namm.evolution.problem import EvolutionProblem
@@ -223,12 +224,18 @@ def train(cfg: DictConfig) -> RunSummary:
     problem = EvolutionProblem(
         cfg, param_count, config.seed, FitnessRule.of(evo), evo.num_actors, evo.num_gpus_per_actor
     )
-    searcher = build_searcher(problem, evo, _initial_centre(start, param_count, cfg, config))
+    distilling = start.resume_state is None and start.init_state is None and evo.init == InitialCentre.distill
+    searcher = None if distilling else build_searcher(problem, evo, _initial_centre(start, param_count, cfg, config))
     wandb_run = None
     finished = False
+    distilled: dict[str, Any] = {}
     try:
         log.info("loading the model in %s", f"{evo.num_actors} Ray actors" if evo.num_actors >= 2 else "this process")
         problem.start_workers()
+        if distilling:  # the start needs the model: fitted now, then the searcher is centred on it
+            fit = problem.distil(evo.distill)
+            searcher = build_searcher(problem, evo, fit.parameters)
+            distilled = distill_record(fit)
         generation, best, wandb_run_id = _restore(start, searcher, problem, config)
         provenance = _provenance(problem, start)
         if start.resume_state is None and not (start.init_state and start.init_state.normalisation_state):
@@ -240,7 +247,7 @@ def train(cfg: DictConfig) -> RunSummary:
         metrics_log.keep_up_to(generation if start.resume_state is not None else -1)
         wandb_run = WandbRun(config.logger, run_dir, f"{config.name}-seed{config.seed}", wandb_run_id, resolved)
         if start.resume_state is None:  # where the search starts, scored like every later centre
-            record: dict[str, Any] = {"generation": 0, "objective": evo.objective.value}
+            record: dict[str, Any] = {"generation": 0, "objective": evo.objective.value, **distilled}
             best = _validate(problem, searcher.centre(), 0, best, record)
             checkpoint = with_provenance(
                 _checkpoint(0, searcher, resolved, problem, best, wandb_run.run_id), provenance

@@ -150,3 +150,20 @@ def check_statistics(state: dict[str, torch.Tensor], bins: int) -> None:
                 raise ValueError(f"{entry} is {value}; a variance cannot be negative")
             if name == "count" and value <= 0:
                 raise ValueError(f"count is {value}, must be positive")
+
+
+def bound_features(values: torch.Tensor, bound: float | None, squash: str) -> torch.Tensor:
+    """B * squash(z / B): near z for |z| << B, never beyond B in size, so no single extreme bin (an attention
+    sink at z ~ 40) can flip a token's fate; `bound` None returns the values unchanged (the reference)."""
+    if bound is None:
+        return values
+    scaled = values / bound
+    if squash == "tanh":
+        squashed = torch.tanh(scaled)
+    elif squash == "softsign":
+        squashed = scaled / (1.0 + scaled.abs())
+    elif squash == "clip":
+        squashed = scaled.clamp(-1.0, 1.0)
+    else:
+        raise ValueError(f"unknown feature squash {squash!r}; use tanh, softsign or clip")
+    return bound * squashed

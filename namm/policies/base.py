@@ -16,7 +16,7 @@ import torch
 
 from namm.allocation import adakv_keep, check_allocation, pyramid_budgets
 from namm.row_chunks import ChunkedRows
-from namm.selection import Budget, top_k_keep
+from namm.selection import PROTECTED_SCORE, Budget, top_k_keep
 
 
 @dataclass
@@ -102,10 +102,6 @@ class Selection:
 
     scores: torch.Tensor  # (R, H, S) float, higher = more worth keeping, -inf on invalid slots
     keep: torch.Tensor  # (R, H, S) bool, never True on invalid slots
-
-
-#: the rank of a policy's protected slots (sinks, windows, recent tokens): above every score, below the newest
-PROTECTED_SCORE = torch.finfo(torch.float32).max
 
 
 @dataclass(eq=False)

@@ -82,6 +82,7 @@ class EvaluateConfig:
     engine: Any = None
     schedule: str | None = None  # prefill | post_prefill (namm.engine.SCHEDULES), read as engine.schedule
     plots: bool = True
+    eviction_maps: int = 0  # N > 0: for the first N prompts of each task, one PNG per policy of the tokens kept
     progress: bool = True
     logger: LoggerConfig = field(default_factory=_disabled_logger)
     model: Any = None
@@ -100,6 +101,8 @@ class EvaluateConfig:
             problems.append(f"budget_tolerance is a relative gap in (0, 1), got {self.budget_tolerance}")
         if self.budget_attempts < 1:
             problems.append(f"budget_attempts must be >= 1, got {self.budget_attempts}")
+        if self.eviction_maps < 0:
+            problems.append(f"eviction_maps is a prompt count per task (0: none), got {self.eviction_maps}")
         if self.match_on not in MATCH_ON:
             problems.append(f"match_on must be one of {MATCH_ON}, got {self.match_on!r}")
         if self.trained_prompts not in TRAINED_PROMPTS:

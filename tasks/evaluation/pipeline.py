@@ -33,6 +33,7 @@ from tasks.evaluation.contenders import (
     plan_contenders,
     wants_matched_budgets,
 )
+from tasks.evaluation.eviction_maps import write_eviction_maps
 from tasks.evaluation.held_out import HeldOutRecord, check_before_loading, hold_out
 from tasks.evaluation.intervals import BootstrapSettings
 from tasks.evaluation.namm_source import NAMMSource, check_checkpoint_choice, resolve_namm_sources
@@ -295,14 +296,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ):
         inputs = score_inputs(loaded, config.batch_size)
         context = EvaluationContext(loaded, asdict(plan.model), inputs, plan.engine, run_dir, config.batch_size, bar)
+        maps: list[str] = []
         for task in tasks:
-            for contender, run in run_task_policies(context, plan, task):
+            runs = run_task_policies(context, plan, task)
+            for contender, run in runs:
                 rows.append(result_row(contender, task, run, run_dir, plan.bootstrap))
                 scores[(contender.label, task.spec.name)] = task_scores(task, run.records)
+            if config.eviction_maps:
+                maps += write_eviction_maps(context, task, runs, config.eviction_maps)
 
     document = build_document(plan, context, tasks, rows, scores, held_out)
     if config.plots:
         document["files"]["plots"] = write_plots(document, run_dir)
+    if maps:
+        document["files"]["eviction_maps"] = maps
     write_results(document, run_dir)
     print(f"\n{markdown_table(document)}\n")
     print(

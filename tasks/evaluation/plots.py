@@ -13,12 +13,12 @@ TASK_BARS = "task_scores.png"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
-def _save(figure: Any, path: Path) -> None:
+def save_figure(figure: Any, path: Path) -> None:
     """Render to a temporary file and rename it into place, so a kill never leaves half a PNG."""
     atomic_write(path, lambda file: figure.savefig(file, dpi=120, format="png"))
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,7 +36,7 @@ def plot_score_vs_ratio(document: dict[str, Any], path: Path) -> None:
     """Score against memory, two panels: the retained ratio budgets are matched on, and live KV MiB (each
     sample's peak, mean over samples: what the policy gives back, not what storage allocated). One colour per
     policy: a small dot per task, a large marker for the policy's mean over tasks."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     colours = plt.get_cmap("tab10")
     quantity = matched_quantity(document)
@@ -67,13 +67,13 @@ def plot_score_vs_ratio(document: dict[str, Any], path: Path) -> None:
     axes[0].legend(fontsize=8, loc="best")
     figure.suptitle(f"{document['model']['name']}: score vs memory (live KV bytes)")
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
 
 
 def plot_task_bars(document: dict[str, Any], path: Path) -> None:
     """Grouped bars: one group per task, one bar per policy."""
-    plt = _pyplot()
+    plt = pyplot()
     tasks = list(document["tasks"])
     policies = list(document["aggregates"])
     scores = {(r["policy"], r["task"]): r["score"] for r in document["results"]}
@@ -95,7 +95,7 @@ def plot_task_bars(document: dict[str, Any], path: Path) -> None:
     axis.legend(fontsize=8, ncols=min(4, len(policies)))
     axis.set_title(f"{document['model']['name']}: scores per task")
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
 
 
@@ -107,7 +107,7 @@ def plot_front(document: dict[str, Any], task: str, path: Path) -> None:
     """One task's score-memory front: score (with its 95% interval) against the retained ratio budgets are
     matched on, on that task. A baseline's budget points are joined by a line, each NAMM is a star, the full
     cache a square."""
-    plt = _pyplot()
+    plt = pyplot()
     ratio = matched_quantity(document).ratio
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
     colours = plt.get_cmap("tab10")
@@ -146,7 +146,7 @@ def plot_front(document: dict[str, Any], task: str, path: Path) -> None:
     samples = rows[0]["num_samples"] if rows else 0
     axis.set_title(f"{document['model']['name']}: {task} ({samples} prompts)")
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
 
 

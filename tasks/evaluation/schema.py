@@ -247,7 +247,13 @@ RESULTS_SCHEMA: dict[str, Any] = {
             "aggregates": {"type": "object", "additionalProperties": _AGGREGATE},
             "comparisons": {"type": "array", "items": _COMPARISON},  # vs the full cache and vs each NAMM
             "files": _object(
-                {"csv": _STRING, "comparisons_csv": _STRING, "plots": {"type": "array", "items": _STRING}}
+                {
+                    "csv": _STRING,
+                    "comparisons_csv": _STRING,
+                    "plots": {"type": "array", "items": _STRING},
+                    "eviction_maps": {"type": "array", "items": _STRING},  # with eviction_maps=N only
+                },
+                required=["csv", "comparisons_csv", "plots"],
             ),
         }
     ),

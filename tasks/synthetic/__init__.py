@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from functools import partial
 
+from tasks.answer_spans import answer_token_spans
 from tasks.prompts import PromptBuilder
 from tasks.spec import Sample, TaskSpec
 from tasks.synthetic.draft import Draft, Drafter, SyntheticParams
@@ -70,5 +71,6 @@ def generate_samples(
         draft = task.draft(random.Random(f"{task.spec.name}/{params.seed}/{index}"), params)
         render = partial(_prompt_ids, draft, builder, task.spec.chat_template_allowed)
         _, ids = fit_to_length(render, params.context_length, what=f"{task.spec.name} sample {index}")
-        samples.append(Sample(index=index, prompt_ids=tuple(ids), answers=draft.answers))
+        spans = answer_token_spans(ids, draft.answers, builder.tokenizer)
+        samples.append(Sample(index=index, prompt_ids=tuple(ids), answers=draft.answers, answer_spans=spans))
     return samples
