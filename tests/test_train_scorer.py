@@ -17,7 +17,7 @@ from sweep_helpers import run_multirun
 from namm.engine import EngineConfig
 from namm.evolution.checkpoint import load_checkpoint, read_provenance
 from namm.evolution.config import register_configs
-from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores, initial_centre
+from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores
 from namm.models import ModelConfig
 from namm.network.config import NAMMConfig
 from namm.row_batches import RowBatches
@@ -224,8 +224,8 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"(?s)task 'qasper' has no data from the hub.*data\.zip.*task\.data_dir="):
         train(cfg)
     with pytest.raises(ConfigError, match="too few samples for 2 validation prompts"):  # the fixture has 2 lines
-        evolution_scorer.check_inputs(tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}"))
-    evolution_scorer.check_inputs(
+        evolution_scorer.TaskScorer.check_config(tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}"))
+    evolution_scorer.TaskScorer.check_config(
         tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}", "evo.validation_prompts=1")
     )
 
@@ -251,7 +251,7 @@ def test_bad_settings_are_config_errors_as_in_evaluate(tmp_path, override, messa
     from tasks import evolution_scorer
 
     with pytest.raises(ConfigError, match=message):
-        evolution_scorer.check_inputs(tiny_config(tmp_path, override))
+        evolution_scorer.TaskScorer.check_config(tiny_config(tmp_path, override))
 
 
 def test_a_longbench_budget_the_model_would_cut_further_fails_before_it_loads(tmp_path, monkeypatch):
@@ -291,9 +291,10 @@ def test_the_typed_scorer_config_is_what_the_run_config_says(tmp_path):
 
 def test_keep_all_centre_keeps_everything_and_its_mirror_evicts(scorer, tmp_path):
     cfg = tiny_config(tmp_path)
-    centre = initial_centre_keep_all(cfg, scorer.param_count)
+    centre = initial_centre_keep_all(cfg)
+    assert centre.shape == (scorer.param_count,) == (TaskScorer.solution_length(cfg),)
     assert torch.count_nonzero(centre) == 1 and float(centre.max()) == pytest.approx(0.2)  # the read-out bias
-    assert torch.equal(initial_centre(cfg, scorer.param_count, "zeros", 0.2), torch.zeros(scorer.param_count))
+    assert torch.equal(TaskScorer.initial_centre(cfg, "zeros", 0.2), torch.zeros(scorer.param_count))
     task = scorer.tasks[0]
     index = scorer.indices(task, TRAIN_SPLIT, 0)[0]
     scorer._calibrate()
@@ -310,7 +311,7 @@ def test_budgeted_training_never_exceeds_its_budget(tmp_path, monkeypatch):
     task = budgeted.tasks[0]
     index = budgeted.indices(task, TRAIN_SPLIT, 0)[0]
     population = torch.randn(3, budgeted.param_count, generator=torch.Generator().manual_seed(1))
-    population[0] = initial_centre_keep_all(cfg, budgeted.param_count)  # would keep everything without a budget
+    population[0] = initial_centre_keep_all(cfg)  # would keep everything without a budget
     results, _ = budgeted._run_population(task, index, population)
     for result in results:
         assert result.cache_sizes
@@ -320,8 +321,8 @@ def test_budgeted_training_never_exceeds_its_budget(tmp_path, monkeypatch):
         assert result.retained_ratio < 0.6
 
 
-def initial_centre_keep_all(cfg, count: int) -> torch.Tensor:
-    return initial_centre(cfg, count, "keep_all", 0.2)
+def initial_centre_keep_all(cfg) -> torch.Tensor:
+    return TaskScorer.initial_centre(cfg, "keep_all", 0.2)
 
 
 def test_the_objective_and_the_budget_must_agree(tmp_path):

@@ -80,6 +80,7 @@ class EvaluateConfig:
     batch_size: int = 4  # prompts per engine call (rows are left-padded)
     #: namm.engine.EngineConfig fields; a null one takes the checkpoints' training setting, else the engine default
     engine: Any = None
+    schedule: str | None = None  # prefill | post_prefill (namm.engine.SCHEDULES), read as engine.schedule
     plots: bool = True
     progress: bool = True
     logger: LoggerConfig = field(default_factory=_disabled_logger)

@@ -125,12 +125,12 @@ def plan_evaluation(cfg: DictConfig) -> EvaluationPlan:
         labelled = resolve_namm_sources(
             config.checkpoint, config.checkpoints, config.train_dir, config.checkpoint_params, config.namm
         )
-    contenders = plan_contenders(config, labelled)
     namms = [source for _, source in labelled]
+    engine = resolve_engine_config(config.engine, namms)
+    contenders = plan_contenders(config, labelled, engine)
     matched = wants_matched_budgets(config, contenders, namms)
     if config.front:
         contenders = front_points(contenders, config.front_budgets, keep_own=matched)
-    engine = resolve_engine_config(config.engine, namms)
     check_task_data(tasks)
     skip_lines = check_before_loading(tasks, labelled, config.trained_prompts)
     return EvaluationPlan(config, tasks, model, contenders, matched, engine, skip_lines)

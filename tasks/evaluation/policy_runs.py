@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from tasks.runner import PreparedTask, run_task
 from tasks.spec import Sample
 
 SAMPLES_DIR = "samples"
+log = logging.getLogger(__name__)
 
 
 class TimedEngine:
@@ -108,6 +110,8 @@ def _record(
         "batch_peak_overhead_bytes": result.memory.batch_overhead_bytes.peak,
         "batch_rows": rows,
         "seconds": seconds / rows,  # this sample's share of its batch's generate time
+        "reconstruction_tokens": result.reconstruction.tokens if result.reconstruction else 0,
+        "reconstruction_seconds": result.reconstruction.seconds / rows if result.reconstruction else 0.0,
     }
 
 
@@ -128,10 +132,10 @@ def run_policy(
     bar.update(len(indices) - len(todo))  # already on disk
     bar.set_description(f"{contender.label} {task.spec.name}")
     if todo:
-        generate = TimedEngine(
-            MemoryEngine(context.loaded.model, build_contender_policy(contender, policy), context.engine_config)
-        )
         tokenizer = context.loaded.tokenizer
+        memory_policy = build_contender_policy(contender, policy)
+        memory_policy.use_tokenizer(partial(tokenizer.encode, add_special_tokens=False))
+        generate = TimedEngine(MemoryEngine(context.loaded.model, memory_policy, context.engine_config))
         for start in range(0, len(todo), context.batch_size):
             batch = todo[start : start + context.batch_size]
             generate.seconds = 0.0
@@ -145,7 +149,22 @@ def run_policy(
                 ]
             )
             bar.update(len(batch))
-    return PolicyTaskRun(store.ordered(indices), policy, store.path, fresh=frozenset(todo))
+    records = store.ordered(indices)
+    log_reconstruction_cost(contender.label, task.spec.name, records)
+    return PolicyTaskRun(records, policy, store.path, fresh=frozenset(todo))
+
+
+def log_reconstruction_cost(label: str, task: str, records: Sequence[dict[str, Any]]) -> None:
+    """A reconstructing policy's (kvzip) extra forwards: what share of its time they took."""
+    extra = sum(record.get("reconstruction_seconds", 0.0) for record in records)
+    if extra:
+        total = sum(record["seconds"] for record in records)
+        tokens = sum(record.get("reconstruction_tokens", 0) for record in records)
+        prompts = sum(record["prompt_tokens"] for record in records)
+        log.info(
+            "%s on %s: reconstruction fed %d tokens (%.2fx the prompts) in %.1f s, %.0f%% of its %.1f s",
+            label, task, tokens, tokens / prompts, extra, 100 * extra / total, total,
+        )  # fmt: skip
 
 
 def schedules_of(records: Sequence[dict[str, Any]], target: MatchTarget) -> list[UpdateSchedule]:

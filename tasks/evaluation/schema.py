@@ -51,7 +51,11 @@ SAMPLE_RECORD_SCHEMA: dict[str, Any] = _object(
         "batch_peak_overhead_bytes": _COUNT,  # query buffer, metadata, policy state, temporaries of that batch
         "batch_rows": {"type": "integer", "minimum": 1},
         "seconds": _NUMBER,  # this sample's share of its batch's generate time
-    }
+        # a reconstructing policy's extra forwards (kvzip): this sample's tokens fed, and its share of the
+        # batch's reconstruction seconds (inside `seconds`); 0 for every other policy
+        "reconstruction_tokens": _COUNT,
+        "reconstruction_seconds": _NUMBER,
+    },
 )
 
 _BUDGET_ATTEMPT = _object({"budget": _RATIO, "retained_ratio": _RATIO, "relative_gap": _NUMBER})  # ratio: matched one
@@ -110,6 +114,8 @@ _TASK_RESULT = _object(
         "reused_samples": _COUNT,  # read back from an earlier run's sample store: not timed here
         "tokens": _COUNT,  # of the samples run now
         "seconds": _NUMBER,  # of the samples run now
+        "reconstruction_seconds": _NUMBER,  # the part of `seconds` spent in reconstruction forwards (kvzip)
+        "reconstruction_tokens": _COUNT,  # tokens those forwards fed, over the samples run now
         "tokens_per_second": _OPTIONAL_NUMBER,  # null: every sample was reused
         "samples_per_second": _OPTIONAL_NUMBER,
         "mean_peak_live_kv_bytes": _NUMBER,  # mean over samples of each one's peak live KV bytes
@@ -155,6 +161,7 @@ _POLICY = _object(
         "name": _STRING,
         "budget": {"type": ["number", "null"]},
         "budget_tokens": {"type": ["integer", "null"]},
+        "allocation": _STRING,  # none | adakv | pyramid (namm/allocation.py)
         "options": {"type": "object"},
         "matched_budget": {"type": "boolean"},
     }
@@ -206,6 +213,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
                     "eviction_mode": _STRING,
                     "prefill_chunk": {"type": ["integer", "null"]},
                     "update_at_prefill_end": {"type": "boolean"},
+                    "schedule": {"enum": ["prefill", "post_prefill"]},  # which schedule ran
                 }
             ),
             "settings": _object(

@@ -83,6 +83,8 @@ def task_result(
         "reused_samples": len(records) - len(timed),
         "tokens": tokens,
         "seconds": seconds,
+        "reconstruction_seconds": sum(record.get("reconstruction_seconds", 0.0) for record in timed),
+        "reconstruction_tokens": sum(record.get("reconstruction_tokens", 0) for record in timed),
         "tokens_per_second": tokens / seconds if seconds > 0 else None,
         "samples_per_second": len(timed) / seconds if seconds > 0 else None,
         "mean_peak_live_kv_bytes": mean(record["peak_live_kv_bytes"] for record in records),
