@@ -64,7 +64,8 @@ class EvolutionProblem(Problem):
         )
         self.manual_seed(seed)
         self._cfg = cfg  # plain config: what each actor needs to build its own scorer
-        self.rule = rule
+        self.rule = rule  # validation's fitness (the run's objective)
+        self.train_rule = rule  # the training fitness of the current generation (a curriculum changes it)
         self._scorer: CandidateScorer | None = None
         self.generation = 0  # set by the trainer before each step; selects the prompts
         self.last_outcome: ScoringOutcome | None = None
@@ -97,7 +98,7 @@ class EvolutionProblem(Problem):
     def _evaluate_all(self, batch: SolutionBatch) -> None:
         parameters = batch.values.clone().as_subclass(torch.Tensor)  # a plain tensor, not EvoTorch's read-only view
         outcome = self.score(parameters, TRAIN_SPLIT, self.generation)
-        fitness = population_fitness(outcome, self.rule, self.generation)
+        fitness = population_fitness(outcome, self.train_rule, self.generation)
         self.last_outcome, self.last_fitness = outcome, fitness
         batch.set_evals(fitness.ranks.to(batch.values.dtype))  # ranks: ties decided by memory, not sort order
 
@@ -130,6 +131,18 @@ class EvolutionProblem(Problem):
         prompts = {prompt for generation in generations for prompt in scorer.prompts(TRAIN_SPLIT, generation)}
         prompts.update(scorer.prompts(VALIDATION_SPLIT, 0))
         return sorted(prompts)
+
+    def full_cache_accuracy_here(self, generations: list[int]) -> dict[str, dict[str, tuple[float, int]]]:
+        """{"training"|"validation": task -> (full-cache mean score in [0, 1], prompts)} from the references
+        already computed; empty for a scorer without `full_cache_accuracy` (it is optional)."""
+        scorer = self.local_scorer()
+        if not hasattr(scorer, "full_cache_accuracy"):
+            return {}
+        training = sorted({prompt for generation in generations for prompt in scorer.prompts(TRAIN_SPLIT, generation)})
+        return {
+            "training": scorer.full_cache_accuracy(training),
+            "validation": scorer.full_cache_accuracy(scorer.prompts(VALIDATION_SPLIT, 0)),
+        }
 
     def scorer_call_here(self, method: str, *args: Any) -> Any:
         return getattr(self.local_scorer(), method)(*args)
@@ -197,6 +210,9 @@ class EvolutionProblem(Problem):
             references.update(computed)
         self._on_workers_after_first("scorer_call_here", "add_references", references, False)
         return len(references)
+
+    def full_cache_accuracy(self, generations: list[int]) -> dict[str, dict[str, tuple[float, int]]]:
+        return self._on_first_worker("full_cache_accuracy_here", generations)
 
     def share_normalisation(self) -> None:
         """Calibrate once, on the first worker, and give its statistics to the others."""

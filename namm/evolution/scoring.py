@@ -11,6 +11,7 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -27,6 +28,13 @@ VALIDATION_SPLIT = "validation"
 
 
 PromptId = tuple[str, int]  # (task name, sample index)
+
+
+class Signal(Enum):
+    """What a training candidate's task score is (`evo.signal`; validation always uses the task metric)."""
+
+    task_metric = "task_metric"  # decode greedily and score the answer with the task's metric (0/1 on retrieval)
+    answer_likelihood = "answer_likelihood"  # teacher-force the gold answer: its likelihood over the full cache's
 
 
 @dataclass

@@ -63,6 +63,21 @@ def step_size(searcher: SearchAlgorithm) -> float:
     return float(stdevs.mean())
 
 
+def search_spread(searcher: SearchAlgorithm) -> dict[str, float]:
+    """The step size as the searcher holds it, for the per-generation record: CMA-ES's sigma and the range
+    of its covariance diagonal (which stays near 1 while it learns nothing); the others' stdev range."""
+    if isinstance(searcher, CMAES):
+        diagonal = searcher.C if searcher.separable else torch.diagonal(searcher.C)
+        return {
+            "search/sigma": float(searcher.sigma),
+            "search/covariance_diagonal_min": float(diagonal.min()),
+            "search/covariance_diagonal_max": float(diagonal.max()),
+        }
+    sigma = searcher._distribution.sigma
+    stdevs = sigma if sigma.dim() == 1 else (sigma.T @ sigma).diagonal().sqrt()
+    return {"search/stdev_min": float(stdevs.min()), "search/stdev_max": float(stdevs.max())}
+
+
 def searcher_sigma(searcher: SearchAlgorithm) -> torch.Tensor:
     """The step-size parameter as the searcher stores it (CMA-ES: scalar; SNES/PGPE: vector; XNES: matrix)."""
     return _clone(searcher.sigma if isinstance(searcher, CMAES) else searcher._distribution.sigma)

@@ -25,7 +25,9 @@ class SyntheticTask:
     takes_haystack: bool = False  # whether the `haystack` parameter applies
 
 
-def _task(name: str, draft: Drafter, metric: str, max_new_tokens: int, all_required: bool) -> SyntheticTask:
+def _task(
+    name: str, draft: Drafter, metric: str, max_new_tokens: int, all_required: bool, joiner: str = ", "
+) -> SyntheticTask:
     spec = TaskSpec(
         name=name,
         metric=metric,
@@ -33,6 +35,7 @@ def _task(name: str, draft: Drafter, metric: str, max_new_tokens: int, all_requi
         category="Synthetic",
         language="en",
         answers_all_required=all_required,
+        answer_joiner=joiner,
     )
     return SyntheticTask(spec=spec, draft=draft, takes_haystack=isinstance(draft, NiahLayout))
 
@@ -45,7 +48,7 @@ SYNTHETIC_TASKS: dict[str, SyntheticTask] = {
         _task("niah_multikey", NiahLayout(haystack="needle"), "string_match_all", 128, all_required=True),
         _task("niah_multivalue", NiahLayout(num_values=4), "string_match_all", 128, all_required=True),
         _task("niah_multiquery", NiahLayout(num_keys=4, num_queries=4), "string_match_all", 128, all_required=True),
-        _task("variable_tracking", draft_variable_tracking, "string_match_all", 30, all_required=True),
+        _task("variable_tracking", draft_variable_tracking, "string_match_all", 30, all_required=True, joiner=" "),
         _task("kv_retrieval", draft_kv_retrieval, "string_match_all", 50, all_required=True),
     )
 }
