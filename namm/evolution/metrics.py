@@ -39,7 +39,7 @@ def centre_movement(before: torch.Tensor, after: torch.Tensor) -> dict[str, floa
 
 def candidate_lists(outcome: ScoringOutcome, fitness: PopulationFitness, rule: FitnessRule) -> dict[str, Any]:
     """Every candidate's fitness, normalised score and retained ratio, in population order (None where it
-    failed), and how many distinct fitness values the population shows (how graded the signal is)."""
+    failed; a candidate whose score was NaN keeps its retained ratio), and how many distinct fitness values the population shows (how graded the signal is)."""
     normalised: list[float | None] = [None] * outcome.num_candidates
     retained: list[float | None] = [None] * outcome.num_candidates
     if outcome.scores is not None:
@@ -51,7 +51,7 @@ def candidate_lists(outcome: ScoringOutcome, fitness: PopulationFitness, rule: F
     ok = fitness.ok.tolist()
     return {
         "candidates/fitness": [value if good else None for value, good in zip(fitness.values.tolist(), ok)],
-        "candidates/normalised_score": normalised,
+        "candidates/normalised_score": [value if good else None for value, good in zip(normalised, ok)],
         "candidates/retained_ratio": retained,
         "fitness/distinct_values": len(set(fitness.values[fitness.ok].tolist())),
     }

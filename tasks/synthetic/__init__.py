@@ -48,6 +48,7 @@ SYNTHETIC_TASKS: dict[str, SyntheticTask] = {
         _task("niah_multikey", NiahLayout(haystack="needle"), "string_match_all", 128, all_required=True),
         _task("niah_multivalue", NiahLayout(num_values=4), "string_match_all", 128, all_required=True),
         _task("niah_multiquery", NiahLayout(num_keys=4, num_queries=4), "string_match_all", 128, all_required=True),
+        _task("niah_prose", NiahLayout(haystack="prose"), "string_match_all", 32, all_required=True),
         _task("variable_tracking", draft_variable_tracking, "string_match_all", 30, all_required=True, joiner=" "),
         _task("kv_retrieval", draft_kv_retrieval, "string_match_all", 50, all_required=True),
     )
