@@ -55,7 +55,10 @@ SYNTHETIC_TASKS: dict[str, SyntheticTask] = {
 }
 
 #: named mixes of synthetic tasks (conf/task/<name>.yaml): `retrieval` is the CPU memory experiment's
-SYNTHETIC_SUITES: dict[str, tuple[str, ...]] = {"retrieval": ("passkey", "niah_single")}
+SYNTHETIC_SUITES: dict[str, tuple[str, ...]] = {
+    "retrieval": ("passkey", "niah_single"),
+    "retrieval_prose": ("niah_single", "niah_prose"),  # the efficacy experiment's (conf/experiment/efficacy.yaml)
+}
 
 
 def _prompt_ids(draft: Draft, builder: PromptBuilder, chat_template_allowed: bool, size: int) -> list[int]:
