@@ -13,7 +13,6 @@ model is loaded.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
@@ -21,14 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from transformers import PreTrainedModel
 
 from namm.atomic_io import atomic_write, atomic_write_json, atomic_write_text
 from namm.engine import EngineConfig
-from namm.errors import ConfigError
-from namm.evolution.checkpoint import CheckpointError, library_versions, load_checkpoint, resolve_checkpoint_path
+from namm.errors import ConfigError, CorruptFileError
+from namm.evolution.checkpoint import (
+    BEST,
+    LATEST,
+    CheckpointError,
+    library_versions,
+    load_checkpoint,
+    resolve_checkpoint_path,
+)
 from namm.evolution.progress import METRICS_FILE, MetricsLog
 from namm.generate import MemoryManagedCache
 from namm.model_card import model_card
@@ -37,6 +44,7 @@ from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
 from namm.network.parameters import ParameterLayout, parameter_layout
 from namm.policies.namm_policy import NAMMPolicy
+from namm.read_back import finite_number, read_json
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -54,6 +62,8 @@ CONFIG_FIELDS = (
     "measured",
 )
 PARAMS_KINDS = ("best", "center")
+EXPORT_FIX = "the folder is damaged: export it again with `python scripts/export_namm.py <run dir> <folder>`"
+_OBJECT_FIELDS = ("namm", "engine", "training", "measured")  # JSON objects (dicts), never null
 
 
 class PretrainedNAMMError(ConfigError):
@@ -121,33 +131,19 @@ class PretrainedNAMM:
                     f"{folder} has no {needed.name}: it is not an exported NAMM (write one with "
                     "`python scripts/export_namm.py runs/<run> <folder>` or PretrainedNAMM.save_pretrained)."
                 )
-        try:
-            document = json.loads(config_path.read_text())
-        except json.JSONDecodeError as error:
-            raise PretrainedNAMMError(f"{config_path} is not valid JSON ({error}).") from error
-        missing = [name for name in CONFIG_FIELDS if name not in document]
-        if missing:
-            raise PretrainedNAMMError(
-                f"{config_path} lacks the field(s) {missing}; an exported NAMM's config.json has {list(CONFIG_FIELDS)}. "
-                "Export it again with this version."
-            )
-        if document["format"] != FORMAT or document["format_version"] != FORMAT_VERSION:
-            raise PretrainedNAMMError(
-                f"{config_path} is format {document['format']!r} version {document['format_version']}; this code "
-                f"reads {FORMAT!r} version {FORMAT_VERSION}."
-            )
+        document = _config_document(config_path)
         try:
             config = NAMMConfig.from_dict(document["namm"])
             engine = EngineConfig(**document["engine"])
         except (TypeError, ValueError) as error:
-            raise PretrainedNAMMError(f"{config_path}: {error}") from error
+            raise PretrainedNAMMError(f"{config_path}: {error}; {EXPORT_FIX}") from error
         layout = parameter_layout(config)
         if document["parameter_layout"] != layout_record(layout):
             raise PretrainedNAMMError(
                 f"{config_path}: its parameter_layout {document['parameter_layout']} is not the layout of its own "
                 f"namm config {layout_record(layout)}; the file was edited or written by another version."
             )
-        namm = NAMM(config, parameters_from_weights(load_file(weights_path), layout, weights_path))
+        namm = NAMM(config, parameters_from_weights(_read_weights(weights_path), layout, weights_path))
         namm.normaliser.load_state_dict(normalisation_from_record(document["normalization"], config, config_path))
         return cls(namm, engine, dict(document["training"]), dict(document["measured"]))
 
@@ -240,14 +236,54 @@ class PretrainedNAMM:
 
 
 def is_exported_namm(path: str | Path) -> bool:
-    """Whether `path` is a folder that holds an exported NAMM (its config.json says so)."""
-    config_path = Path(path) / CONFIG_FILE
-    if not config_path.is_file():
+    """Whether `path` is a folder meant as an exported NAMM: it holds config.json or model.safetensors and no
+    training checkpoint. Such a folder is then read (and checked) as one, so a damaged config.json is reported
+    as such, not mistaken for a run directory."""
+    folder = Path(path)
+    if any((folder / name).is_file() for name in (BEST, LATEST)):
         return False
+    return (folder / CONFIG_FILE).is_file() or (folder / WEIGHTS_FILE).is_file()
+
+
+def _config_document(config_path: Path) -> dict[str, Any]:
+    """config.json, parsed and checked field by field: its format, every field present, objects where objects
+    belong; raises PretrainedNAMMError naming the file, the field and the fix."""
     try:
-        return json.loads(config_path.read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, AttributeError):
-        return False
+        document = read_json(config_path, EXPORT_FIX)
+    except CorruptFileError as error:
+        raise PretrainedNAMMError(str(error)) from None
+    if not isinstance(document, dict):
+        raise PretrainedNAMMError(f"{config_path} holds {type(document).__name__}, not a JSON object; {EXPORT_FIX}")
+    if document.get("format") != FORMAT or document.get("format_version") != FORMAT_VERSION:
+        raise PretrainedNAMMError(
+            f"{config_path}: field format is {document.get('format')!r} version {document.get('format_version')!r}; "
+            f"this code reads {FORMAT!r} version {FORMAT_VERSION}: give a folder written by scripts/export_namm.py "
+            "(or PretrainedNAMM.save_pretrained)."
+        )
+    missing = [name for name in CONFIG_FIELDS if name not in document]
+    if missing:
+        raise PretrainedNAMMError(
+            f"{config_path} lacks the field(s) {missing}; an exported NAMM's config.json has {list(CONFIG_FIELDS)}. "
+            "Export it again with this version."
+        )
+    for name in _OBJECT_FIELDS:
+        if not isinstance(document[name], dict):
+            raise PretrainedNAMMError(
+                f"{config_path}: field {name} must be a JSON object, got {document[name]!r}; {EXPORT_FIX}"
+            )
+    return document
+
+
+def _read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors, every value finite (raises PretrainedNAMMError naming the file and the tensor)."""
+    try:
+        weights = load_file(weights_path)
+    except (SafetensorError, OSError) as error:
+        raise PretrainedNAMMError(f"{weights_path} could not be read ({error}); {EXPORT_FIX}") from None
+    for name, tensor in weights.items():
+        if not torch.isfinite(tensor).all():
+            raise PretrainedNAMMError(f"{weights_path}: tensor {name} holds NaN or infinite values; {EXPORT_FIX}")
+    return weights
 
 
 def layout_record(layout: ParameterLayout) -> list[dict[str, Any]]:
@@ -274,16 +310,40 @@ def normalisation_record(namm: NAMM) -> dict[str, Any] | None:
 
 
 def normalisation_from_record(record: Any, config: NAMMConfig, where: Path) -> dict[str, torch.Tensor]:
-    """FeatureNormaliser state from config.json's `normalization` (null: none)."""
+    """FeatureNormaliser state from config.json's `normalization` (null: none). Every statistic must be a finite
+    number, the count positive and each variance non-negative: a NaN mean or a negative variance would make the
+    NAMM's features NaN and its decisions silently wrong."""
     if record is None:
         return {}
     if not isinstance(record, dict) or set(record) != {"count", "mean", "var"}:
         raise PretrainedNAMMError(f"{where}: normalization must be null or hold count, mean and var; got {record!r}.")
+    for name in ("mean", "var"):
+        if not isinstance(record[name], list):
+            raise PretrainedNAMMError(
+                f"{where}: field normalization.{name} must be a list of numbers, got {record[name]!r}; {EXPORT_FIX}"
+            )
     if len(record["mean"]) != config.bins or len(record["var"]) != config.bins:
         raise PretrainedNAMMError(
             f"{where}: normalization has {len(record['mean'])} bins, the namm config has {config.bins}."
         )
-    return {name: torch.tensor(value, dtype=torch.float64) for name, value in record.items()}
+    try:
+        count = finite_number(record["count"], where, "normalization.count", EXPORT_FIX)
+        mean = [finite_number(v, where, f"normalization.mean[{i}]", EXPORT_FIX) for i, v in enumerate(record["mean"])]
+        var = [finite_number(v, where, f"normalization.var[{i}]", EXPORT_FIX) for i, v in enumerate(record["var"])]
+    except CorruptFileError as error:
+        raise PretrainedNAMMError(str(error)) from None
+    if count <= 0:
+        raise PretrainedNAMMError(f"{where}: field normalization.count is {count}, must be positive; {EXPORT_FIX}")
+    negative = next((i for i, value in enumerate(var) if value < 0), None)
+    if negative is not None:
+        raise PretrainedNAMMError(
+            f"{where}: field normalization.var[{negative}] is {var[negative]}; a variance cannot be negative; "
+            f"{EXPORT_FIX}"
+        )
+    return {
+        name: torch.tensor(value, dtype=torch.float64)
+        for name, value in (("count", count), ("mean", mean), ("var", var))
+    }
 
 
 def _checkpoint_normalisation(state: Any, config: NAMMConfig, path: Path) -> dict[str, torch.Tensor]:

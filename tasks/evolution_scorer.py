@@ -30,7 +30,7 @@ from namm.evolution.scoring import (
     Signal,
     mean_in_order,
 )
-from namm.models import ModelConfig, check_model_config, load_model
+from namm.models import ModelConfig, check_model_config, load_model, max_context_without_weights
 from namm.network.config import NAMMConfig
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
@@ -45,7 +45,7 @@ from tasks.answer_likelihood import (
 )
 from tasks.config import TaskConfig, task_config
 from tasks.generators import engine_generator
-from tasks.preparation import prepare_tasks
+from tasks.preparation import check_prompt_lengths, prepare_tasks
 from tasks.references import (
     ReferenceCache,
     ReferenceContext,
@@ -120,10 +120,11 @@ class TaskScorerConfig:
 
 
 def check_inputs(cfg: DictConfig) -> None:
-    """`scorer.check_target`: the model, engine, task and NAMM settings and the task data, checked before
-    any model loads (so a missing LongBench file or an offline hub fails in seconds, with the fix)."""
+    """`scorer.check_target`: the model, engine, task and NAMM settings, the prompt lengths and the task data,
+    checked before any model loads (so a missing LongBench file or an offline hub fails in seconds, with the fix)."""
     config = TaskScorerConfig.from_run_config(cfg)
     check_model_config(config.model)
+    check_prompt_lengths(config.task, config.model.name, max_context_without_weights(config.model))
     config.namm.check_update_interval(config.engine.update_interval)
     counts = check_task_data(config.task)
     check_split_sizes(counts, config.validation_prompts)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from namm.errors import ConfigError
 from tasks.config import TaskConfig
 from tasks.longbench import LONGBENCH_TASKS, PROMPT_TEMPLATES, base_task
 from tasks.longbench_data import load_longbench
@@ -40,10 +41,40 @@ def newline_token_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
     return (tokenizer.encode("\n", add_special_tokens=False)[-1],)
 
 
+def check_prompt_lengths(config: TaskConfig, model_name: str, max_context: int | None) -> None:
+    """Every task's prompts plus its new tokens must fit `max_context` (None: unknown, nothing to check): a
+    synthetic `context_length` that does not fit, or a LongBench `max_prompt_tokens` that would be cut further
+    to fit, is a ConfigError. Needs no model, so the entry points call it before the model loads."""
+    if max_context is None:
+        return
+    for name in config.tasks:
+        spec = SYNTHETIC_TASKS[name].spec if name in SYNTHETIC_TASKS else LONGBENCH_TASKS[name]
+        room = max_context - spec.max_new_tokens  # prompt tokens that fit with the task's new tokens
+        if name in SYNTHETIC_TASKS and config.context_length > room:
+            raise ConfigError(
+                f"{name}: task.context_length={config.context_length} + {spec.max_new_tokens} new tokens exceeds "
+                f"{model_name}'s max_context {max_context}; lower task.context_length to at most {room} (or raise "
+                "model.max_context if the model takes more)."
+            )
+        if name in LONGBENCH_TASKS and room < 2:
+            raise ConfigError(
+                f"{name}: {model_name}'s max_context {max_context} leaves no room for a prompt before the task's "
+                f"{spec.max_new_tokens} new tokens; raise model.max_context."
+            )
+        if name in LONGBENCH_TASKS and config.max_prompt_tokens is not None and config.max_prompt_tokens > room:
+            raise ConfigError(
+                f"{name}: task.max_prompt_tokens={config.max_prompt_tokens} + {spec.max_new_tokens} new tokens "
+                f"exceeds {model_name}'s max_context {max_context}, so prompts would be cut to {room} tokens, not "
+                f"{config.max_prompt_tokens}; set task.max_prompt_tokens to at most {room} (or null: the longest "
+                "that fits)."
+            )
+
+
 def prepare_tasks(
     config: TaskConfig, model: ModelLike, eos_token_ids: Sequence[int] | None = None
 ) -> list[PreparedTask]:
     """Every task of `config`, tokenized for `model`; eos ids default to the tokenizer's EOS."""
+    check_prompt_lengths(config, model.name, model.max_context)
     tokenizer = model.tokenizer
     if eos_token_ids is None:
         eos_token_ids = () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
@@ -121,11 +152,6 @@ def _prepare_synthetic(
     name: str, config: TaskConfig, model: ModelLike, builder: PromptBuilder, settings: SettingsFor
 ) -> PreparedTask:
     task = SYNTHETIC_TASKS[name]
-    if model.max_context is not None and config.context_length + task.spec.max_new_tokens > model.max_context:
-        raise ValueError(
-            f"{name}: context_length {config.context_length} + {task.spec.max_new_tokens} new tokens exceeds "
-            f"{model.name}'s max_context {model.max_context}; lower task.context_length."
-        )
     params = SyntheticParams(config.context_length, config.needle_depth, config.seed, config.haystack)
     samples = generate_samples(task, builder, params, config.num_samples)
     record = settings(

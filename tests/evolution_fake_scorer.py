@@ -4,7 +4,8 @@ Task scores are quadratics of the parameters plus noise seeded by (seed, split, 
 run with the same seed sees the same numbers, and an evolution strategy can make progress. Options
 under `cfg.scorer` inject failures; `trace_dir` records which processes built and used a scorer. The
 environment variable FAKE_SCORER_INTERRUPT_AT=<generation> simulates a kill (outside the config, so
-the resumed run has the same config as the killed one).
+the resumed run has the same config as the killed one); FAKE_SCORER_PAUSE_AT=<generation>:<file> makes it
+touch <file> and wait there forever, so a test can act while a run is alive (and then kill it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,8 @@ class FakeScorer:
         self.nan_candidate = options.get("nan_candidate")  # index within every batch call
         interrupt_at = os.environ.get("FAKE_SCORER_INTERRUPT_AT")
         self.interrupt_at = int(interrupt_at) if interrupt_at else None
+        pause_at = os.environ.get("FAKE_SCORER_PAUSE_AT")
+        self.pause_at = (int(pause_at.split(":", 1)[0]), Path(pause_at.split(":", 1)[1])) if pause_at else None
         self.targets = {task: torch.linspace(-0.5, 0.5, self.param_count) * (i + 1) for i, task in enumerate(TASKS)}
         self.calibration: torch.Tensor | None = None
         self._unpicklable = threading.Lock()  # like a loaded model: must never travel to another process
@@ -63,6 +67,10 @@ class FakeScorer:
     ) -> CandidateScores:
         if self.interrupt_at is not None and generation == self.interrupt_at and split == "train":
             raise KeyboardInterrupt(f"fake kill at generation {generation}")
+        if self.pause_at is not None and generation == self.pause_at[0] and split == "train":
+            self.pause_at[1].touch()
+            while True:  # until the test kills this process
+                time.sleep(1)
         if self.raise_above is not None and bool((parameters[:, 0] > self.raise_above).any()):
             raise ValueError(f"fake failure: a first parameter above {self.raise_above}")
         if self.trace_dir:

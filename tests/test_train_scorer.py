@@ -226,6 +226,11 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
         ("+engine.interval=64", "engine.interval: Key 'interval' not in 'EngineConfig'"),
         ("model.device=tpu", "model.device='tpu' is not a device"),
         ("engine.update_interval=100", "not a multiple of the NAMM's hop"),
+        (
+            "task.context_length=5000",
+            r"task.context_length=5000 \+ \d+ new tokens exceeds tiny-llama's max_context 4096",
+        ),
+        ("model.max_context=500", r"task.context_length=600 \+ \d+ new tokens exceeds tiny-llama's max_context 500"),
     ],
 )
 def test_bad_settings_are_config_errors_as_in_evaluate(tmp_path, override, message):
@@ -235,6 +240,25 @@ def test_bad_settings_are_config_errors_as_in_evaluate(tmp_path, override, messa
 
     with pytest.raises(ConfigError, match=message):
         evolution_scorer.check_inputs(tiny_config(tmp_path, override))
+
+
+def test_a_longbench_budget_the_model_would_cut_further_fails_before_it_loads(tmp_path, monkeypatch):
+    """task.max_prompt_tokens=2000 on a 300-token model: refused with the size prompts would really get."""
+    from namm.evolution.config import ConfigError
+    from namm.evolution.trainer import train
+    from tasks import evolution_scorer
+
+    monkeypatch.setattr(evolution_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
+    overrides = ["task=qasper", f"task.data_dir={FIXTURES}", "task.max_prompt_tokens=2000", "model.max_context=300"]
+    cfg = tiny_config(tmp_path, *overrides, "evo.validation_prompts=1")
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    with pytest.raises(ConfigError, match=r"qasper: task.max_prompt_tokens=2000 .* would be cut to 172 tokens"):
+        train(cfg)
 
 
 def test_the_typed_scorer_config_is_what_the_run_config_says(tmp_path):

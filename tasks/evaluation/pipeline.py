@@ -20,7 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from namm.engine import EngineConfig
 from namm.errors import ConfigError
 from namm.evolution.checkpoint import library_versions
-from namm.models import ModelConfig, check_model_config, load_model
+from namm.models import ModelConfig, check_model_config, load_model, max_context_without_weights
 from namm.typed_config import typed_config
 from tasks.config import TaskConfig, task_config
 from tasks.evaluation.config import NAMM_POLICY, EvaluateConfig, validate_evaluate_config
@@ -38,7 +38,7 @@ from tasks.evaluation.report import RESULTS_CSV, RESULTS_JSON, markdown_table, w
 from tasks.evaluation.schema import SCHEMA_VERSION
 from tasks.evaluation.summary import add_relative_scores, policy_aggregate, task_result
 from tasks.evaluation.wandb_log import log_to_wandb
-from tasks.preparation import prepare_tasks
+from tasks.preparation import check_prompt_lengths, prepare_tasks
 from tasks.references import (
     ReferenceCache,
     ReferenceContext,
@@ -95,6 +95,7 @@ def plan_evaluation(cfg: DictConfig) -> EvaluationPlan:
     tasks = task_config(config.task)
     model = typed_config(ModelConfig, config.model, "model")
     check_model_config(model)
+    check_prompt_lengths(tasks, model.name, max_context_without_weights(model))
     runs_namm = NAMM_POLICY in contender_names(config)
     check_checkpoint_choice(config.checkpoint, config.checkpoints, runs_namm)
     labelled = []
@@ -166,6 +167,16 @@ def result_row(contender: Contender, task: PreparedTask, run: PolicyTaskRun, run
     return row
 
 
+def prompt_lengths(task: PreparedTask) -> dict[str, int]:
+    """The truncation actually applied (`max_prompt_tokens` is the budget asked for; a chat wrapper can make a
+    prompt shorter still): how many prompts were cut and the longest prompt that ran."""
+    return {
+        "num_samples": len(task.samples),
+        "truncated_samples": sum(sample.truncated for sample in task.samples),
+        "longest_prompt_tokens": max(len(sample.prompt_ids) for sample in task.samples),
+    }
+
+
 def build_document(
     plan: EvaluationPlan, context: EvaluationContext, tasks: list[PreparedTask], rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -202,7 +213,7 @@ def build_document(
             "front_budgets": sorted(plan.config.front_budgets) if plan.config.front else None,
             "versions": library_versions(),
         },
-        "tasks": {task.spec.name: {**task.settings.to_dict(), "num_samples": len(task.samples)} for task in tasks},
+        "tasks": {task.spec.name: {**task.settings.to_dict(), **prompt_lengths(task)} for task in tasks},
         "policies": [{**c.describe(), "matched_budget": plan.matched and c.budgeted} for c in plan.contenders],
         "results": rows,
         "aggregates": {c.label: policy_aggregate([r for r in rows if r["policy"] == c.label]) for c in plan.contenders},

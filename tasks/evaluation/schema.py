@@ -177,7 +177,8 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 }
             ),
             # tasks.settings.TaskSettings of every task: truncation budget (max_prompt_tokens), chat template,
-            # metric and code-sim backend, stop tokens, synthetic parameters
+            # metric and code-sim backend, stop tokens, synthetic parameters; and the truncation applied:
+            # num_samples, truncated_samples (prompts cut) and longest_prompt_tokens (the longest that ran)
             "tasks": {"type": "object", "additionalProperties": {"type": "object"}},
             "policies": {"type": "array", "items": _POLICY},
             "results": {"type": "array", "items": _TASK_RESULT},
