@@ -29,8 +29,9 @@ GOLD_FORMAT = "answers-joined-v1"
 
 
 def teacher_forced_generator_record(config: EngineConfig) -> dict[str, Any]:
-    """The reference context's `generator` for the full cache's answer log-probs: stored beside the task-score
-    references under the same key rules, in their own file (this record changes the key)."""
+    """The reference context's `generator` for the full cache's answer likelihoods (exp of the mean log-prob,
+    in [0, 1] like a task score): stored beside the task-score references under the same key rules, in their
+    own file (this record changes the key)."""
     return {**engine_generator_record(config), "name": "engine_teacher_forced", "gold": GOLD_FORMAT}
 
 
@@ -74,6 +75,12 @@ def gold_continuation(sample: Sample, spec: TaskSpec, tokenizer: Tokenizer) -> l
 def mean_logprob(token_logprobs: Sequence[float]) -> float:
     """The answer's mean token log-prob (float64, summed in order): log of its geometric-mean probability."""
     return mean_in_order([float(value) for value in token_logprobs])
+
+
+def log_likelihood(likelihood: float) -> float:
+    """Back to a mean log-prob from the [0, 1] likelihood the reference files store (an answer whose
+    probability underflowed to 0 gives -inf: every candidate then matches the full cache)."""
+    return math.log(likelihood) if likelihood > 0 else -math.inf
 
 
 def likelihood_score(candidate: float, full_cache: float) -> float:

@@ -13,6 +13,7 @@ references; validation always decodes and uses the task metric.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from tasks.answer_likelihood import (
     check_gold_answers,
     gold_continuation,
     likelihood_score,
+    log_likelihood,
     mean_logprob,
     teacher_forced_generator_record,
 )
@@ -68,11 +70,11 @@ REFERENCE_BATCH = 4  # prompts per full-cache batch (left-padded); batches are f
 
 @dataclass(frozen=True)
 class FullCacheReference:
-    """The full cache on one prompt: its task score in [0, 1] and (answer_likelihood) the gold answer's mean
-    log-prob; None where it was known already and not recomputed."""
+    """The full cache on one prompt: its task score and (answer_likelihood) the gold answer's likelihood, both
+    in [0, 1] as the reference files hold them; None where it was known already and not recomputed."""
 
     score: float | None
-    answer_logprob: float | None = None
+    answer_likelihood: float | None = None
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ class TaskScorer:
         self.signal = config.signal
         likelihood_context = ReferenceContext.of(self.loaded, teacher_forced_generator_record(config.engine))
         self.likelihood_cache = ReferenceCache(default_reference_dir(), likelihood_context)
-        self.answer_logprobs = {  # the full cache's mean log-prob of each gold answer (answer_likelihood only)
+        self.answer_likelihoods = {  # the full cache's likelihood of each gold answer (answer_likelihood only)
             task.spec.name: self.likelihood_cache.load(task.settings) if self.uses_likelihood else ReferenceScores()
             for task in self.tasks
         }
@@ -208,7 +210,7 @@ class TaskScorer:
             task = self.task_by_name[name]
             if likelihood:
                 results = self._teacher_force_population(task, index, parameters)
-                full = self.answer_logprobs[name].get(name, index)
+                full = log_likelihood(self.answer_likelihoods[name].get(name, index))
                 scores = [likelihood_score(mean_logprob(result.token_logprobs), full) for result in results]
                 reference = pool_reference = 100.0  # the full cache against itself
             else:
@@ -239,7 +241,7 @@ class TaskScorer:
             (name, index)
             for name, index in prompts
             if self.references[name].get(name, index) is None
-            or (self.uses_likelihood and self.answer_logprobs[name].get(name, index) is None)
+            or (self.uses_likelihood and self.answer_likelihoods[name].get(name, index) is None)
         ]
 
     def reference_batches(self, prompts: list[PromptId]) -> list[list[PromptId]]:
@@ -265,10 +267,11 @@ class TaskScorer:
                 full_cache_scores(task, full_cache, self.loaded.tokenizer, indices, len(indices)) if indices else {}
             )
             for _, index in batch:
-                logprob = None
-                if self.uses_likelihood and self.answer_logprobs[name].get(name, index) is None:
-                    logprob = mean_logprob(self._teacher_force(self.full_engine, task, index, 1)[0].token_logprobs)
-                computed[(name, index)] = FullCacheReference(scores.get(index), logprob)
+                likelihood = None
+                if self.uses_likelihood and self.answer_likelihoods[name].get(name, index) is None:
+                    forced = self._teacher_force(self.full_engine, task, index, 1)[0]
+                    likelihood = math.exp(mean_logprob(forced.token_logprobs))
+                computed[(name, index)] = FullCacheReference(scores.get(index), likelihood)
         return computed
 
     def add_references(self, references: dict[PromptId, FullCacheReference], save: bool) -> None:
@@ -277,14 +280,14 @@ class TaskScorer:
             if reference.score is not None:
                 self.references[name].put(name, index, reference.score)
                 scores.add(name)
-            if reference.answer_logprob is not None:
-                self.answer_logprobs[name].put(name, index, reference.answer_logprob)
+            if reference.answer_likelihood is not None:
+                self.answer_likelihoods[name].put(name, index, reference.answer_likelihood)
                 logprobs.add(name)
         if save:
             for name in sorted(scores):
                 self.reference_cache.save(self.task_by_name[name].settings, self.references[name])
             for name in sorted(logprobs):
-                self.likelihood_cache.save(self.task_by_name[name].settings, self.answer_logprobs[name])
+                self.likelihood_cache.save(self.task_by_name[name].settings, self.answer_likelihoods[name])
 
     def full_cache_accuracy(self, prompts: list[PromptId]) -> dict[str, tuple[float, int]]:
         """task -> (the full cache's mean task score in [0, 1], prompts) over those of `prompts` it has."""
@@ -347,17 +350,17 @@ class TaskScorer:
         return engine.teacher_force([list(sample.prompt_ids)] * rows, continuation, row_parameters=parameters)
 
     def _teacher_force_population(self, task: PreparedTask, index: int, parameters: torch.Tensor):
-        """Every candidate's teacher-forced answer on one prompt (micro-batched like `_run_population`).
+        """Every candidate's teacher-forced answer on one prompt, each candidate alone.
 
-        The log-probs are floats, not a decoded answer, so the last bits count: CPU kernels take another path
-        for a batch of one row, so a lone row runs beside a copy of itself, and a candidate gets the same
-        log-probs however the population is split (over actors, micro-batches or out-of-memory retries)."""
-
-        def run_rows(start: int, stop: int) -> list[GenerationResult]:
-            rows = parameters[start:stop] if stop - start > 1 else parameters[start:stop].expand(2, -1)
-            return self._teacher_force(self.engine, task, index, len(rows), rows)[: stop - start]
-
-        return self.row_batches.run(parameters.shape[0], run_rows)
+        The log-probs are floats, not a decoded answer, so their last bits count, and CPU kernels round
+        differently for another number of rows (measured: 2 vs 5 rows change them). One row per forward gives
+        every candidate the same shapes however the population is split (actors, `evo.max_batch_rows`), so
+        its score cannot depend on the split. On CPU this costs little: a prefill chunk fills the matrix
+        multiplies with one row."""
+        return [
+            self._teacher_force(self.engine, task, index, 1, parameters[row : row + 1])[0]
+            for row in range(parameters.shape[0])
+        ]
 
     def _calibrate(self) -> None:
         """Collect the frozen normalisation statistics once, with the all-keep NAMM on training prompts."""

@@ -69,13 +69,14 @@ def test_training_scores_are_the_likelihood_ratio_and_references_match_plain_tra
     continuation = gold_continuation(sample, task.spec, scorer.loaded.tokenizer)
     assert scorer.loaded.tokenizer.decode(continuation) == " " + sample.answers[0]
     full = plain_mean_logprob(scorer.loaded.model, list(sample.prompt_ids), continuation)
-    assert scorer.answer_logprobs[task.spec.name].get(task.spec.name, record.index) == pytest.approx(full, abs=1e-4)
+    stored = scorer.answer_likelihoods[task.spec.name].get(task.spec.name, record.index)
+    assert 0 < stored <= 1 and math.log(stored) == pytest.approx(full, abs=1e-4)
     assert record.reference == record.pool_reference == 100.0
     assert record.scores[0] == pytest.approx(100.0, abs=1e-3) and record.retained_ratio[0] == 1.0  # keeps all
     for row in (1, 2):  # each candidate alone, by hand: 100 x min(1, exp(its mean log-prob - the full cache's))
-        alone = scorer.engine.teacher_force([list(sample.prompt_ids)] * 2, continuation, population[row].expand(2, -1))
+        alone = scorer.engine.teacher_force([list(sample.prompt_ids)], continuation, population[row : row + 1])
         mean = sum(alone[0].token_logprobs) / len(continuation)
-        assert record.scores[row] == pytest.approx(100.0 * math.exp(min(0.0, mean - full)), abs=1e-3)
+        assert record.scores[row] == pytest.approx(100.0 * math.exp(min(0.0, mean - full)), abs=1e-6)
         assert record.retained_ratio[row] == alone[0].retained_ratio < 1.0
     assert record.tokens == 3 * (len(sample.prompt_ids) + len(continuation))
     assert len(set(record.scores)) == 3  # graded: no two candidates tie
@@ -92,7 +93,7 @@ def test_validation_keeps_the_task_metric(scorer, tmp_path):
 def test_full_cache_likelihoods_are_cached_beside_the_references_and_reused(scorer, tmp_path, monkeypatch):
     prompts = scorer.prompts(TRAIN_SPLIT, 1) + scorer.prompts(VALIDATION_SPLIT, 0)
     computed = scorer.compute_references(scorer.missing_references(prompts))
-    assert all(ref.score is not None and ref.answer_logprob is not None for ref in computed.values())
+    assert all(ref.score is not None and ref.answer_likelihood is not None for ref in computed.values())
     scorer.add_references(computed, save=True)
     assert scorer.missing_references(prompts) == []
     files = sorted(p for p in (tmp_path / "references").rglob("passkey-*.json") if "settings" not in p.name)
