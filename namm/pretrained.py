@@ -34,6 +34,7 @@ from namm.evolution.checkpoint import (
     CheckpointError,
     library_versions,
     load_checkpoint,
+    read_provenance,
     resolve_checkpoint_path,
 )
 from namm.evolution.progress import METRICS_FILE, MetricsLog
@@ -42,6 +43,7 @@ from namm.model_card import model_card
 from namm.models.hub import HUB_ID
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
+from namm.network.normalisation import check_statistics
 from namm.network.parameters import ParameterLayout, parameter_layout
 from namm.policies.namm_policy import NAMMPolicy
 from namm.read_back import finite_number, read_json
@@ -154,14 +156,13 @@ class PretrainedNAMM:
         if params_kind not in PARAMS_KINDS:
             raise ValueError(f"params_kind must be one of {PARAMS_KINDS}, got {params_kind!r}.")
         path = resolve_checkpoint_path(path)
-        state = load_checkpoint(path)
-        resolved = state["config"] if isinstance(state["config"], dict) else {}
+        record = load_checkpoint(path)
+        resolved = record.config
         try:
             config = NAMMConfig.from_dict(dict(resolved.get("namm") or {}))
         except ValueError as error:
             raise CheckpointError(f"the namm config saved in {path}: {error}") from error
-        parameters = torch.as_tensor(state["best_params" if params_kind == "best" else "center"])
-        parameters = parameters.detach().float().reshape(-1)
+        parameters = (record.best_params if params_kind == "best" else record.center).detach().float().reshape(-1)
         layout = parameter_layout(config)
         if parameters.numel() != layout.size:
             raise CheckpointError(
@@ -169,10 +170,11 @@ class PretrainedNAMM:
                 "the checkpoint is inconsistent (was it written by another version?)."
             )
         namm = NAMM(config, parameters)
-        namm.normaliser.load_state_dict(_checkpoint_normalisation(state["normalisation_state"], config, path))
-        generation = int(
-            state.get("best_generation", state["generation"]) if params_kind == "best" else state["generation"]
-        )
+        namm.normaliser.load_state_dict(_checkpoint_normalisation(record.normalisation_state, config, path))
+        if params_kind == "best" and record.best_generation is not None:
+            generation = record.best_generation
+        else:
+            generation = record.generation
         known = {item.name for item in fields(EngineConfig)}
         engine_values = {key: value for key, value in dict(resolved.get("engine") or {}).items() if key in known}
         training = {
@@ -182,8 +184,9 @@ class PretrainedNAMM:
             "seed": resolved.get("seed"),
             "generation": generation,
             "params": params_kind,
-            "checkpoint": {"path": str(path), "sha256": state.get("sha256"), "generation": int(state["generation"])},
-            "versions": state.get("versions"),
+            "checkpoint": {"path": str(path), "sha256": record.sha256, "generation": record.generation},
+            "versions": record.versions,
+            "provenance": read_provenance(record),  # its training and validation prompts (None: not recorded)
         }
         measured = _validation_record(MetricsLog(path.parent).read(), generation)
         return cls(namm, EngineConfig(**engine_values), training, measured)
@@ -332,35 +335,29 @@ def normalisation_from_record(record: Any, config: NAMMConfig, where: Path) -> d
         var = [finite_number(v, where, f"normalization.var[{i}]", EXPORT_FIX) for i, v in enumerate(record["var"])]
     except CorruptFileError as error:
         raise PretrainedNAMMError(str(error)) from None
-    if count <= 0:
-        raise PretrainedNAMMError(f"{where}: field normalization.count is {count}, must be positive; {EXPORT_FIX}")
-    negative = next((i for i, value in enumerate(var) if value < 0), None)
-    if negative is not None:
-        raise PretrainedNAMMError(
-            f"{where}: field normalization.var[{negative}] is {var[negative]}; a variance cannot be negative; "
-            f"{EXPORT_FIX}"
-        )
-    return {
+    stats = {
         name: torch.tensor(value, dtype=torch.float64)
         for name, value in (("count", count), ("mean", mean), ("var", var))
     }
+    try:
+        check_statistics(stats, config.bins)
+    except ValueError as error:
+        raise PretrainedNAMMError(f"{where}: field normalization.{error}; {EXPORT_FIX}") from None
+    return stats
 
 
-def _checkpoint_normalisation(state: Any, config: NAMMConfig, path: Path) -> dict[str, torch.Tensor]:
-    """The FeatureNormaliser statistics in a checkpoint's `normalisation_state` ({} when none)."""
-    if not state:
-        return {}
-    stats = state.get("normalization", state) if isinstance(state, dict) else None
-    if not isinstance(stats, dict) or (stats and not {"count", "mean", "var"} <= set(stats)):
+def _checkpoint_normalisation(state: dict[str, Any], config: NAMMConfig, path: Path) -> dict[str, torch.Tensor]:
+    """The FeatureNormaliser statistics in a checkpoint's `normalisation_state` ({} when none), checked."""
+    stats = state.get("normalization", state)  # an early layout nested them under this key
+    if not isinstance(stats, dict):
+        raise CheckpointError(f"{path}: field 'normalisation_state' holds a {type(stats).__name__}, expected a dict.")
+    try:
+        check_statistics(stats, config.bins)
+    except ValueError as error:
         raise CheckpointError(
-            f"{path}: normalisation_state has keys {sorted(state) if isinstance(state, dict) else type(state)}; "
-            "expected the NAMM's normalisation statistics (count, mean, var)."
-        )
-    if stats and torch.as_tensor(stats["mean"]).numel() != config.bins:
-        raise CheckpointError(
-            f"{path}: normalisation statistics have {torch.as_tensor(stats['mean']).numel()} "
-            f"bins, the NAMM config has {config.bins}."
-        )
+            f"{path}: field 'normalisation_state': {error}; the statistics are unusable, so the NAMM would run "
+            "silently wrong: use another checkpoint of the run."
+        ) from error
     return dict(stats)
 
 

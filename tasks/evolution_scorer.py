@@ -16,7 +16,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -33,6 +33,8 @@ from namm.evolution.scoring import (
 )
 from namm.models import ModelConfig, check_model_config, load_model, max_context_without_weights
 from namm.network.config import NAMMConfig
+from namm.network.normalisation import check_statistics
+from namm.network.parameters import keep_all_centre, param_count
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
 from namm.row_batches import RowBatches
@@ -48,6 +50,7 @@ from tasks.answer_likelihood import (
 from tasks.config import TaskConfig, task_config
 from tasks.generators import engine_generator
 from tasks.preparation import check_prompt_lengths, prepare_tasks
+from tasks.provenance import training_provenance
 from tasks.references import (
     ReferenceCache,
     ReferenceContext,
@@ -112,26 +115,16 @@ class TaskScorerConfig:
             model=typed_config(ModelConfig, cfg.model, "model"),
             task=task_config(cfg.task),
             namm=namm,
-            engine=typed_config(EngineConfig, cfg.get("engine"), "engine"),
+            # resolved here: engine.schedule is `${schedule}`, a key of the run config's root
+            engine=typed_config(
+                EngineConfig, OmegaConf.to_container(cfg.engine, resolve=True) if cfg.get("engine") else None, "engine"
+            ),
             prompts_per_task=int(cfg.evo.prompts_per_task),
             validation_prompts=int(cfg.evo.validation_prompts),
             seed=int(cfg.seed),
             max_batch_rows=cfg.evo.max_batch_rows,
             signal=Signal(evo.get("signal", Signal.task_metric.value)),
         )
-
-
-def check_inputs(cfg: DictConfig) -> None:
-    """`scorer.check_target`: the model, engine, task and NAMM settings, the prompt lengths and the task data,
-    checked before any model loads (so a missing LongBench file or an offline hub fails in seconds, with the fix)."""
-    config = TaskScorerConfig.from_run_config(cfg)
-    check_model_config(config.model)
-    check_prompt_lengths(config.task, config.model.name, max_context_without_weights(config.model))
-    config.namm.check_update_interval(config.engine.update_interval)
-    counts = check_task_data(config.task)
-    check_split_sizes(counts, config.validation_prompts)
-    if config.signal == Signal.answer_likelihood:
-        check_gold_answers(config.task)
 
 
 def check_split_sizes(sample_counts: dict[str, int], validation_prompts: int) -> None:
@@ -164,7 +157,36 @@ class Splits:
 
 
 class TaskScorer:
-    """A `CandidateScorer` over the configured tasks (see namm.evolution.scoring)."""
+    """A `CandidateScorer` over the configured tasks, and its `ScorerFactory` (`scorer._target_` of
+    conf/train.yaml; see namm.evolution.scoring): the candidates are NAMM parameter vectors."""
+
+    former_targets: ClassVar[tuple[str, ...]] = ("tasks.evolution_scorer.build_scorer",)  # runs saved before 2
+
+    # -- ScorerFactory: no model is loaded ----------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        """The model, engine, task and NAMM settings, the prompt lengths and the task data (so a missing LongBench
+        file or an offline hub fails in seconds, with the fix)."""
+        config = TaskScorerConfig.from_run_config(cfg)
+        check_model_config(config.model)
+        check_prompt_lengths(config.task, config.model.name, max_context_without_weights(config.model))
+        config.namm.check_update_interval(config.engine.update_interval)
+        counts = check_task_data(config.task)
+        check_split_sizes(counts, config.validation_prompts)
+        if config.signal == Signal.answer_likelihood:
+            check_gold_answers(config.task)
+
+    @classmethod
+    def solution_length(cls, cfg: DictConfig) -> int:
+        """The NAMM parameter vector's length for the `namm` group."""
+        return param_count(TaskScorerConfig.from_run_config(cfg).namm)
+
+    @classmethod
+    def initial_centre(cls, cfg: DictConfig, init: str, margin: float) -> torch.Tensor:
+        """`zeros`, or `keep_all`: the NAMM's read-out bias at threshold + `margin`, so at the centre every token
+        scores that margin above the threshold (nothing is evicted) and the first draws explore around it."""
+        namm = TaskScorerConfig.from_run_config(cfg).namm
+        return torch.zeros(param_count(namm)) if init == "zeros" else keep_all_centre(namm, margin)
 
     def __init__(self, cfg: DictConfig | TaskScorerConfig) -> None:
         # every setting is validated before the model loads
@@ -201,7 +223,7 @@ class TaskScorer:
     ) -> CandidateScores:
         self._calibrate()
         wanted = self.prompts(split, generation) if prompts is None else list(prompts)
-        missing = self.missing_references(wanted + self.prompts(VALIDATION_SPLIT, 0))
+        missing = self._missing_references(wanted + self.prompts(VALIDATION_SPLIT, 0))
         if missing:  # a scorer used on its own; training computes every reference before generation 1
             self.add_references(self.compute_references(missing), save=True)
         likelihood = split == TRAIN_SPLIT and self.uses_likelihood
@@ -236,7 +258,13 @@ class TaskScorer:
     def uses_likelihood(self) -> bool:
         return self.signal == Signal.answer_likelihood
 
-    def missing_references(self, prompts: list[PromptId]) -> list[PromptId]:
+    def reference_batches(self, generations: list[int]) -> list[list[PromptId]]:
+        needed = {prompt for generation in generations for prompt in self.prompts(TRAIN_SPLIT, generation)}
+        needed.update(self.prompts(VALIDATION_SPLIT, 0))
+        return self._batched(self._missing_references(sorted(needed)))
+
+    def _missing_references(self, prompts: list[PromptId]) -> list[PromptId]:
+        """Prompts without a full-cache task score, or (answer_likelihood) without the gold answer's likelihood."""
         return [
             (name, index)
             for name, index in prompts
@@ -244,7 +272,8 @@ class TaskScorer:
             or (self.uses_likelihood and self.answer_likelihoods[name].get(name, index) is None)
         ]
 
-    def reference_batches(self, prompts: list[PromptId]) -> list[list[PromptId]]:
+    def _batched(self, prompts: list[PromptId]) -> list[list[PromptId]]:
+        """Per task, in sorted index order, REFERENCE_BATCH prompts at a time: the one batching of references."""
         batches = []
         for task in self.tasks:
             indices = sorted(index for name, index in prompts if name == task.spec.name)
@@ -259,7 +288,7 @@ class TaskScorer:
         at a time (so no batch composition moves them)."""
         full_cache = engine_generator(self.full_engine)
         computed: dict[PromptId, FullCacheReference] = {}
-        for batch in self.reference_batches(prompts):
+        for batch in self._batched(prompts):
             name = batch[0][0]
             task = self.task_by_name[name]
             indices = [index for _, index in batch if self.references[name].get(name, index) is None]
@@ -300,11 +329,18 @@ class TaskScorer:
                 accuracy[name] = (mean_in_order(known), len(known))
         return accuracy
 
+    def prompt_provenance(self) -> dict[str, Any]:
+        """Every prompt a generation may draw (the training pool) and the validation set, for checkpoints."""
+        return training_provenance(
+            self.tasks, {TRAIN_SPLIT: self.splits.train, VALIDATION_SPLIT: self.splits.validation}
+        )
+
     def normalisation_state(self) -> dict[str, Any]:
         self._calibrate()
         return self.policy.namm.normaliser.state_dict()
 
     def load_normalisation_state(self, state: dict[str, Any]) -> None:
+        check_statistics(state, self.policy.namm.config.bins)
         if state:
             self.policy.namm.normaliser.load_state_dict(dict(state))
             self.calibrated = True
@@ -373,8 +409,3 @@ class TaskScorer:
                     prompt = list(task.samples[index].prompt_ids)
                     self.engine.generate([prompt], self._generation_settings(task))
         self.calibrated = True
-
-
-def build_scorer(cfg: DictConfig) -> TaskScorer:
-    """`scorer._target_` of conf/train.yaml: loads the model and prepares the tasks."""
-    return TaskScorer(cfg)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,9 +71,14 @@ def check_prompt_lengths(config: TaskConfig, model_name: str, max_context: int |
 
 
 def prepare_tasks(
-    config: TaskConfig, model: ModelLike, eos_token_ids: Sequence[int] | None = None
+    config: TaskConfig,
+    model: ModelLike,
+    eos_token_ids: Sequence[int] | None = None,
+    skip_lines: Mapping[str, Collection[int]] | None = None,
 ) -> list[PreparedTask]:
-    """Every task of `config`, tokenized for `model`; eos ids default to the tokenizer's EOS."""
+    """Every task of `config`, tokenized for `model`; eos ids default to the tokenizer's EOS. `skip_lines`:
+    LongBench lines (by task) to pass over, e.g. those a NAMM trained on: the first `num_samples` others are
+    taken instead, keeping their line numbers as sample indices."""
     check_prompt_lengths(config, model.name, model.max_context)
     tokenizer = model.tokenizer
     if eos_token_ids is None:
@@ -107,7 +112,8 @@ def prepare_tasks(
         if name in SYNTHETIC_TASKS:
             prepared.append(_prepare_synthetic(name, config, model, builder, settings))
         else:
-            prepared.append(_prepare_longbench(name, config, model, builder, settings))
+            skipped = frozenset((skip_lines or {}).get(name, ()))
+            prepared.append(_prepare_longbench(name, config, model, builder, settings, skipped))
     return prepared
 
 
@@ -115,7 +121,12 @@ SettingsFor = Callable[..., TaskSettings]
 
 
 def _prepare_longbench(
-    name: str, config: TaskConfig, model: ModelLike, builder: PromptBuilder, settings: SettingsFor
+    name: str,
+    config: TaskConfig,
+    model: ModelLike,
+    builder: PromptBuilder,
+    settings: SettingsFor,
+    skipped: frozenset[int] = frozenset(),
 ) -> PreparedTask:
     spec = LONGBENCH_TASKS[name]
     budget = config.max_prompt_tokens
@@ -127,7 +138,8 @@ def _prepare_longbench(
     records, source = load_longbench(name, config.data_dir, config.cache_dir)
     template = PROMPT_TEMPLATES[base_task(name)]
     samples = []
-    for index, record in enumerate(records[: config.num_samples]):
+    kept = [(index, record) for index, record in enumerate(records) if index not in skipped]
+    for index, record in kept[: config.num_samples]:
         text = template.format(context=record.context, input=record.input)
         ids, truncated = _build_within(builder, text, spec.chat_template_allowed, budget, limit)
         samples.append(

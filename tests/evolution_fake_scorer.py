@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from namm.errors import ConfigError
 from namm.evolution.scoring import CandidateScores, PromptRecord
 
 TASKS = ("alpha", "beta")
@@ -27,15 +28,27 @@ NUM_LAYERS = 3
 PROMPTS_PER_TASK = 2
 
 
-def fake_param_count(cfg: DictConfig) -> int:
-    return int(cfg.scorer.dimension)
-
-
-def build_fake_scorer(cfg: DictConfig) -> FakeScorer:
-    return FakeScorer(cfg)
-
-
 class FakeScorer:
+    """A `ScorerFactory` (the class) and a `CandidateScorer` (its instances), like tasks.evolution_scorer.TaskScorer."""
+
+    former_targets: tuple[str, ...] = ()
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        pass  # no model or task settings to check
+
+    @classmethod
+    def solution_length(cls, cfg: DictConfig) -> int:
+        return int(cfg.scorer.dimension)
+
+    @classmethod
+    def initial_centre(cls, cfg: DictConfig, init: str, margin: float) -> torch.Tensor:
+        if init != "zeros":
+            raise ConfigError(
+                f"evo.init={init} needs a NAMM read-out bias; the fake scorer has none: use evo.init=zeros"
+            )
+        return torch.zeros(cls.solution_length(cfg))
+
     def __init__(self, cfg: DictConfig) -> None:
         options = cfg.scorer
         self.param_count = int(options.dimension)
@@ -96,11 +109,8 @@ class FakeScorer:
             )
         return CandidateScores.from_prompts(records)
 
-    def missing_references(self, prompts: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    def reference_batches(self, generations: list[int]) -> list[list[tuple[str, int]]]:
         return []  # the fake's references are part of its noise
-
-    def reference_batches(self, prompts: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
-        return [[prompt] for prompt in prompts]
 
     def compute_references(self, prompts: list[tuple[str, int]]) -> dict[tuple[str, int], float]:
         return {}
@@ -126,9 +136,7 @@ class FakeScorer:
 def fake_scorer_node(**options: Any) -> dict[str, Any]:
     """The `scorer` config node that selects this fake (importable by Ray actors when tests/ is on PYTHONPATH)."""
     return {
-        "_target_": f"{__name__}.build_fake_scorer",
-        "param_count_target": f"{__name__}.fake_param_count",
-        "check_target": None,  # no model or task settings to check
+        "_target_": f"{__name__}.FakeScorer",
         "dimension": 6,
         **options,
     }

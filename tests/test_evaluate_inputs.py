@@ -44,7 +44,18 @@ def test_default_config_composes_and_compares_every_policy(tmp_path):
     assert (config.task["seed"], config.task["num_samples"], config.task["context_length"]) == (4242, 4, 1024)
     trained, zero = load_namm_source(checkpoint, "best", None), zero_namm_source(None)
     contenders = plan_contenders(config, [("namm", trained)])
-    assert [c.label for c in contenders] == ["full", "namm", "h2o", "knorm", "random", "snapkv", "streaming"]
+    assert [c.label for c in contenders] == [
+        "full",
+        "namm",
+        "expected_attention",
+        "h2o",
+        "keydiff",
+        "knorm",
+        "random",
+        "snapkv",
+        "streaming",
+        "tova",
+    ]
     assert wants_matched_budgets(config, contenders, [trained])
     assert not wants_matched_budgets(config, contenders, [zero])  # it keeps all: ratio 1.0 is full cache
     assert config.baselines["snapkv"]["options"] == {"window": 32, "kernel_size": 7, "pooling": "max"}  # conf/policy/

@@ -58,6 +58,7 @@ def test_the_folder_holds_named_weights_a_complete_config_and_a_card(exported):
         "eviction_mode": "per_layer_max",
         "prefill_chunk": None,
         "update_at_prefill_end": False,
+        "schedule": "prefill",
     }
     assert config["training"]["model"] == {"name": "tiny-llama"} and config["training"]["generation"] == 4
     assert config["training"]["evo"]["reference_floor"] == 1.0
@@ -196,6 +197,29 @@ def test_a_checkpoint_without_validation_exports_without_figures(tmp_path):
     assert artefact.measured == {} and artefact.training["params"] == "center"
     card = (artefact.save_pretrained(tmp_path / "out") / CARD_FILE).read_text()
     assert "No held-out validation was recorded" in card
+
+
+@pytest.mark.parametrize(
+    ("statistic", "value", "message"),
+    [
+        ("mean", float("nan"), r"field 'normalisation_state\['mean'\]' holds a non-finite number"),
+        ("var", -1.0, r"field 'normalisation_state': var\[3\] is -1.0; a variance cannot be negative"),
+    ],
+)
+def test_a_checkpoint_with_unusable_statistics_is_refused_before_any_model(tmp_path, statistic, value, message):
+    """Issue 23: one NaN mean or a variance of -1 loaded and evaluated silently wrong."""
+    from namm.evolution.checkpoint import CheckpointError, content_digest, load_checkpoint, save_checkpoint
+
+    run = training_run(tmp_path / "run", evicting_parameters())
+    record = load_checkpoint(run / "best.pt")
+    record.normalisation_state[statistic][3] = value
+    if statistic == "var":
+        save_checkpoint(record, run / "best.pt")  # finite, so the checkpoint itself is well formed
+    else:
+        payload = record.to_payload()
+        torch.save({**payload, "sha256": content_digest(payload)}, run / "best.pt")
+    with pytest.raises(CheckpointError, match=rf"best.pt: {message}"):
+        PretrainedNAMM.from_checkpoint(run)
 
 
 def _set_first_mean(value):

@@ -19,9 +19,7 @@ from namm.run_lock import HOLDER_FILE, RunDirectoryBusy, run_directory_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_RUN = [
-    "scorer._target_=evolution_fake_scorer.build_fake_scorer",
-    "scorer.param_count_target=evolution_fake_scorer.fake_param_count",
-    "scorer.check_target=null",
+    "scorer._target_=evolution_fake_scorer.FakeScorer",
     "+scorer.dimension=6",
     "evo.init=zeros",
     "evo.objective=score",

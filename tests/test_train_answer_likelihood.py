@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from test_train_scorer import FIXTURES, tiny_config
 
 from namm.errors import ConfigError
-from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, initial_centre
+from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT
 from tasks import evolution_scorer
 from tasks.answer_likelihood import gold_continuation, gold_text, likelihood_score
 from tasks.evolution_scorer import TaskScorer
@@ -62,7 +62,7 @@ def test_training_scores_are_the_likelihood_ratio_and_references_match_plain_tra
     task = scorer.tasks[0]
     scorer._calibrate()
     population = 0.5 * torch.randn(3, scorer.param_count, generator=torch.Generator().manual_seed(0))
-    population[0] = initial_centre(tiny_config(tmp_path), scorer.param_count, "keep_all", 0.2)
+    population[0] = TaskScorer.initial_centre(tiny_config(tmp_path), "keep_all", 0.2)
     scores = scorer.score(population, TRAIN_SPLIT, 0)
     (record,) = scores.prompts
     sample = task.samples[record.index]
@@ -122,5 +122,5 @@ def test_a_task_without_a_gold_answer_fails_before_the_model_loads(tmp_path, mon
     with pytest.raises(
         ConfigError, match=r"evo.signal=answer_likelihood .* 'qasper' .*lines \[1\].*evo.signal=task_metric"
     ):
-        evolution_scorer.check_inputs(tiny_config(tmp_path, *overrides, LIKELIHOOD))
-    evolution_scorer.check_inputs(tiny_config(tmp_path, *overrides))  # the task metric needs no gold answer
+        TaskScorer.check_config(tiny_config(tmp_path, *overrides, LIKELIHOOD))
+    TaskScorer.check_config(tiny_config(tmp_path, *overrides))  # the task metric needs no gold answer

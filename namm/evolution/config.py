@@ -19,16 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from namm.config_resolvers import register_resolvers
 from namm.errors import ConfigError
 from namm.evolution.scoring import Signal
-
-
-class Searcher(Enum):
-    """EvoTorch search algorithms selectable with `evo=<name>`."""
-
-    cmaes_separable = "cmaes_separable"  # diagonal covariance: O(d) per update, the default
-    cmaes_full = "cmaes_full"  # full covariance, as the reference (d^2 memory, Cholesky every few steps)
-    snes = "snes"
-    xnes = "xnes"
-    pgpe = "pgpe"
+from namm.evolution.searchers import available_searchers, searcher_class
 
 
 class Objective(Enum):
@@ -59,7 +50,7 @@ RESUME_MODES = ("never", "auto")
 class EvoConfig:
     """Search algorithm and per-generation sampling. Defaults are the CPU demo run of `python train.py`."""
 
-    searcher: Searcher = Searcher.cmaes_separable
+    searcher: str = "cmaes_separable"  # a registered searcher (namm/evolution/searchers/, conf/evo/<name>.yaml)
     objective: Objective = Objective.memory_penalty
     memory_weight: float = 0.5  # memory_penalty only: fitness points one retained ratio of 1.0 costs
     #: memory_penalty only: [[generation, weight], ...], the training fitness's memory weight from that
@@ -87,8 +78,6 @@ class EvoConfig:
         problems = []
         if self.popsize < 2:
             problems.append(f"evo.popsize must be >= 2, got {self.popsize}")
-        if self.searcher == Searcher.pgpe and self.popsize % 2:
-            problems.append(f"evo.popsize must be even for pgpe (symmetric sampling), got {self.popsize}")
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             problems.append(f"evo.sigma is the initial step size and must be a finite number > 0, got {self.sigma}")
         for name in ("generations", "prompts_per_task", "validation_prompts", "eval_interval"):
@@ -111,8 +100,13 @@ class EvoConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 problems.append(f"evo.{name} must be a finite number > 0 or null, got {value}")
-            if value is None and self.searcher == Searcher.pgpe:
-                problems.append(f"evo.{name} is required by pgpe (see conf/evo/pgpe.yaml)")
+        try:
+            problems += searcher_class(self.searcher).config_problems(self)
+        except KeyError:
+            problems.append(
+                f"evo.searcher={self.searcher!r} is not a searcher; choose evo=<name> with one of "
+                f"{', '.join(available_searchers())}"
+            )
         if self.num_actors < 0:
             problems.append(f"evo.num_actors must be >= 0, got {self.num_actors}")
         elif self.num_actors > self.popsize:
@@ -162,17 +156,6 @@ class LoggerConfig:
     log_checkpoints: bool = True  # upload best.pt (and the final latest.pt) as artifacts when online
 
 
-def _default_scorer() -> dict[str, Any]:
-    return {
-        # (train config) -> CandidateScorer; loads the model, called once in every process that scores
-        "_target_": "tasks.evolution_scorer.build_scorer",
-        # (train config) -> int; the parameter count without loading a model
-        "param_count_target": "namm.evolution.scoring.namm_param_count",
-        # (train config) -> None; raises ConfigError on bad model/task settings or missing data, no model loaded
-        "check_target": "tasks.evolution_scorer.check_inputs",
-    }
-
-
 @dataclass
 class TrainConfig:
     """Root of `conf/train.yaml`. `model`, `task`, `namm` and `engine` (EngineConfig fields) are owned by
@@ -186,11 +169,12 @@ class TrainConfig:
     out_dir: str = "runs/${name}/seed${seed}"
     evo: EvoConfig = field(default_factory=EvoConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    scorer: Any = field(default_factory=_default_scorer)
+    scorer: Any = None  # {_target_: <a scorer class>, ...its options}: conf/train.yaml names the default
     model: Any = None
     task: Any = None
     namm: Any = None
     engine: Any = None
+    schedule: str = "prefill"  # prefill | post_prefill (namm.engine.SCHEDULES), read as engine.schedule
 
     def __post_init__(self) -> None:
         problems = []
@@ -204,12 +188,8 @@ class TrainConfig:
             )
         if self.init_from is not None and self.resume not in ("never", "auto"):
             problems.append("give at most one of init_from (start a new run from a centre) and resume=<path>")
-        if (
-            not isinstance(self.scorer, dict)
-            or "_target_" not in self.scorer
-            or "param_count_target" not in self.scorer
-        ):
-            problems.append("scorer must hold `_target_` (the scorer factory) and `param_count_target`")
+        if not isinstance(self.scorer, dict) or not self.scorer.get("_target_"):
+            problems.append("scorer must hold `_target_`, the scorer class (namm.evolution.scoring.ScorerFactory)")
         if not self.name.strip():
             problems.append("name must be a non-empty string (it names the run directory)")
         if problems:
