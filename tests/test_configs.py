@@ -64,7 +64,7 @@ def test_every_option_of_every_group_composes(group):
 
 
 def test_every_experiment_is_tested():
-    assert set(options("experiment")) == {"stage1", "stage2", "stage3", "cpu_memory"}
+    assert set(options("experiment")) == {"stage1", "stage2", "stage3", "cpu_memory", "efficacy"}
 
 
 def test_the_cpu_memory_experiment_is_what_the_readme_says():
@@ -72,6 +72,19 @@ def test_the_cpu_memory_experiment_is_what_the_readme_says():
     assert cfg.name == "cpu-memory" and cfg.task["tasks"] == ["passkey", "niah_single"]
     assert (cfg.evo.objective.value, cfg.evo.memory_weight, cfg.evo.init.value) == ("memory_penalty", 0.5, "keep_all")
     assert (cfg.evo.popsize, cfg.evo.prompts_per_task, cfg.evo.validation_prompts) == (8, 2, 6)
+    assert cfg.engine["update_at_prefill_end"] is True and cfg.model["name"] == "smollm2-135m"
+
+
+def test_the_efficacy_experiment_trains_on_a_graded_signal_with_a_population_that_can_move():
+    cfg = validate_train_config(compose_train(["experiment=efficacy"])[0])
+    assert cfg.name == "efficacy" and cfg.task["tasks"] == ["niah_single", "niah_prose"]
+    assert (cfg.evo.signal.value, cfg.evo.objective.value, cfg.evo.memory_weight) == (
+        "answer_likelihood",
+        "memory_penalty",
+        0.5,
+    )
+    assert cfg.evo.memory_weight_curriculum == [[1, 0.1], [6, 0.25], [12, 0.5]]
+    assert (cfg.evo.popsize, cfg.evo.prompts_per_task, cfg.evo.validation_prompts) == (16, 4, 8)
     assert cfg.engine["update_at_prefill_end"] is True and cfg.model["name"] == "smollm2-135m"
 
 
