@@ -31,6 +31,8 @@ def record(index, score=1.0):
         "batch_peak_overhead_bytes": 10,
         "batch_rows": 1,
         "seconds": 0.01,
+        "reconstruction_tokens": 0,
+        "reconstruction_seconds": 0.0,
     }
 
 
