@@ -107,6 +107,7 @@ class GenerationResult:
     cache_sizes: list[dict] = field(default_factory=list)  # after each update: tokens_seen, per-layer mean kept
     update_positions: list[int] = field(default_factory=list)  # tokens_seen at each update
     logits: torch.Tensor | None = None  # (generated, vocab) float32 when settings.return_logits
+    token_logprobs: list[float] | None = None  # teacher_force: log p(continuation[i] | prompt, continuation[:i])
     reconstruction: ReconstructionCost | None = None  # what the policy's reconstruction forwards cost (kvzip)
 
 
@@ -190,6 +191,24 @@ class MemoryEngine:
             run = _Run(self, prompts, lengths, settings, row_parameters)
             run.on_prompt_end = on_prompt_end
             return run.execute()
+
+    def teacher_force(
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuation: Sequence[int],
+        row_parameters: torch.Tensor | None = None,
+    ) -> list[GenerationResult]:
+        """Each row's log-probabilities of `continuation` after its prompt, fed as input (no decoding).
+
+        The prompt goes in as `generate` prefills it; the continuation follows in one forward, cut only at an
+        update boundary it crosses (the policy then updates there, as it would while decoding those tokens).
+        `token_ids` is the continuation and the memory statistics count it as generated."""
+        if len(continuation) == 0:
+            raise ValueError("teacher_force() needs at least one continuation token.")
+        settings = GenerationSettings(max_new_tokens=len(continuation), stop_on_eos=False)
+        lengths = self._validate(prompts, settings)
+        with torch.inference_mode(), self._memory_attention():
+            return _Run(self, prompts, lengths, settings, row_parameters).teacher_force(list(continuation))
 
     def _validate(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> list[int]:
         if len(prompts) == 0:
@@ -299,7 +318,8 @@ class _Run:
         start = torch.zeros(self.batch, dtype=torch.long)
         return chunk_ends(self.real, start, self.config.update_interval, self.config.prefill_chunk)
 
-    def execute(self) -> list[GenerationResult]:
+    def prefill(self) -> torch.Tensor:
+        """Put every prompt through the model on its schedule; returns the last forward's logits."""
         start, logits = 0, None
         for end in self.chunk_ends():
             advanced = [max(0, end - max(start, pad)) for pad in self.pads]
@@ -310,6 +330,33 @@ class _Run:
         self.update_prefill_ends()
         if self.on_prompt_end is not None:
             self.on_prompt_end(self.cache)
+        return logits
+
+    def teacher_force(self, continuation: list[int]) -> list[GenerationResult]:
+        """Prefill, then feed continuation[:-1] to every row; logits at each position score the next token."""
+        step_logits = [self.prefill()[:, -1:].float()]
+        fed = torch.tensor(continuation[:-1], dtype=torch.long, device=self.device).expand(self.batch, -1)
+        real = torch.ones_like(fed, dtype=torch.bool)
+        seen = torch.tensor(self.tokens_seen, device=self.device)
+        ends = chunk_ends(real, seen, self.config.update_interval, self.config.prefill_chunk) if len(fed[0]) else []
+        start = 0
+        for end in ends:
+            positions = seen[:, None] + torch.arange(start, end, device=self.device)[None, :]
+            logits = self.forward(
+                fed[:, start:end], positions, real[:, start:end], [end - start] * self.batch, keep_all=True
+            )
+            step_logits.append(logits.float())
+            start = end
+        logprobs = torch.cat(step_logits, dim=1).log_softmax(dim=-1)  # (B, len(continuation), vocab)
+        target = torch.tensor(continuation, device=self.device).expand(self.batch, -1)
+        chosen = logprobs.gather(-1, target[..., None])[..., 0].double().cpu().tolist()
+        results = self.results(target.clone(), [len(continuation)] * self.batch, [])
+        for result, row_logprobs in zip(results, chosen):
+            result.token_logprobs = row_logprobs
+        return results
+
+    def execute(self) -> list[GenerationResult]:
+        logits = self.prefill()
 
         settings = self.settings
         stop_ids = set(settings.eos_token_ids if settings.stop_on_eos else ())
@@ -343,14 +390,16 @@ class _Run:
         real: torch.Tensor,
         advanced: list[int],
         prefill_end: bool = False,
+        keep_all: bool = False,
     ) -> torch.Tensor:
-        """One forward; `advanced` (host) counts each row's real tokens in it. Updates the rows now due."""
+        """One forward; `advanced` (host) counts each row's real tokens in it. Updates the rows now due.
+        Returns the last position's logits, or every position's with `keep_all`."""
         due = self.begin_forward(input_ids.shape[1], positions, real, advanced, prefill_end)
         output = self.engine.model(
             input_ids=input_ids,
             position_ids=positions,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=0 if keep_all else 1,
             memory_cache=self.cache,
             **{self.engine._cache_keyword: self.cache},
         )

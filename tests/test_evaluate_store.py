@@ -20,6 +20,8 @@ def record(index, score=1.0):
         "retained_ratio": 0.5,
         "retained_ratio_per_layer": [0.5, 0.5],
         "prompt_tokens": 3,
+        "prompt_retained_ratio": 1.0,
+        "prompt_last_update": 0,
         "generated_tokens": 1,
         "tokens_seen": 3,
         "last_update": 0,

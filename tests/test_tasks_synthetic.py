@@ -147,3 +147,21 @@ def test_answer_token_spans_hand_checked():
     assert answer_token_spans(ids, ["12"], TOKENIZER) == ((3, 5), (8, 10), (12, 15))  # "1 2" spans a space
     assert answer_token_spans(ids, ["zz", ""], TOKENIZER) == ()
     assert answer_token_spans(ids, ["c 12", "12"], TOKENIZER) == ((3, 5), (6, 10), (12, 15))  # overlaps merged
+
+
+def test_prose_haystack_never_repeats_a_sentence_and_hides_an_ordinary_sentence_needle():
+    [sample] = generate("niah_prose", RAW, num_samples=1, context_length=3000)
+    body = text(sample).removeprefix("<s>")
+    story = body.split("\n")[1]
+    sentences = [s for s in re.split(r"(?<=\.) ", story) if s.endswith(".")]
+    assert len(sentences) > 30 and len(set(sentences)) == len(sentences)  # varied: no filler sentence repeats
+    (value,) = sample.answers
+    needle = [s for s in sentences if value in s]
+    assert len(needle) == 1 and re.fullmatch(r"The code written on the [a-z]+ [a-z]+ was \d{7}\.", needle[0])
+    key = needle[0].removeprefix("The code written on the ").split(" was ")[0]
+    assert body.endswith(f"What was the code written on the {key}? The code written on the {key} was")
+    assert "special magic" not in body and "grass" not in body
+    assert sum(bool(re.search(r"\d", s)) for s in sentences) > 3  # the needle is not the only one with digits
+    # the same draws in the niah_single layout with haystack=prose: the option and the task agree
+    [option] = generate("niah_single", RAW, num_samples=1, context_length=3000, haystack="prose")
+    assert "The code written on the " in text(option) and "special magic" not in text(option)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from namm.config_resolvers import register_resolvers
 from namm.errors import ConfigError
 from namm.evolution.distillation import DistillConfig
+from namm.evolution.scoring import Signal
 from namm.evolution.searchers import available_searchers, searcher_class
 
 
@@ -54,11 +55,16 @@ class EvoConfig:
     searcher: str = "cmaes_separable"  # a registered searcher (namm/evolution/searchers/, conf/evo/<name>.yaml)
     objective: Objective = Objective.memory_penalty
     memory_weight: float = 0.5  # memory_penalty only: fitness points one retained ratio of 1.0 costs
+    #: memory_penalty only: [[generation, weight], ...], the training fitness's memory weight from that
+    #: generation on (evo.memory_weight before the first entry); validation and best.pt use evo.memory_weight
+    memory_weight_curriculum: list[Any] = field(default_factory=list)
+    signal: Signal = Signal.task_metric
     init: InitialCentre = InitialCentre.keep_all
     init_margin: float = 0.2  # keep_all: the centre's score margin above the threshold (the read-out bias)
     distill: DistillConfig = field(default_factory=DistillConfig)  # init=distill: target, retained share, fit
     popsize: int = 4
     sigma: float = 0.065  # initial step size (CMA-ES sigma; initial stdev of SNES/XNES/PGPE)
+    sigma_relative: float | None = None  # set: the initial step size is this x the RMS of the start's parameters
     generations: int = 4
     center_learning_rate: float | None = None  # SNES/XNES (default 1.0) and PGPE (required)
     stdev_learning_rate: float | None = None  # SNES/XNES (scales EvoTorch's default) and PGPE (required)
@@ -88,6 +94,9 @@ class EvoConfig:
             problems.append(f"evo.memory_weight must be a finite number >= 0, got {self.memory_weight}")
         if self.objective == Objective.memory_penalty and self.memory_weight == 0:
             problems.append("evo.objective=memory_penalty needs evo.memory_weight > 0 (or use evo.objective=score)")
+        if self.sigma_relative is not None and not (math.isfinite(self.sigma_relative) and self.sigma_relative > 0):
+            problems.append(f"evo.sigma_relative must be a finite number > 0 or null, got {self.sigma_relative}")
+        problems += self._curriculum_problems()
         if not (math.isfinite(self.init_margin) and self.init_margin > 0):
             problems.append(f"evo.init_margin must be a finite number > 0, got {self.init_margin}")
         for name in ("center_learning_rate", "stdev_learning_rate"):
@@ -111,6 +120,31 @@ class EvoConfig:
             problems.append(f"evo.num_gpus_per_actor must be >= 0 or null, got {self.num_gpus_per_actor}")
         if problems:
             raise ConfigError("Invalid evo config: " + "; ".join(problems) + ".")
+
+    def _curriculum_problems(self) -> list[str]:
+        curriculum = self.memory_weight_curriculum
+        if not curriculum:
+            return []
+        example = "e.g. evo.memory_weight_curriculum=[[1,0.2],[4,0.5]]"
+        if self.objective != Objective.memory_penalty:
+            return [f"evo.memory_weight_curriculum needs evo.objective=memory_penalty (got {self.objective.value})"]
+        if any(not isinstance(entry, list | tuple) or len(entry) != 2 for entry in curriculum):
+            return [f"evo.memory_weight_curriculum entries must be [generation, weight] pairs ({example})"]
+        generations = [entry[0] for entry in curriculum]
+        problems = []
+        if any(not isinstance(g, int) or g < 1 for g in generations) or generations != sorted(set(generations)):
+            problems.append(f"evo.memory_weight_curriculum generations must be increasing integers >= 1 ({example})")
+        if any(not (isinstance(w, int | float) and math.isfinite(w) and w >= 0) for _, w in curriculum):
+            problems.append("evo.memory_weight_curriculum weights must be finite numbers >= 0")
+        return problems
+
+    def memory_weight_at(self, generation: int) -> float:
+        """The training fitness's memory weight at `generation` (the curriculum's, else evo.memory_weight)."""
+        weight = self.memory_weight
+        for start, value in self.memory_weight_curriculum:
+            if generation >= start:
+                weight = float(value)
+        return weight
 
 
 @dataclass

@@ -65,7 +65,8 @@ class EvolutionProblem(Problem):
         )
         self.manual_seed(seed)
         self._cfg = cfg  # plain config: what each actor needs to build its own scorer
-        self.rule = rule
+        self.rule = rule  # validation's fitness (the run's objective)
+        self.train_rule = rule  # the training fitness of the current generation (a curriculum changes it)
         self._scorer: CandidateScorer | None = None
         self.generation = 0  # set by the trainer before each step; selects the prompts
         self.last_outcome: ScoringOutcome | None = None
@@ -98,7 +99,7 @@ class EvolutionProblem(Problem):
     def _evaluate_all(self, batch: SolutionBatch) -> None:
         parameters = batch.values.clone().as_subclass(torch.Tensor)  # a plain tensor, not EvoTorch's read-only view
         outcome = self.score(parameters, TRAIN_SPLIT, self.generation)
-        fitness = population_fitness(outcome, self.rule, self.generation)
+        fitness = population_fitness(outcome, self.train_rule, self.generation)
         self.last_outcome, self.last_fitness = outcome, fitness
         batch.set_evals(fitness.ranks.to(batch.values.dtype))  # ranks: ties decided by memory, not sort order
 
@@ -123,6 +124,18 @@ class EvolutionProblem(Problem):
         """The scorer's record of its training and validation prompts (optional scorer method)."""
         record = getattr(self.local_scorer(), "prompt_provenance", None)
         return None if record is None else record()
+
+    def full_cache_accuracy_here(self, generations: list[int]) -> dict[str, dict[str, tuple[float, int]]]:
+        """{"training"|"validation": task -> (full-cache mean score in [0, 1], prompts)} from the references
+        already computed; empty for a scorer without `full_cache_accuracy` (it is optional)."""
+        scorer = self.local_scorer()
+        if not hasattr(scorer, "full_cache_accuracy"):
+            return {}
+        training = sorted({prompt for generation in generations for prompt in scorer.prompts(TRAIN_SPLIT, generation)})
+        return {
+            "training": scorer.full_cache_accuracy(training),
+            "validation": scorer.full_cache_accuracy(scorer.prompts(VALIDATION_SPLIT, 0)),
+        }
 
     def scorer_call_here(self, method: str, *args: Any) -> Any:
         return getattr(self.local_scorer(), method)(*args)
@@ -179,7 +192,7 @@ class EvolutionProblem(Problem):
         if not batches:
             return 0
         log.info("computing %d full-cache reference scores before the first generation", sum(map(len, batches)))
-        references: dict[PromptId, float] = {}
+        references: dict[PromptId, Any] = {}
         for start in range(0, len(batches), self.num_workers):
             work = batches[start : start + self.num_workers]
             parts = self._on_each_worker("scorer_call_here", [["compute_references", batch] for batch in work])
@@ -188,6 +201,9 @@ class EvolutionProblem(Problem):
             references.update(computed)
         self._on_workers_after_first("scorer_call_here", "add_references", references, False)
         return len(references)
+
+    def full_cache_accuracy(self, generations: list[int]) -> dict[str, dict[str, tuple[float, int]]]:
+        return self._on_first_worker("full_cache_accuracy_here", generations)
 
     def prompt_provenance(self) -> dict[str, Any] | None:
         """Which prompts this run trains and validates on (None: the scorer does not say)."""

@@ -13,6 +13,7 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -29,6 +30,13 @@ VALIDATION_SPLIT = "validation"
 
 
 PromptId = tuple[str, int]  # (task name, sample index)
+
+
+class Signal(Enum):
+    """What a training candidate's task score is (`evo.signal`; validation always uses the task metric)."""
+
+    task_metric = "task_metric"  # decode greedily and score the answer with the task's metric (0/1 on retrieval)
+    answer_likelihood = "answer_likelihood"  # teacher-force the gold answer: its likelihood over the full cache's
 
 
 @dataclass
@@ -178,12 +186,13 @@ class CandidateScorer(Protocol):
         batches are spread over processes."""
         ...
 
-    def compute_references(self, prompts: list[PromptId]) -> dict[PromptId, float]:
-        """Full-cache reference scores of one `reference_batches` batch (nothing is written)."""
+    def compute_references(self, prompts: list[PromptId]) -> dict[PromptId, Any]:
+        """Full-cache references of one `reference_batches` batch (nothing is written): per prompt, whatever
+        the scorer keeps (a score; the task scorer also a gold answer's likelihood), picklable, opaque here."""
         ...
 
-    def add_references(self, references: dict[PromptId, float], save: bool) -> None:
-        """Use these reference scores; `save` writes them to the shared cache (one process does)."""
+    def add_references(self, references: dict[PromptId, Any], save: bool) -> None:
+        """Use these references; `save` writes them to the shared cache (one process does)."""
         ...
 
     def normalisation_state(self) -> dict[str, Any]:
@@ -227,7 +236,8 @@ def _members(protocol: type) -> tuple[str, ...]:
 
 
 #: a scorer may also have `prompt_provenance() -> dict`: the prompts it trains and validates on, written into
-#: every checkpoint (`TrainingCheckpoint.provenance`) so an evaluation can check it holds them out
+#: every checkpoint (`TrainingCheckpoint.provenance`) so an evaluation can check it holds them out; and
+#: `full_cache_accuracy(prompts) -> {task: (mean score in [0, 1], prompts)}`, logged once at the start
 SCORER_METHODS = _members(CandidateScorer)
 FACTORY_MEMBERS = _members(ScorerFactory)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,10 @@ from namm.evolution.checkpoint import (
     save_latest,
     with_provenance,
 )
-from namm.evolution.config import ConfigError, InitialCentre, TrainConfig, validate_train_config
+from namm.evolution.config import ConfigError, EvoConfig, InitialCentre, TrainConfig, validate_train_config
 from namm.evolution.distillation import distill_record
 from namm.evolution.fitness import FitnessRule
-from namm.evolution.metrics import generation_line, generation_metrics, validation_metrics
+from namm.evolution.metrics import centre_movement, generation_line, generation_metrics, validation_metrics
 from namm.evolution.problem import EvolutionProblem
 from namm.evolution.progress import METRICS_FILE, PLOT_FILE, MetricsLog, plot_progress
 from namm.evolution.resume import StartPoint, find_start_point
@@ -46,6 +46,8 @@ from namm.evolution.searchers.base import Searcher
 from namm.evolution.wandb_run import WandbRun
 
 log = logging.getLogger(__name__)
+
+FULL_CACHE_ACCURACY_WARNING = 0.8  # below this the full cache is often wrong: such prompts teach little
 
 
 @dataclass
@@ -127,6 +129,43 @@ def _initial_centre(start: StartPoint, param_count: int, cfg: DictConfig, config
             f"{param_count}; use a checkpoint trained with the same `namm` config"
         )
     return centre
+
+
+def start_sigma(evo: EvoConfig, centre: torch.Tensor) -> float:
+    """The initial step size: evo.sigma, or evo.sigma_relative x the RMS of the start's parameters."""
+    if evo.sigma_relative is None:
+        return evo.sigma
+    rms = float(centre.double().pow(2).mean().sqrt())
+    if rms == 0:
+        raise ConfigError(
+            "evo.sigma_relative scales the step size to the start's parameters, but they are all zero "
+            "(evo.init=zeros): set evo.sigma instead, or start from a trained centre (init_from)"
+        )
+    return evo.sigma_relative * rms
+
+
+def _centred_searcher(problem: EvolutionProblem, evo: EvoConfig, centre: torch.Tensor) -> Searcher:
+    """The searcher centred on `centre`, its initial step size scaled to it where evo.sigma_relative asks."""
+    return build_searcher(problem, replace(evo, sigma=start_sigma(evo, centre)), centre)
+
+
+def _report_full_cache_accuracy(problem: EvolutionProblem, generations: list[int]) -> None:
+    """Log the full cache's score on the run's training and validation prompts (the references computed
+    above); warn where it is below FULL_CACHE_ACCURACY_WARNING."""
+    for split, by_task in problem.full_cache_accuracy(generations).items():
+        if not by_task:
+            continue
+        parts = [f"{task} {accuracy:.3f} ({count} prompts)" for task, (accuracy, count) in sorted(by_task.items())]
+        log.info("full-cache accuracy on the %s prompts: %s", split, ", ".join(parts))
+        low = {task: accuracy for task, (accuracy, _) in by_task.items() if accuracy < FULL_CACHE_ACCURACY_WARNING}
+        if low:
+            log.warning(
+                "the full cache scores below %.1f on the %s prompts of %s: prompts the model gets wrong with its "
+                "whole memory cannot teach which tokens matter; choose a task or context length it can do",
+                FULL_CACHE_ACCURACY_WARNING,
+                split,
+                ", ".join(f"{task} ({accuracy:.3f})" for task, accuracy in sorted(low.items())),
+            )
 
 
 def _load_normalisation(problem: EvolutionProblem, record: TrainingCheckpoint, path: Path | None) -> None:
@@ -225,7 +264,7 @@ def train(cfg: DictConfig) -> RunSummary:
         cfg, param_count, config.seed, FitnessRule.of(evo), evo.num_actors, evo.num_gpus_per_actor
     )
     distilling = start.resume_state is None and start.init_state is None and evo.init == InitialCentre.distill
-    searcher = None if distilling else build_searcher(problem, evo, _initial_centre(start, param_count, cfg, config))
+    searcher = None if distilling else _centred_searcher(problem, evo, _initial_centre(start, param_count, cfg, config))
     wandb_run = None
     finished = False
     distilled: dict[str, Any] = {}
@@ -234,7 +273,7 @@ def train(cfg: DictConfig) -> RunSummary:
         problem.start_workers()
         if distilling:  # the start needs the model: fitted now, then the searcher is centred on it
             fit = problem.distil(evo.distill)
-            searcher = build_searcher(problem, evo, fit.parameters)
+            searcher = _centred_searcher(problem, evo, fit.parameters)
             distilled = distill_record(fit)
         generation, best, wandb_run_id = _restore(start, searcher, problem, config)
         provenance = _provenance(problem, start)
@@ -243,11 +282,17 @@ def train(cfg: DictConfig) -> RunSummary:
         computed = problem.prepare_references(list(range(generation + 1, evo.generations + 1)))
         if computed:
             log.info("computed %d full-cache reference scores; every worker uses them", computed)
+        _report_full_cache_accuracy(problem, list(range(generation + 1, evo.generations + 1)))
         metrics_log = MetricsLog(run_dir)
         metrics_log.keep_up_to(generation if start.resume_state is not None else -1)
         wandb_run = WandbRun(config.logger, run_dir, f"{config.name}-seed{config.seed}", wandb_run_id, resolved)
         if start.resume_state is None:  # where the search starts, scored like every later centre
-            record: dict[str, Any] = {"generation": 0, "objective": evo.objective.value, **distilled}
+            record: dict[str, Any] = {
+                "generation": 0,
+                "objective": evo.objective.value,
+                **distilled,
+                **searcher.spread(),
+            }
             best = _validate(problem, searcher.centre(), 0, best, record)
             checkpoint = with_provenance(
                 _checkpoint(0, searcher, resolved, problem, best, wandb_run.run_id), provenance
@@ -261,7 +306,7 @@ def train(cfg: DictConfig) -> RunSummary:
         ):
             while generation < evo.generations:
                 generation += 1
-                record = _run_generation(problem, searcher, generation)
+                record = _run_generation(problem, searcher, generation, evo)
                 centre = searcher.centre()
                 if generation % evo.eval_interval == 0 or generation == evo.generations:
                     best = _validate(problem, centre, generation, best, record)
@@ -299,12 +344,18 @@ def _record_generation(
     wandb_run.log(record)
 
 
-def _run_generation(problem: EvolutionProblem, searcher: Searcher, generation: int) -> dict[str, Any]:
-    """One searcher step on this generation's prompts; returns its metrics."""
+def _run_generation(problem: EvolutionProblem, searcher: Searcher, generation: int, evo: EvoConfig) -> dict[str, Any]:
+    """One searcher step on this generation's prompts (fitness with the curriculum's memory weight); returns
+    its metrics, with how far the centre moved and the searcher's step size after the step."""
     problem.generation = generation
+    problem.train_rule = replace(problem.rule, memory_weight=evo.memory_weight_at(generation))
+    before = searcher.centre()
     started = time.perf_counter()
     searcher.step()
     seconds = time.perf_counter() - started
-    return generation_metrics(
-        generation, problem.last_outcome, problem.last_fitness, searcher.step_size(), seconds, problem.rule
+    record = generation_metrics(
+        generation, problem.last_outcome, problem.last_fitness, searcher.step_size(), seconds, problem.train_rule
     )
+    record.update(centre_movement(before, searcher.centre()))
+    record.update(searcher.spread())
+    return record

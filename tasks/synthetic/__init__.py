@@ -26,7 +26,9 @@ class SyntheticTask:
     takes_haystack: bool = False  # whether the `haystack` parameter applies
 
 
-def _task(name: str, draft: Drafter, metric: str, max_new_tokens: int, all_required: bool) -> SyntheticTask:
+def _task(
+    name: str, draft: Drafter, metric: str, max_new_tokens: int, all_required: bool, joiner: str = ", "
+) -> SyntheticTask:
     spec = TaskSpec(
         name=name,
         metric=metric,
@@ -34,6 +36,7 @@ def _task(name: str, draft: Drafter, metric: str, max_new_tokens: int, all_requi
         category="Synthetic",
         language="en",
         answers_all_required=all_required,
+        answer_joiner=joiner,
     )
     return SyntheticTask(spec=spec, draft=draft, takes_haystack=isinstance(draft, NiahLayout))
 
@@ -46,13 +49,17 @@ SYNTHETIC_TASKS: dict[str, SyntheticTask] = {
         _task("niah_multikey", NiahLayout(haystack="needle"), "string_match_all", 128, all_required=True),
         _task("niah_multivalue", NiahLayout(num_values=4), "string_match_all", 128, all_required=True),
         _task("niah_multiquery", NiahLayout(num_keys=4, num_queries=4), "string_match_all", 128, all_required=True),
-        _task("variable_tracking", draft_variable_tracking, "string_match_all", 30, all_required=True),
+        _task("niah_prose", NiahLayout(haystack="prose"), "string_match_all", 32, all_required=True),
+        _task("variable_tracking", draft_variable_tracking, "string_match_all", 30, all_required=True, joiner=" "),
         _task("kv_retrieval", draft_kv_retrieval, "string_match_all", 50, all_required=True),
     )
 }
 
 #: named mixes of synthetic tasks (conf/task/<name>.yaml): `retrieval` is the CPU memory experiment's
-SYNTHETIC_SUITES: dict[str, tuple[str, ...]] = {"retrieval": ("passkey", "niah_single")}
+SYNTHETIC_SUITES: dict[str, tuple[str, ...]] = {
+    "retrieval": ("passkey", "niah_single"),
+    "retrieval_prose": ("niah_single", "niah_prose"),  # the efficacy experiment's (conf/experiment/efficacy.yaml)
+}
 
 
 def _prompt_ids(draft: Draft, builder: PromptBuilder, chat_template_allowed: bool, size: int) -> list[int]:

@@ -53,6 +53,11 @@ class Searcher(ABC):
     def step_size(self) -> float:
         """One number for the logs: the mean standard deviation of the search distribution."""
 
+    def spread(self) -> dict[str, float]:
+        """The step size as the algorithm holds it, for the per-generation record (`search/...` keys); a
+        searcher that says nothing beyond `step_size` returns {}."""
+        return {}
+
     @abstractmethod
     def _distribution_state(self) -> dict[str, Any]:
         """The distribution: what `start_from` carries into a new run."""

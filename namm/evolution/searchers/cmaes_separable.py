@@ -54,6 +54,16 @@ class CMAESSeparable(Searcher):
         diagonal = covariance if self.separable else torch.diagonal(covariance)
         return float(self.algorithm.sigma * diagonal.sqrt().mean())
 
+    def spread(self) -> dict[str, float]:
+        """sigma and the range of C's diagonal (which stays near 1 while the search learns nothing)."""
+        covariance = self.algorithm.C
+        diagonal = covariance if self.separable else torch.diagonal(covariance)
+        return {
+            "search/sigma": float(self.algorithm.sigma),
+            "search/covariance_diagonal_min": float(diagonal.min()),
+            "search/covariance_diagonal_max": float(diagonal.max()),
+        }
+
     def _distribution_state(self) -> dict[str, Any]:
         return {field: _copy(getattr(self.algorithm, field)) for field in CMAES_FIELDS}
 

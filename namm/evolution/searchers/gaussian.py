@@ -52,6 +52,14 @@ class GaussianSearcher(Searcher):
     def step_size(self) -> float:
         return float(self.sigma().mean())
 
+    def stdevs(self) -> torch.Tensor:
+        """Each parameter's standard deviation (SNES, PGPE: the sigma vector itself)."""
+        return self.sigma()
+
+    def spread(self) -> dict[str, float]:
+        stdevs = self.stdevs()
+        return {"search/stdev_min": float(stdevs.min()), "search/stdev_max": float(stdevs.max())}
+
     def _distribution_state(self) -> dict[str, Any]:
         return {"distribution": internals.distribution_parameters(self.algorithm)}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from evotorch.algorithms import XNES
 
 from namm.evolution.searchers.gaussian import GaussianSearcher
@@ -16,6 +17,10 @@ class XNESSearcher(GaussianSearcher):
     name: ClassVar[str] = "xnes"
     algorithm_class = XNES
 
-    def step_size(self) -> float:
+    def stdevs(self) -> torch.Tensor:
+        """sqrt of the diagonal of the covariance A^T A."""
         transform = self.sigma()
-        return float((transform.T @ transform).diagonal().sqrt().mean())
+        return (transform.T @ transform).diagonal().sqrt()
+
+    def step_size(self) -> float:
+        return float(self.stdevs().mean())
