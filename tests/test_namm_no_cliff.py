@@ -81,12 +81,12 @@ def test_feature_bound_caps_the_namm_features_and_a_sink_stays_kept():
 
 
 def test_key_novelty_input_hand_computed():
+    from namm.key_novelty import key_novelty
     from namm.network import KVCacheManager, param_count
-    from namm.network.namm import key_novelty
 
     keys = torch.tensor([[[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [9.0, 9.0]]]])
     valid = torch.tensor([[[True, True, True, False]]])
-    # mean of the valid keys: (2/3, 1/3); cos with (1, 0) is 2/sqrt(5), with (0, 1) 1/sqrt(5)
+    # anchor: the mean of the valid unit keys, (2/3, 1/3); cos with (1, 0) is 2/sqrt(5), with (0, 1) 1/sqrt(5)
     expected = [1 - 2 / math.sqrt(5), 1 - 2 / math.sqrt(5), 1 - 1 / math.sqrt(5)]
     torch.testing.assert_close(key_novelty(keys, valid)[0, 0, :3], torch.tensor(expected))
 
@@ -110,7 +110,7 @@ def test_the_engine_hands_the_keys_to_a_key_novelty_namm():
     policy = NAMMPolicy(config, observer=lambda view, output: seen.append((view.keys, view.valid, output.features)))
     model = load_model(ModelConfig(name="tiny-llama")).model
     MemoryEngine(model, policy, EngineConfig(update_interval=32)).generate([list(range(3, 67))], GenerationSettings())
-    from namm.network.namm import key_novelty
+    from namm.key_novelty import key_novelty
 
     assert seen
     for keys, valid, features in seen:

@@ -30,7 +30,7 @@ class NAMMConfig:
     feature_squash: SquashKind = "tanh"  # tanh | softsign (z / (1 + |z|)) | clip (clamp to [-1, 1])
     # an extra input after the spectrogram (off: the reference's inputs): each key's cosine dissimilarity to the
     # mean key of its layer and KV head (KeyDiff's rule, needs no query)
-    key_novelty: bool = False
+    key_novelty: bool = False  # namm/key_novelty.py
     # recency code
     recency_dims: int = 8
     max_freq: float = 50000.0

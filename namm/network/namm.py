@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from namm.key_novelty import key_novelty
 from namm.network.config import NAMMConfig
 from namm.network.normalisation import FeatureNormaliser, bound_features
 from namm.network.parameters import ParameterLayout, parameter_layout
@@ -33,13 +34,6 @@ class NAMMOutput:
     keep: torch.Tensor  # (R, H, S) bool: slots the NAMM keeps
     features: torch.Tensor  # (R, H, S, F) scorer input: recency code then (normalised) spectrogram
     state: SpectrogramState  # the new per-token state, in the same slot order as the input
-
-
-def key_novelty(keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(R, H, S) 1 - cos(key, mean of the head's valid keys): high for a key unlike the rest (KeyDiff's rule)."""
-    keys = keys.float() * valid[..., None]
-    mean = keys.sum(dim=2, keepdim=True) / valid.sum(dim=-1, keepdim=True).clamp(min=1)[..., None]
-    return 1.0 - torch.nn.functional.cosine_similarity(keys, mean.expand_as(keys), dim=-1, eps=1e-8)
 
 
 class NAMM:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
+from namm.key_novelty import key_novelty
 from namm.policies.base import BudgetPolicy, LayerView
 from namm.policies.registry import register_policy
 
@@ -23,6 +23,4 @@ class KeyDiffPolicy(BudgetPolicy):
     name: ClassVar[str] = "keydiff"
 
     def score(self, view: LayerView) -> torch.Tensor:
-        unit = F.normalize(view.keys.float(), dim=-1) * view.valid[..., None]
-        anchor = F.normalize(unit.sum(dim=2, keepdim=True), dim=-1)  # (R, H, 1, D): the direction of the mean
-        return -(unit * anchor).sum(dim=-1)
+        return key_novelty(view.keys, view.valid)
