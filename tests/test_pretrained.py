@@ -21,6 +21,7 @@ from namm.pretrained import (
     WEIGHTS_FILE,
     PretrainedNAMM,
     PretrainedNAMMError,
+    export_checkpoint,
     layout_record,
 )
 from scripts.export_namm import main as export_main
@@ -192,3 +193,16 @@ def test_a_checkpoint_without_validation_exports_without_figures(tmp_path):
     assert artefact.measured == {} and artefact.training["params"] == "center"
     card = (artefact.save_pretrained(tmp_path / "out") / CARD_FILE).read_text()
     assert "No held-out validation was recorded" in card
+
+
+def test_the_committed_cpu_memory_checkpoint_and_its_export_load_with_their_budget_keys(tmp_path):
+    """Saved files spell the NAMM's budget `budget_ratio` / `budget_tokens`, the keys every config uses."""
+    checkpoint = Path(__file__).resolve().parents[1] / "results" / "cpu-memory" / "latest.pt"
+    saved = torch.load(checkpoint, weights_only=False)["config"]["namm"]
+    assert (saved["budget_ratio"], saved["budget_tokens"]) == (None, None)
+    loaded = PretrainedNAMM.from_checkpoint(checkpoint)
+    assert loaded.config.budget is None and loaded.config.threshold == saved["threshold"]
+    export_checkpoint(checkpoint, tmp_path / "exported")
+    document = json.loads((tmp_path / "exported" / "config.json").read_text())
+    assert {"budget_ratio", "budget_tokens"} <= set(document["namm"])
+    assert PretrainedNAMM.from_pretrained(tmp_path / "exported").config == loaded.config

@@ -58,7 +58,7 @@ class EvaluateConfig:
     model: Any = None
     task: Any = None
     namm: Any = None  # null: the checkpoint's own NAMM config (the reference BAM for the zero NAMM)
-    policy: Any = None  # one policy's settings (`policy=h2o policy.budget=0.3`)
+    policy: Any = None  # one policy's settings (`policy=h2o policy.budget_ratio=0.3`)
     baselines: Any = None  # every baseline's settings from conf/policy/, used by `compare`
 
     def __post_init__(self) -> None:

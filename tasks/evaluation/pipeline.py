@@ -157,7 +157,7 @@ def result_row(contender: Contender, task: PreparedTask, run: PolicyTaskRun, run
     row = task_result(contender.label, task, run.records)
     row.update(
         family=contender.config.name,
-        budget=run.policy.budget if contender.budgeted and run.policy.budget_tokens is None else None,
+        budget=run.policy.budget_ratio if contender.budgeted else None,
         budget_target=run.budget_target,
         budget_attempts=run.attempts,
         within_tolerance=run.within_tolerance,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 3  # 2: live / storage / overhead memory figures; 3: several NAMMs (`namms`), fronts, intervals
+# 2: live / storage / overhead memory figures; 3: several NAMMs (`namms`), fronts, intervals;
+# 4: a policy's ratio budget is `budget_ratio` in `policies`, as in the settings
+SCHEMA_VERSION = 4
 
 _NUMBER = {"type": "number"}
 _RATIO = {"type": "number", "minimum": 0, "maximum": 1}
@@ -112,7 +114,7 @@ _POLICY = _object(
     {
         "label": _STRING,
         "name": _STRING,
-        "budget": {"type": ["number", "null"]},
+        "budget_ratio": {"type": ["number", "null"]},
         "budget_tokens": {"type": ["integer", "null"]},
         "options": {"type": "object"},
         "matched_budget": {"type": "boolean"},
