@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -104,18 +105,33 @@ class MemoryEngine:
         self.num_layers = text_config.num_hidden_layers
         self.num_kv_heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
         self.max_positions = getattr(text_config, "max_position_embeddings", None)
+        if policy.evicts and not policy.runs_during_prefill and not self.config.update_at_prefill_end:
+            raise ValueError(
+                f"policy '{policy.name}' compresses the prompt only once it is whole: set "
+                "engine.update_at_prefill_end=true so the engine updates each row when its prompt is in."
+            )
         forward_params = inspect.signature(model.forward).parameters
         self._cache_keyword = "cache" if "cache" in forward_params else "past_key_values"
 
+    def cache_arguments(self, max_slots: int) -> dict[str, Any]:
+        """`MemoryCache`'s arguments for this policy and schedule, for a run that appends at most `max_slots`
+        slots per row (a subclass such as transformers' cache, `namm.generate`, passes them on)."""
+        return {
+            "num_layers": self.num_layers,
+            "sizing": storage_sizing(self.policy, self.config, max_slots),
+            "per_head_storage": self.policy.evicts and self.config.eviction_mode == "per_head",
+            "record_queries": records_queries(self.policy),
+            "query_window": self.config.update_interval,
+        }
+
     def new_cache(self, max_slots: int) -> MemoryCache:
         """Storage for a run that appends at most `max_slots` slots per row."""
-        return MemoryCache(
-            self.num_layers,
-            storage_sizing(self.policy, self.config, max_slots),
-            per_head_storage=getattr(self.policy, "evicts", True) and self.config.eviction_mode == "per_head",
-            record_queries=records_queries(self.policy),
-            query_window=self.config.update_interval,
-        )
+        return MemoryCache(**self.cache_arguments(max_slots))
+
+    def start_run(self, prompts: Sequence[Sequence[int]], cache: MemoryCache) -> EngineRun:
+        """A run whose forwards the caller drives (`namm.generate` inside transformers' `generate()`): the
+        schedule, updates and results of `generate`, over `cache`, storage the caller sized."""
+        return EngineRun(self, prompts, [len(prompt) for prompt in prompts], GenerationSettings(), None, cache=cache)
 
     @property
     def device(self) -> torch.device:
@@ -130,7 +146,7 @@ class MemoryEngine:
         """Greedy-decode every prompt (one batch, left-padded); each row may carry its own parameters."""
         lengths = self._validate(prompts, settings)
         with torch.inference_mode(), self._memory_attention():
-            return _Run(self, prompts, lengths, settings, row_parameters).execute()
+            return EngineRun(self, prompts, lengths, settings, row_parameters).execute()
 
     def _validate(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> list[int]:
         if len(prompts) == 0:
@@ -147,7 +163,7 @@ class MemoryEngine:
                 )
             lengths.append(len(prompt))
         multiple = self.policy.update_query_multiple
-        if self.config.update_at_prefill_end and getattr(self.policy, "evicts", True) and multiple > 1:
+        if self.config.update_at_prefill_end and self.policy.evicts and multiple > 1:
             interval = self.config.update_interval
             for index, length in enumerate(lengths):
                 if length % interval % multiple:
@@ -172,17 +188,15 @@ class MemoryEngine:
 
 def records_queries(policy: MemoryPolicy) -> bool:
     """The cache buffers post-RoPE queries only for a policy that evicts and reads attention rows."""
-    return getattr(policy, "evicts", True) and policy.needs_attention
+    return policy.evicts and policy.needs_attention
 
 
 def storage_sizing(policy: MemoryPolicy, config: EngineConfig, max_slots: int) -> StorageSizing:
     """Headroom of one update interval for a policy that evicts; a full-cache run grows to its length once."""
-    return StorageSizing(
-        headroom=config.update_interval if getattr(policy, "evicts", True) else max_slots, max_slots=max_slots
-    )
+    return StorageSizing(headroom=config.update_interval if policy.evicts else max_slots, max_slots=max_slots)
 
 
-class _Run:
+class EngineRun:
     """State of one `generate` call (kept apart so the engine itself stays reusable).
 
     The schedule lives on the host (pads and prompt lengths are known, and each decoding step brings back
@@ -223,7 +237,8 @@ class _Run:
 
         self.policy.reset(self.batch, engine.num_layers, engine.num_kv_heads, self.device)
         self.policy.set_row_parameters(None if row_parameters is None else row_parameters.to(self.device))
-        self.evicts = getattr(self.policy, "evicts", True)
+        self.evicts = self.policy.evicts
+        self.prefilling = True  # until update_prefill_ends: the whole prompt is in
         self.cache = cache if cache is not None else engine.new_cache(self.width + settings.max_new_tokens)
 
     # -- schedule ---------------------------------------------------------------------------------
@@ -293,7 +308,9 @@ class _Run:
         """Tell the cache about the forward to come; returns the rows it brings to an update boundary."""
         interval = self.config.update_interval
         due = [row for row, count in enumerate(advanced) if count and (self.tokens_seen[row] + count) % interval == 0]
-        every_row_compacts = len(due) == self.batch or (prefill_end and self.config.update_at_prefill_end)
+        every_row_compacts = (len(due) == self.batch and self.updates_at_boundaries) or (
+            prefill_end and self.config.update_at_prefill_end
+        )
         self.cache.chunk = ChunkInfo(
             positions=positions,
             real=real,
@@ -306,11 +323,19 @@ class _Run:
         """After the forward: count each row's tokens, and update the rows that reached a boundary."""
         for row, count in enumerate(advanced):
             self.tokens_seen[row] += count
-        if self.evicts and due:
+        if self.evicts and self.updates_at_boundaries and due:
             self.update(due)
 
+    @property
+    def updates_at_boundaries(self) -> bool:
+        """Whether a row reaching an interval boundary is updated now (a post-prefill policy waits for the
+        whole prompt: `MemoryPolicy.runs_during_prefill`)."""
+        return self.policy.runs_during_prefill or not self.prefilling
+
     def update_prefill_ends(self) -> None:
-        """With update_at_prefill_end: update every row whose prompt tail has not been updated yet."""
+        """The whole prompt is in. With update_at_prefill_end: update every row whose prompt tail has not
+        been updated yet."""
+        self.prefilling = False
         if self.config.update_at_prefill_end and self.evicts:
             self.update([row for row in range(self.batch) if self.tokens_seen[row] > self.last_update[row]])
 

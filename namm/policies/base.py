@@ -104,8 +104,14 @@ class MemoryPolicy(ABC):
     in `reindex`, which the engine calls after it compacts a layer.
     """
 
+    # Capabilities the engine reads (class attributes, overridden by a policy that differs):
+    #: whether it ever drops a token; the engine skips updates and query recording for one that never does
+    evicts: ClassVar[bool] = True
     #: whether the engine must buffer queries so `LayerView.attention` can be computed
     needs_attention: ClassVar[bool] = False
+    #: whether it may update at the interval boundaries inside the prompt; one that compresses the prompt only
+    #: once it is whole (post-prefill) sets False and needs `engine.update_at_prefill_end`
+    runs_during_prefill: ClassVar[bool] = True
     #: registry name used in configs and result files
     name: ClassVar[str] = "policy"
     #: every update must bring a multiple of this many queries (the NAMM's STFT hop); checked before a run
