@@ -53,7 +53,7 @@ CONFIG_FIELDS = (
     "training",
     "measured",
 )
-PARAMS_KINDS = ("best", "center")
+PARAMS_KINDS = ("best", "center")  # which parameters of a checkpoint: best validated centre, last search mean
 
 
 class PretrainedNAMMError(ConfigError):

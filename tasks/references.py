@@ -9,7 +9,6 @@ stored next to it. A published file of the same shape can be read directly.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from namm.atomic_io import atomic_write_json
 from namm.engine import EngineConfig
 from namm.models import LoadedModel
+from tasks.fingerprints import settings_digest
 from tasks.prompts import Tokenizer
 from tasks.runner import Generator, PreparedTask, run_task
 from tasks.settings import TaskSettings
@@ -114,7 +114,7 @@ class ReferenceCache:
 
     def key(self, settings: TaskSettings) -> str:
         record = {"task_settings": settings.key(), "context": self.context.to_dict()}
-        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_digest(record, 16)
 
     def path(self, settings: TaskSettings) -> Path:
         model = settings.model.replace("/", "--")

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from namm.config_resolvers import register_resolvers
 from namm.errors import ConfigError
 from namm.evolution.config import LoggerConfig, WandbMode
+from namm.pretrained import PARAMS_KINDS
 from namm.typed_config import typed_config
 
 #: `checkpoint=auto`: the newest checkpoint under `train_dir`, else the zero-parameter NAMM
@@ -23,7 +24,6 @@ AUTO_CHECKPOINT = "auto"
 #: `checkpoint=zero`: the zero-parameter NAMM (keeps every token), whatever checkpoints exist
 ZERO_CHECKPOINT = "zero"
 NAMM_POLICY = "namm"
-CHECKPOINT_PARAMS = ("best", "center")
 
 
 def _disabled_logger() -> LoggerConfig:
@@ -65,8 +65,8 @@ class EvaluateConfig:
         problems = []
         if not self.name.strip():
             problems.append("name must be a non-empty string (it names the output directory)")
-        if self.checkpoint_params not in CHECKPOINT_PARAMS:
-            problems.append(f"checkpoint_params must be one of {CHECKPOINT_PARAMS}, got {self.checkpoint_params!r}")
+        if self.checkpoint_params not in PARAMS_KINDS:
+            problems.append(f"checkpoint_params must be one of {PARAMS_KINDS}, got {self.checkpoint_params!r}")
         if not (math.isfinite(self.budget_tolerance) and 0 < self.budget_tolerance < 1):
             problems.append(f"budget_tolerance is a relative gap in (0, 1), got {self.budget_tolerance}")
         if self.budget_attempts < 1:

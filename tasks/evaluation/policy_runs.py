@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,6 +17,7 @@ from namm.policies import PolicyConfig
 from tasks.evaluation.budget_matching import UpdateSchedule, relative_gap, solve_budget
 from tasks.evaluation.contenders import Contender, build_contender_policy
 from tasks.evaluation.sample_store import SampleStore, prompt_digest
+from tasks.fingerprints import settings_digest
 from tasks.generators import engine_generator
 from tasks.runner import PreparedTask, run_task
 
@@ -74,7 +73,7 @@ def store_for(
         "model": context.model_settings,
         "task": task.settings.key(),
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    digest = settings_digest(key, 12, default=str)
     return SampleStore(context.run_dir / SAMPLES_DIR / contender.label / f"{task.spec.name}-{digest}.jsonl")
 
 

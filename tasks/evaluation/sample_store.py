@@ -8,7 +8,6 @@ seen is ignored: a sample is never counted twice.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,11 +15,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tasks.fingerprints import settings_digest
+
 log = logging.getLogger(__name__)
 
 
 def prompt_digest(prompt_ids: Sequence[int]) -> str:
-    return hashlib.sha256(json.dumps(list(prompt_ids)).encode()).hexdigest()[:16]
+    return settings_digest(list(prompt_ids), 16)  # a list: sorting keys changes nothing
 
 
 class SampleStore:
