@@ -344,7 +344,7 @@ def run_section(name: str, plan: CheckPlan, device: torch.device) -> dict:
 
 @dataclass(frozen=True)
 class Target:
-    """A speed or memory target of the README (Benchmarks): a figure at most, or at least, `bound`."""
+    """A speed or memory target of docs/benchmarks.md: a figure at most, or at least, `bound`."""
 
     bound: float
     at_least: bool = False
@@ -354,7 +354,7 @@ class Target:
         return {"value": value, "target": f"{'>=' if self.at_least else '<='} {self.bound}", "met": met}
 
 
-#: the README's GPU targets, read at the plan's longest context (32k on the GPU; meaningless in --smoke)
+#: docs/benchmarks.md's GPU targets, read at the plan's longest context (32k on the GPU; meaningless in --smoke)
 TARGETS = {
     "engine_full_over_plain": Target(1.15),
     "engine_baselines_over_plain": Target(1.3),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU memory experiment of README "Does an evolved NAMM save memory?": train a NAMM with
+# The CPU memory experiment of docs/experiments.md: train a NAMM with
 # experiment=cpu_memory (SmolLM2-135M, passkey + niah_single at ~2k tokens, objective memory_penalty), then
 # evaluate it on held-out prompts (task.seed=4243: prompts training never saw) against the full cache and
 # H2O, SnapKV and StreamingLLM, with 95% bootstrap intervals:
