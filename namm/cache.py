@@ -273,6 +273,12 @@ class MemoryCacheLayer(CacheLayerMixin):
         valid = torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[-1])) for _, v in results], 1)
         return index, valid
 
+    def discount_appended(self, slots: int) -> None:
+        """`slots` appended slots have left again before their time (a reconstruction forward's): they do
+        not count against what the run may still append, which sizes the stores' headroom."""
+        for store in self.stores:
+            store.appended -= slots
+
     def kept_per_head(self) -> torch.Tensor:
         """(B, H) int64 live tokens of every row and KV head."""
         return torch.cat([store.kept_per_head() for store in self.stores], dim=1)

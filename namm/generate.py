@@ -130,11 +130,12 @@ class MemoryManagedCache(MemoryCache):
         """Run every piece of this input but the last through the engine; return the last one's kwargs."""
         input_ids, real = self._inputs(kwargs)
         run = self._run_for(input_ids, real)
+        self._use_memory_attention(model)  # before the prompt-end update: it may run reconstruction forwards
         # a one-token forward after the first one is a decoding step (a prefill_chunk_size that leaves one
         # prompt token over would be taken for one: only a prompt ending in a stop token could then differ)
         if any(run.tokens_seen) and input_ids.shape[1] == 1:
             if not self.decoding:
-                run.update_prefill_ends()  # the whole prompt is in (engine.update_at_prefill_end)
+                run.update_prefill_ends()  # the whole prompt is in (update_at_prefill_end, post_prefill)
             self.decoding = True
             stopped = torch.isin(input_ids[:, 0], self.stop_token_ids.to(input_ids.device)).tolist()
             run.finished = [done or stop for done, stop in zip(run.finished, stopped)]
@@ -142,7 +143,6 @@ class MemoryManagedCache(MemoryCache):
         seen = torch.tensor(run.tokens_seen)
         positions = chunk_positions(real, seen)
         ends = chunk_ends(real, seen, run.config.update_interval, run.config.prefill_chunk)
-        self._use_memory_attention(model)
         start = 0
         for end in ends[:-1]:
             piece = real[:, start:end]

@@ -13,7 +13,6 @@ model is loaded.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
@@ -21,22 +20,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from transformers import PreTrainedModel
 
 from namm.atomic_io import atomic_write, atomic_write_json, atomic_write_text
 from namm.engine import EngineConfig
-from namm.errors import ConfigError
-from namm.evolution.checkpoint import CheckpointError, library_versions, load_checkpoint, resolve_checkpoint_path
+from namm.errors import ConfigError, CorruptFileError
+from namm.evolution.checkpoint import (
+    BEST,
+    LATEST,
+    CheckpointError,
+    library_versions,
+    load_checkpoint,
+    read_provenance,
+    resolve_checkpoint_path,
+)
 from namm.evolution.progress import METRICS_FILE, MetricsLog
 from namm.generate import MemoryManagedCache
 from namm.model_card import model_card
 from namm.models.hub import HUB_ID
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
+from namm.network.normalisation import check_statistics
 from namm.network.parameters import ParameterLayout, parameter_layout
 from namm.policies.namm_policy import NAMMPolicy
+from namm.read_back import finite_number, read_json
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -54,6 +64,8 @@ CONFIG_FIELDS = (
     "measured",
 )
 PARAMS_KINDS = ("best", "center")  # which parameters of a checkpoint: best validated centre, last search mean
+EXPORT_FIX = "the folder is damaged: export it again with `python scripts/export_namm.py <run dir> <folder>`"
+_OBJECT_FIELDS = ("namm", "engine", "training", "measured")  # JSON objects (dicts), never null
 
 
 class PretrainedNAMMError(ConfigError):
@@ -121,33 +133,19 @@ class PretrainedNAMM:
                     f"{folder} has no {needed.name}: it is not an exported NAMM (write one with "
                     "`python scripts/export_namm.py runs/<run> <folder>` or PretrainedNAMM.save_pretrained)."
                 )
-        try:
-            document = json.loads(config_path.read_text())
-        except json.JSONDecodeError as error:
-            raise PretrainedNAMMError(f"{config_path} is not valid JSON ({error}).") from error
-        missing = [name for name in CONFIG_FIELDS if name not in document]
-        if missing:
-            raise PretrainedNAMMError(
-                f"{config_path} lacks the field(s) {missing}; an exported NAMM's config.json has {list(CONFIG_FIELDS)}. "
-                "Export it again with this version."
-            )
-        if document["format"] != FORMAT or document["format_version"] != FORMAT_VERSION:
-            raise PretrainedNAMMError(
-                f"{config_path} is format {document['format']!r} version {document['format_version']}; this code "
-                f"reads {FORMAT!r} version {FORMAT_VERSION}."
-            )
+        document = _config_document(config_path)
         try:
             config = NAMMConfig.from_dict(document["namm"])
             engine = EngineConfig(**document["engine"])
         except (TypeError, ValueError) as error:
-            raise PretrainedNAMMError(f"{config_path}: {error}") from error
+            raise PretrainedNAMMError(f"{config_path}: {error}; {EXPORT_FIX}") from error
         layout = parameter_layout(config)
         if document["parameter_layout"] != layout_record(layout):
             raise PretrainedNAMMError(
                 f"{config_path}: its parameter_layout {document['parameter_layout']} is not the layout of its own "
                 f"namm config {layout_record(layout)}; the file was edited or written by another version."
             )
-        namm = NAMM(config, parameters_from_weights(load_file(weights_path), layout, weights_path))
+        namm = NAMM(config, parameters_from_weights(_read_weights(weights_path), layout, weights_path))
         namm.normaliser.load_state_dict(normalisation_from_record(document["normalization"], config, config_path))
         return cls(namm, engine, dict(document["training"]), dict(document["measured"]))
 
@@ -158,14 +156,13 @@ class PretrainedNAMM:
         if params_kind not in PARAMS_KINDS:
             raise ValueError(f"params_kind must be one of {PARAMS_KINDS}, got {params_kind!r}.")
         path = resolve_checkpoint_path(path)
-        state = load_checkpoint(path)
-        resolved = state["config"] if isinstance(state["config"], dict) else {}
+        record = load_checkpoint(path)
+        resolved = record.config
         try:
             config = NAMMConfig.from_dict(dict(resolved.get("namm") or {}))
         except ValueError as error:
             raise CheckpointError(f"the namm config saved in {path}: {error}") from error
-        parameters = torch.as_tensor(state["best_params" if params_kind == "best" else "center"])
-        parameters = parameters.detach().float().reshape(-1)
+        parameters = (record.best_params if params_kind == "best" else record.center).detach().float().reshape(-1)
         layout = parameter_layout(config)
         if parameters.numel() != layout.size:
             raise CheckpointError(
@@ -173,10 +170,11 @@ class PretrainedNAMM:
                 "the checkpoint is inconsistent (was it written by another version?)."
             )
         namm = NAMM(config, parameters)
-        namm.normaliser.load_state_dict(_checkpoint_normalisation(state["normalisation_state"], config, path))
-        generation = int(
-            state.get("best_generation", state["generation"]) if params_kind == "best" else state["generation"]
-        )
+        namm.normaliser.load_state_dict(_checkpoint_normalisation(record.normalisation_state, config, path))
+        if params_kind == "best" and record.best_generation is not None:
+            generation = record.best_generation
+        else:
+            generation = record.generation
         known = {item.name for item in fields(EngineConfig)}
         engine_values = {key: value for key, value in dict(resolved.get("engine") or {}).items() if key in known}
         training = {
@@ -186,8 +184,9 @@ class PretrainedNAMM:
             "seed": resolved.get("seed"),
             "generation": generation,
             "params": params_kind,
-            "checkpoint": {"path": str(path), "sha256": state.get("sha256"), "generation": int(state["generation"])},
-            "versions": state.get("versions"),
+            "checkpoint": {"path": str(path), "sha256": record.sha256, "generation": record.generation},
+            "versions": record.versions,
+            "provenance": read_provenance(record),  # its training and validation prompts (None: not recorded)
         }
         measured = _validation_record(MetricsLog(path.parent).read(), generation)
         return cls(namm, EngineConfig(**engine_values), training, measured)
@@ -240,14 +239,54 @@ class PretrainedNAMM:
 
 
 def is_exported_namm(path: str | Path) -> bool:
-    """Whether `path` is a folder that holds an exported NAMM (its config.json says so)."""
-    config_path = Path(path) / CONFIG_FILE
-    if not config_path.is_file():
+    """Whether `path` is a folder meant as an exported NAMM: it holds config.json or model.safetensors and no
+    training checkpoint. Such a folder is then read (and checked) as one, so a damaged config.json is reported
+    as such, not mistaken for a run directory."""
+    folder = Path(path)
+    if any((folder / name).is_file() for name in (BEST, LATEST)):
         return False
+    return (folder / CONFIG_FILE).is_file() or (folder / WEIGHTS_FILE).is_file()
+
+
+def _config_document(config_path: Path) -> dict[str, Any]:
+    """config.json, parsed and checked field by field: its format, every field present, objects where objects
+    belong; raises PretrainedNAMMError naming the file, the field and the fix."""
     try:
-        return json.loads(config_path.read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, AttributeError):
-        return False
+        document = read_json(config_path, EXPORT_FIX)
+    except CorruptFileError as error:
+        raise PretrainedNAMMError(str(error)) from None
+    if not isinstance(document, dict):
+        raise PretrainedNAMMError(f"{config_path} holds {type(document).__name__}, not a JSON object; {EXPORT_FIX}")
+    if document.get("format") != FORMAT or document.get("format_version") != FORMAT_VERSION:
+        raise PretrainedNAMMError(
+            f"{config_path}: field format is {document.get('format')!r} version {document.get('format_version')!r}; "
+            f"this code reads {FORMAT!r} version {FORMAT_VERSION}: give a folder written by scripts/export_namm.py "
+            "(or PretrainedNAMM.save_pretrained)."
+        )
+    missing = [name for name in CONFIG_FIELDS if name not in document]
+    if missing:
+        raise PretrainedNAMMError(
+            f"{config_path} lacks the field(s) {missing}; an exported NAMM's config.json has {list(CONFIG_FIELDS)}. "
+            "Export it again with this version."
+        )
+    for name in _OBJECT_FIELDS:
+        if not isinstance(document[name], dict):
+            raise PretrainedNAMMError(
+                f"{config_path}: field {name} must be a JSON object, got {document[name]!r}; {EXPORT_FIX}"
+            )
+    return document
+
+
+def _read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors, every value finite (raises PretrainedNAMMError naming the file and the tensor)."""
+    try:
+        weights = load_file(weights_path)
+    except (SafetensorError, OSError) as error:
+        raise PretrainedNAMMError(f"{weights_path} could not be read ({error}); {EXPORT_FIX}") from None
+    for name, tensor in weights.items():
+        if not torch.isfinite(tensor).all():
+            raise PretrainedNAMMError(f"{weights_path}: tensor {name} holds NaN or infinite values; {EXPORT_FIX}")
+    return weights
 
 
 def layout_record(layout: ParameterLayout) -> list[dict[str, Any]]:
@@ -274,33 +313,51 @@ def normalisation_record(namm: NAMM) -> dict[str, Any] | None:
 
 
 def normalisation_from_record(record: Any, config: NAMMConfig, where: Path) -> dict[str, torch.Tensor]:
-    """FeatureNormaliser state from config.json's `normalization` (null: none)."""
+    """FeatureNormaliser state from config.json's `normalization` (null: none). Every statistic must be a finite
+    number, the count positive and each variance non-negative: a NaN mean or a negative variance would make the
+    NAMM's features NaN and its decisions silently wrong."""
     if record is None:
         return {}
     if not isinstance(record, dict) or set(record) != {"count", "mean", "var"}:
         raise PretrainedNAMMError(f"{where}: normalization must be null or hold count, mean and var; got {record!r}.")
+    for name in ("mean", "var"):
+        if not isinstance(record[name], list):
+            raise PretrainedNAMMError(
+                f"{where}: field normalization.{name} must be a list of numbers, got {record[name]!r}; {EXPORT_FIX}"
+            )
     if len(record["mean"]) != config.bins or len(record["var"]) != config.bins:
         raise PretrainedNAMMError(
             f"{where}: normalization has {len(record['mean'])} bins, the namm config has {config.bins}."
         )
-    return {name: torch.tensor(value, dtype=torch.float64) for name, value in record.items()}
+    try:
+        count = finite_number(record["count"], where, "normalization.count", EXPORT_FIX)
+        mean = [finite_number(v, where, f"normalization.mean[{i}]", EXPORT_FIX) for i, v in enumerate(record["mean"])]
+        var = [finite_number(v, where, f"normalization.var[{i}]", EXPORT_FIX) for i, v in enumerate(record["var"])]
+    except CorruptFileError as error:
+        raise PretrainedNAMMError(str(error)) from None
+    stats = {
+        name: torch.tensor(value, dtype=torch.float64)
+        for name, value in (("count", count), ("mean", mean), ("var", var))
+    }
+    try:
+        check_statistics(stats, config.bins)
+    except ValueError as error:
+        raise PretrainedNAMMError(f"{where}: field normalization.{error}; {EXPORT_FIX}") from None
+    return stats
 
 
-def _checkpoint_normalisation(state: Any, config: NAMMConfig, path: Path) -> dict[str, torch.Tensor]:
-    """The FeatureNormaliser statistics in a checkpoint's `normalisation_state` ({} when none)."""
-    if not state:
-        return {}
-    stats = state.get("normalization", state) if isinstance(state, dict) else None
-    if not isinstance(stats, dict) or (stats and not {"count", "mean", "var"} <= set(stats)):
+def _checkpoint_normalisation(state: dict[str, Any], config: NAMMConfig, path: Path) -> dict[str, torch.Tensor]:
+    """The FeatureNormaliser statistics in a checkpoint's `normalisation_state` ({} when none), checked."""
+    stats = state.get("normalization", state)  # an early layout nested them under this key
+    if not isinstance(stats, dict):
+        raise CheckpointError(f"{path}: field 'normalisation_state' holds a {type(stats).__name__}, expected a dict.")
+    try:
+        check_statistics(stats, config.bins)
+    except ValueError as error:
         raise CheckpointError(
-            f"{path}: normalisation_state has keys {sorted(state) if isinstance(state, dict) else type(state)}; "
-            "expected the NAMM's normalisation statistics (count, mean, var)."
-        )
-    if stats and torch.as_tensor(stats["mean"]).numel() != config.bins:
-        raise CheckpointError(
-            f"{path}: normalisation statistics have {torch.as_tensor(stats['mean']).numel()} "
-            f"bins, the NAMM config has {config.bins}."
-        )
+            f"{path}: field 'normalisation_state': {error}; the statistics are unusable, so the NAMM would run "
+            "silently wrong: use another checkpoint of the run."
+        ) from error
     return dict(stats)
 
 

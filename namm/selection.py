@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+#: the rank of a protected slot (sinks, windows, recent tokens): above every score, below the newest (+inf)
+PROTECTED_SCORE = torch.finfo(torch.float32).max
+
 
 @dataclass(frozen=True)
 class Budget:

@@ -4,39 +4,59 @@ Every candidate of a generation sees the same prompts; each prompt is run once f
 as batches (at most `evo.max_batch_rows` rows) whose rows carry different parameter vectors (same prompt,
 so no padding). Full-cache references come from the on-disk reference cache, keyed on everything that
 moves a score; training fills the missing ones once before generation 1 (tasks/references.py).
+
+With `evo.signal=answer_likelihood` the training prompts are scored by teacher-forcing the gold answer
+(tasks/answer_likelihood.py) against the full cache's likelihood of it, cached beside the task-score
+references; validation always decodes and uses the task metric.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
 from namm.errors import ConfigError
+from namm.evolution.distillation import DistillConfig, DistillFit, DistillTarget
 from namm.evolution.scoring import (
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
     CandidateScores,
     PromptId,
     PromptRecord,
+    Signal,
     mean_in_order,
 )
-from namm.models import ModelConfig, check_model_config, load_model
+from namm.models import ModelConfig, check_model_config, load_model, max_context_without_weights
 from namm.network.config import NAMMConfig
+from namm.network.normalisation import check_statistics
+from namm.network.parameters import keep_all_centre, param_count
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
 from namm.row_batches import RowBatches
 from namm.typed_config import typed_config
+from tasks.answer_likelihood import (
+    check_gold_answers,
+    gold_continuation,
+    likelihood_score,
+    log_likelihood,
+    mean_logprob,
+    teacher_forced_generator_record,
+)
 from tasks.config import TaskConfig, task_config
+from tasks.distillation import check_distill_target, distil, distillation_prompts
 from tasks.generators import engine_generator
-from tasks.preparation import prepare_tasks
+from tasks.preparation import check_prompt_lengths, prepare_tasks
+from tasks.provenance import training_provenance
 from tasks.references import (
     ReferenceCache,
     ReferenceContext,
+    ReferenceScores,
     default_reference_dir,
     engine_generator_record,
     full_cache_scores,
@@ -54,6 +74,15 @@ REFERENCE_BATCH = 4  # prompts per full-cache batch (left-padded); batches are f
 
 
 @dataclass(frozen=True)
+class FullCacheReference:
+    """The full cache on one prompt: its task score and (answer_likelihood) the gold answer's likelihood, both
+    in [0, 1] as the reference files hold them; None where it was known already and not recomputed."""
+
+    score: float | None
+    answer_likelihood: float | None = None
+
+
+@dataclass(frozen=True)
 class TaskScorerConfig:
     """What the scorer reads of a run config, typed. Training builds it from Hydra's config; a script
     that runs without Hydra or omegaconf (scripts/device_check.py) builds it directly."""
@@ -66,6 +95,7 @@ class TaskScorerConfig:
     validation_prompts: int = 2
     seed: int = 0
     max_batch_rows: int | None = None  # candidate rows per engine batch (None: all); halved on out-of-memory
+    signal: Signal = Signal.task_metric  # how training prompts are scored (validation: the task metric)
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_task", "validation_prompts"):
@@ -82,26 +112,21 @@ class TaskScorerConfig:
             namm = NAMMConfig.from_dict(OmegaConf.to_container(cfg.namm, resolve=True) if cfg.get("namm") else {})
         except ValueError as error:
             raise ConfigError(f"namm: {error}") from error
+        evo = OmegaConf.to_container(cfg.evo, resolve=True, enum_to_str=True)
         return cls(
             model=typed_config(ModelConfig, cfg.model, "model"),
             task=task_config(cfg.task),
             namm=namm,
-            engine=typed_config(EngineConfig, cfg.get("engine"), "engine"),
+            # resolved here: engine.schedule is `${schedule}`, a key of the run config's root
+            engine=typed_config(
+                EngineConfig, OmegaConf.to_container(cfg.engine, resolve=True) if cfg.get("engine") else None, "engine"
+            ),
             prompts_per_task=int(cfg.evo.prompts_per_task),
             validation_prompts=int(cfg.evo.validation_prompts),
             seed=int(cfg.seed),
             max_batch_rows=cfg.evo.max_batch_rows,
+            signal=Signal(evo.get("signal", Signal.task_metric.value)),
         )
-
-
-def check_inputs(cfg: DictConfig) -> None:
-    """`scorer.check_target`: the model, engine, task and NAMM settings and the task data, checked before
-    any model loads (so a missing LongBench file or an offline hub fails in seconds, with the fix)."""
-    config = TaskScorerConfig.from_run_config(cfg)
-    check_model_config(config.model)
-    config.namm.check_update_interval(config.engine.update_interval)
-    counts = check_task_data(config.task)
-    check_split_sizes(counts, config.validation_prompts)
 
 
 def check_split_sizes(sample_counts: dict[str, int], validation_prompts: int) -> None:
@@ -134,7 +159,40 @@ class Splits:
 
 
 class TaskScorer:
-    """A `CandidateScorer` over the configured tasks (see namm.evolution.scoring)."""
+    """A `CandidateScorer` over the configured tasks, and its `ScorerFactory` (`scorer._target_` of
+    conf/train.yaml; see namm.evolution.scoring): the candidates are NAMM parameter vectors."""
+
+    former_targets: ClassVar[tuple[str, ...]] = ("tasks.evolution_scorer.build_scorer",)  # runs saved before 2
+
+    # -- ScorerFactory: no model is loaded ----------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        """The model, engine, task and NAMM settings, the prompt lengths and the task data (so a missing LongBench
+        file or an offline hub fails in seconds, with the fix)."""
+        config = TaskScorerConfig.from_run_config(cfg)
+        check_model_config(config.model)
+        check_prompt_lengths(config.task, config.model.name, max_context_without_weights(config.model))
+        config.namm.check_update_interval(config.engine.update_interval)
+        counts = check_task_data(config.task)
+        check_split_sizes(counts, config.validation_prompts)
+        if getattr(cfg.evo.init, "value", cfg.evo.init) == "distill":  # an Enum in the typed config, a str otherwise
+            check_distill_target(
+                DistillTarget(getattr(cfg.evo.distill.target, "value", cfg.evo.distill.target)), config.task
+            )
+        if config.signal == Signal.answer_likelihood:
+            check_gold_answers(config.task)
+
+    @classmethod
+    def solution_length(cls, cfg: DictConfig) -> int:
+        """The NAMM parameter vector's length for the `namm` group."""
+        return param_count(TaskScorerConfig.from_run_config(cfg).namm)
+
+    @classmethod
+    def initial_centre(cls, cfg: DictConfig, init: str, margin: float) -> torch.Tensor:
+        """`zeros`, or `keep_all`: the NAMM's read-out bias at threshold + `margin`, so at the centre every token
+        scores that margin above the threshold (nothing is evicted) and the first draws explore around it."""
+        namm = TaskScorerConfig.from_run_config(cfg).namm
+        return torch.zeros(param_count(namm)) if init == "zeros" else keep_all_centre(namm, margin)
 
     def __init__(self, cfg: DictConfig | TaskScorerConfig) -> None:
         # every setting is validated before the model loads
@@ -152,6 +210,13 @@ class TaskScorer:
         context = ReferenceContext.of(self.loaded, engine_generator_record(config.engine))
         self.reference_cache = ReferenceCache(default_reference_dir(), context)
         self.references = {task.spec.name: self.reference_cache.load(task.settings) for task in self.tasks}
+        self.signal = config.signal
+        likelihood_context = ReferenceContext.of(self.loaded, teacher_forced_generator_record(config.engine))
+        self.likelihood_cache = ReferenceCache(default_reference_dir(), likelihood_context)
+        self.answer_likelihoods = {  # the full cache's likelihood of each gold answer (answer_likelihood only)
+            task.spec.name: self.likelihood_cache.load(task.settings) if self.uses_likelihood else ReferenceScores()
+            for task in self.tasks
+        }
         self.row_batches = RowBatches(config.max_batch_rows)
         self.calibrated = not self.policy.namm.config.normalise
 
@@ -164,20 +229,30 @@ class TaskScorer:
     ) -> CandidateScores:
         self._calibrate()
         wanted = self.prompts(split, generation) if prompts is None else list(prompts)
-        missing = self.missing_references(wanted + self.prompts(VALIDATION_SPLIT, 0))
+        missing = self._missing_references(wanted + self.prompts(VALIDATION_SPLIT, 0))
         if missing:  # a scorer used on its own; training computes every reference before generation 1
             self.add_references(self.compute_references(missing), save=True)
+        likelihood = split == TRAIN_SPLIT and self.uses_likelihood
         records = []
         for name, index in wanted:
             task = self.task_by_name[name]
-            results, sample_scores = self._run_population(task, index, parameters)
+            if likelihood:
+                results = self._teacher_force_population(task, index, parameters)
+                full = log_likelihood(self.answer_likelihoods[name].get(name, index))
+                scores = [likelihood_score(mean_logprob(result.token_logprobs), full) for result in results]
+                reference = pool_reference = 100.0  # the full cache against itself
+            else:
+                results, sample_scores = self._run_population(task, index, parameters)
+                scores = [100.0 * score for score in sample_scores]
+                reference = 100.0 * self.references[name].get(name, index)
+                pool_reference = self._validation_reference(name)
             records.append(
                 PromptRecord(
                     task=name,
                     index=index,
-                    scores=[100.0 * score for score in sample_scores],
-                    reference=100.0 * self.references[name].get(name, index),
-                    pool_reference=self._validation_reference(name),
+                    scores=scores,
+                    reference=reference,
+                    pool_reference=pool_reference,
                     retained_ratio=[result.retained_ratio for result in results],
                     retained_ratio_per_layer=[list(result.retained_ratio_per_layer) for result in results],
                     tokens=sum(result.tokens_seen + 1 for result in results),
@@ -185,10 +260,26 @@ class TaskScorer:
             )
         return CandidateScores.from_prompts(records)
 
-    def missing_references(self, prompts: list[PromptId]) -> list[PromptId]:
-        return [(name, index) for name, index in prompts if self.references[name].get(name, index) is None]
+    @property
+    def uses_likelihood(self) -> bool:
+        return self.signal == Signal.answer_likelihood
 
-    def reference_batches(self, prompts: list[PromptId]) -> list[list[PromptId]]:
+    def reference_batches(self, generations: list[int]) -> list[list[PromptId]]:
+        needed = {prompt for generation in generations for prompt in self.prompts(TRAIN_SPLIT, generation)}
+        needed.update(self.prompts(VALIDATION_SPLIT, 0))
+        return self._batched(self._missing_references(sorted(needed)))
+
+    def _missing_references(self, prompts: list[PromptId]) -> list[PromptId]:
+        """Prompts without a full-cache task score, or (answer_likelihood) without the gold answer's likelihood."""
+        return [
+            (name, index)
+            for name, index in prompts
+            if self.references[name].get(name, index) is None
+            or (self.uses_likelihood and self.answer_likelihoods[name].get(name, index) is None)
+        ]
+
+    def _batched(self, prompts: list[PromptId]) -> list[list[PromptId]]:
+        """Per task, in sorted index order, REFERENCE_BATCH prompts at a time: the one batching of references."""
         batches = []
         for task in self.tasks:
             indices = sorted(index for name, index in prompts if name == task.spec.name)
@@ -198,35 +289,83 @@ class TaskScorer:
             ]
         return batches
 
-    def compute_references(self, prompts: list[PromptId]) -> dict[PromptId, float]:
+    def compute_references(self, prompts: list[PromptId]) -> dict[PromptId, FullCacheReference]:
+        """The missing task scores of each batch, decoded together; the missing answer log-probs, one prompt
+        at a time (so no batch composition moves them)."""
         full_cache = engine_generator(self.full_engine)
-        computed: dict[PromptId, float] = {}
-        for batch in self.reference_batches(prompts):
+        computed: dict[PromptId, FullCacheReference] = {}
+        for batch in self._batched(prompts):
             name = batch[0][0]
-            indices = [index for _, index in batch]
-            scores = full_cache_scores(
-                self.task_by_name[name], full_cache, self.loaded.tokenizer, indices, len(indices)
+            task = self.task_by_name[name]
+            indices = [index for _, index in batch if self.references[name].get(name, index) is None]
+            scores = (
+                full_cache_scores(task, full_cache, self.loaded.tokenizer, indices, len(indices)) if indices else {}
             )
-            computed.update({(name, index): score for index, score in scores.items()})
+            for _, index in batch:
+                likelihood = None
+                if self.uses_likelihood and self.answer_likelihoods[name].get(name, index) is None:
+                    forced = self._teacher_force(self.full_engine, task, index, 1)[0]
+                    likelihood = math.exp(mean_logprob(forced.token_logprobs))
+                computed[(name, index)] = FullCacheReference(scores.get(index), likelihood)
         return computed
 
-    def add_references(self, references: dict[PromptId, float], save: bool) -> None:
-        touched = set()
-        for (name, index), score in references.items():
-            self.references[name].put(name, index, score)
-            touched.add(name)
+    def add_references(self, references: dict[PromptId, FullCacheReference], save: bool) -> None:
+        scores, logprobs = set(), set()
+        for (name, index), reference in references.items():
+            if reference.score is not None:
+                self.references[name].put(name, index, reference.score)
+                scores.add(name)
+            if reference.answer_likelihood is not None:
+                self.answer_likelihoods[name].put(name, index, reference.answer_likelihood)
+                logprobs.add(name)
         if save:
-            for name in sorted(touched):
+            for name in sorted(scores):
                 self.reference_cache.save(self.task_by_name[name].settings, self.references[name])
+            for name in sorted(logprobs):
+                self.likelihood_cache.save(self.task_by_name[name].settings, self.answer_likelihoods[name])
+
+    def full_cache_accuracy(self, prompts: list[PromptId]) -> dict[str, tuple[float, int]]:
+        """task -> (the full cache's mean task score in [0, 1], prompts) over those of `prompts` it has."""
+        accuracy = {}
+        for task in self.tasks:
+            name = task.spec.name
+            known = [self.references[name].get(name, i) for n, i in sorted(prompts) if n == name]
+            known = [score for score in known if score is not None]
+            if known:
+                accuracy[name] = (mean_in_order(known), len(known))
+        return accuracy
+
+    def prompt_provenance(self) -> dict[str, Any]:
+        """Every prompt a generation may draw (the training pool) and the validation set, for checkpoints."""
+        return training_provenance(
+            self.tasks, {TRAIN_SPLIT: self.splits.train, VALIDATION_SPLIT: self.splits.validation}
+        )
 
     def normalisation_state(self) -> dict[str, Any]:
         self._calibrate()
         return self.policy.namm.normaliser.state_dict()
 
     def load_normalisation_state(self, state: dict[str, Any]) -> None:
+        check_statistics(state, self.policy.namm.config.bins)
         if state:
             self.policy.namm.normaliser.load_state_dict(dict(state))
             self.calibrated = True
+
+    def distilled_centre(self, settings: DistillConfig) -> DistillFit:
+        """evo.init=distill: a start fitted on training prompts to rank tokens like `settings.target`."""
+        self._calibrate()
+        prompts = distillation_prompts(self.splits.train, settings, self.seed)
+        tokenizer = self.loaded.tokenizer
+        return distil(
+            self.policy,
+            self.loaded.model,
+            self.engine.config,
+            self.tasks,
+            prompts,
+            tokenizer,
+            settings,
+            tokenizer.pad_token_id or 0,
+        )
 
     # -- helpers ----------------------------------------------------------------------------------
     def _validation_reference(self, name: str) -> float:
@@ -262,6 +401,25 @@ class TaskScorer:
             run_scores.append(score_prediction(prediction, sample, task.spec, task.settings.code_sim_backend))
         return results, run_scores
 
+    def _teacher_force(self, engine: MemoryEngine, task: PreparedTask, index: int, rows: int, parameters=None):
+        """The gold answer teacher-forced after prompt `index`, in `rows` copies of the prompt."""
+        sample = task.samples[index]
+        continuation = gold_continuation(sample, task.spec, self.loaded.tokenizer)
+        return engine.teacher_force([list(sample.prompt_ids)] * rows, continuation, row_parameters=parameters)
+
+    def _teacher_force_population(self, task: PreparedTask, index: int, parameters: torch.Tensor):
+        """Every candidate's teacher-forced answer on one prompt, each candidate alone.
+
+        The log-probs are floats, not a decoded answer, so their last bits count, and CPU kernels round
+        differently for another number of rows (measured: 2 vs 5 rows change them). One row per forward gives
+        every candidate the same shapes however the population is split (actors, `evo.max_batch_rows`), so
+        its score cannot depend on the split. On CPU this costs little: a prefill chunk fills the matrix
+        multiplies with one row."""
+        return [
+            self._teacher_force(self.engine, task, index, 1, parameters[row : row + 1])[0]
+            for row in range(parameters.shape[0])
+        ]
+
     def _calibrate(self) -> None:
         """Collect the frozen normalisation statistics once, with the all-keep NAMM on training prompts."""
         if self.calibrated:
@@ -273,8 +431,3 @@ class TaskScorer:
                     prompt = list(task.samples[index].prompt_ids)
                     self.engine.generate([prompt], self._generation_settings(task))
         self.calibrated = True
-
-
-def build_scorer(cfg: DictConfig) -> TaskScorer:
-    """`scorer._target_` of conf/train.yaml: loads the model and prepares the tasks."""
-    return TaskScorer(cfg)

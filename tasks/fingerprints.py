@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -20,3 +20,9 @@ def canonical_json(value: Any, default: Callable[[Any], Any] | None = None) -> b
 def settings_digest(value: Any, length: int, default: Callable[[Any], Any] | None = None) -> str:
     """The first `length` hex digits of the sha256 of `canonical_json(value, default)`."""
     return hashlib.sha256(canonical_json(value, default)).hexdigest()[:length]
+
+
+def prompt_digest(prompt_ids: Sequence[int]) -> str:
+    """A prompt token for token: the first 16 hex digits of sha256(json(token ids)) (sample records'
+    `prompt_sha`, a checkpoint's provenance)."""
+    return settings_digest(list(prompt_ids), 16)  # a list: sorting keys changes nothing

@@ -21,12 +21,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from namm.errors import CorruptFileError
+
 if TYPE_CHECKING:
     from datasets import Dataset, Features, IterableDataset
 
 HUB_REPO = "THUDM/LongBench"
 HUB_ARCHIVE = "data.zip"
 RECORD_FIELDS = ("input", "context", "answers", "length", "dataset", "language", "all_classes", "_id")
+
+
+class LongBenchLineError(CorruptFileError):
+    """A LongBench file is there but one of its lines is not a record; the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -104,20 +110,20 @@ def task_file(task: str, data_dir: str | Path) -> Path:
 
 def _record(raw: object, where: str) -> LongBenchRecord:
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}.")  # noqa: TRY004 (a bad file)
+        raise LongBenchLineError(f"{where}: expected a JSON object, got {type(raw).__name__}.")
     missing = [name for name in RECORD_FIELDS if name not in raw]
     if missing:
-        raise ValueError(f"{where}: missing field(s) {missing}; a LongBench record has {list(RECORD_FIELDS)}.")
+        raise LongBenchLineError(f"{where}: missing field(s) {missing}; a LongBench record has {list(RECORD_FIELDS)}.")
     answers, classes = raw["answers"], raw["all_classes"]
     if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-        raise ValueError(f"{where}: 'answers' must be a non-empty list of strings, got {answers!r}.")
+        raise LongBenchLineError(f"{where}: 'answers' must be a non-empty list of strings, got {answers!r}.")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
-        raise ValueError(f"{where}: 'all_classes' must be null or a list of strings, got {classes!r}.")
+        raise LongBenchLineError(f"{where}: 'all_classes' must be null or a list of strings, got {classes!r}.")
     for name in ("input", "context", "dataset", "language", "_id"):
         if not isinstance(raw[name], str):
-            raise ValueError(f"{where}: field {name!r} must be a string, got {type(raw[name]).__name__}.")  # noqa: TRY004 (a bad file)
+            raise LongBenchLineError(f"{where}: field {name!r} must be a string, got {type(raw[name]).__name__}.")
     if not isinstance(raw["length"], int):
-        raise ValueError(f"{where}: field 'length' must be an integer, got {raw['length']!r}.")  # noqa: TRY004 (a bad file)
+        raise LongBenchLineError(f"{where}: field 'length' must be an integer, got {raw['length']!r}.")
     return LongBenchRecord(
         input=raw["input"],
         context=raw["context"],
@@ -137,14 +143,14 @@ def iter_records(path: str | Path) -> Iterator[LongBenchRecord]:
         for count, line in enumerate(lines, start=1):
             where = f"{path}, line {count}"
             if not line.strip():
-                raise ValueError(f"{where}: blank line (sample indices follow line order; remove it).")
+                raise LongBenchLineError(f"{where}: blank line (sample indices follow line order; remove it).")
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: malformed JSON ({error.msg} at column {error.colno}).") from None
+                raise LongBenchLineError(f"{where}: malformed JSON ({error.msg} at column {error.colno}).") from None
             yield _record(raw, where)
     if count == 0:
-        raise ValueError(f"{path} holds no records.")
+        raise LongBenchLineError(f"{path} holds no records.")
 
 
 def read_records(path: str | Path) -> list[LongBenchRecord]:

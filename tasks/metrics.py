@@ -191,3 +191,6 @@ METRICS: dict[str, Metric] = {
         first_integer_match,
     )
 }
+
+#: metrics that score one gold answer 0 or 1 (string_match_all gives a share when it gets several at once)
+BINARY_METRICS = frozenset({"first_integer_match", "string_match_all"})

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from namm.errors import ConfigError
 from tasks.config import TaskConfig
 from tasks.longbench import LONGBENCH_TASKS, PROMPT_TEMPLATES, base_task
 from tasks.longbench_data import load_longbench
@@ -40,10 +41,45 @@ def newline_token_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
     return (tokenizer.encode("\n", add_special_tokens=False)[-1],)
 
 
+def check_prompt_lengths(config: TaskConfig, model_name: str, max_context: int | None) -> None:
+    """Every task's prompts plus its new tokens must fit `max_context` (None: unknown, nothing to check): a
+    synthetic `context_length` that does not fit, or a LongBench `max_prompt_tokens` that would be cut further
+    to fit, is a ConfigError. Needs no model, so the entry points call it before the model loads."""
+    if max_context is None:
+        return
+    for name in config.tasks:
+        spec = SYNTHETIC_TASKS[name].spec if name in SYNTHETIC_TASKS else LONGBENCH_TASKS[name]
+        room = max_context - spec.max_new_tokens  # prompt tokens that fit with the task's new tokens
+        if name in SYNTHETIC_TASKS and config.context_length > room:
+            raise ConfigError(
+                f"{name}: task.context_length={config.context_length} + {spec.max_new_tokens} new tokens exceeds "
+                f"{model_name}'s max_context {max_context}; lower task.context_length to at most {room} (or raise "
+                "model.max_context if the model takes more)."
+            )
+        if name in LONGBENCH_TASKS and room < 2:
+            raise ConfigError(
+                f"{name}: {model_name}'s max_context {max_context} leaves no room for a prompt before the task's "
+                f"{spec.max_new_tokens} new tokens; raise model.max_context."
+            )
+        if name in LONGBENCH_TASKS and config.max_prompt_tokens is not None and config.max_prompt_tokens > room:
+            raise ConfigError(
+                f"{name}: task.max_prompt_tokens={config.max_prompt_tokens} + {spec.max_new_tokens} new tokens "
+                f"exceeds {model_name}'s max_context {max_context}, so prompts would be cut to {room} tokens, not "
+                f"{config.max_prompt_tokens}; set task.max_prompt_tokens to at most {room} (or null: the longest "
+                "that fits)."
+            )
+
+
 def prepare_tasks(
-    config: TaskConfig, model: ModelLike, eos_token_ids: Sequence[int] | None = None
+    config: TaskConfig,
+    model: ModelLike,
+    eos_token_ids: Sequence[int] | None = None,
+    skip_lines: Mapping[str, Collection[int]] | None = None,
 ) -> list[PreparedTask]:
-    """Every task of `config`, tokenized for `model`; eos ids default to the tokenizer's EOS."""
+    """Every task of `config`, tokenized for `model`; eos ids default to the tokenizer's EOS. `skip_lines`:
+    LongBench lines (by task) to pass over, e.g. those a NAMM trained on: the first `num_samples` others are
+    taken instead, keeping their line numbers as sample indices."""
+    check_prompt_lengths(config, model.name, model.max_context)
     tokenizer = model.tokenizer
     if eos_token_ids is None:
         eos_token_ids = () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
@@ -76,7 +112,8 @@ def prepare_tasks(
         if name in SYNTHETIC_TASKS:
             prepared.append(_prepare_synthetic(name, config, model, builder, settings))
         else:
-            prepared.append(_prepare_longbench(name, config, model, builder, settings))
+            skipped = frozenset((skip_lines or {}).get(name, ()))
+            prepared.append(_prepare_longbench(name, config, model, builder, settings, skipped))
     return prepared
 
 
@@ -84,7 +121,12 @@ SettingsFor = Callable[..., TaskSettings]
 
 
 def _prepare_longbench(
-    name: str, config: TaskConfig, model: ModelLike, builder: PromptBuilder, settings: SettingsFor
+    name: str,
+    config: TaskConfig,
+    model: ModelLike,
+    builder: PromptBuilder,
+    settings: SettingsFor,
+    skipped: frozenset[int] = frozenset(),
 ) -> PreparedTask:
     spec = LONGBENCH_TASKS[name]
     budget = config.max_prompt_tokens
@@ -96,7 +138,8 @@ def _prepare_longbench(
     records, source = load_longbench(name, config.data_dir, config.cache_dir)
     template = PROMPT_TEMPLATES[base_task(name)]
     samples = []
-    for index, record in enumerate(records[: config.num_samples]):
+    kept = [(index, record) for index, record in enumerate(records) if index not in skipped]
+    for index, record in kept[: config.num_samples]:
         text = template.format(context=record.context, input=record.input)
         ids, truncated = _build_within(builder, text, spec.chat_template_allowed, budget, limit)
         samples.append(
@@ -121,11 +164,6 @@ def _prepare_synthetic(
     name: str, config: TaskConfig, model: ModelLike, builder: PromptBuilder, settings: SettingsFor
 ) -> PreparedTask:
     task = SYNTHETIC_TASKS[name]
-    if model.max_context is not None and config.context_length + task.spec.max_new_tokens > model.max_context:
-        raise ValueError(
-            f"{name}: context_length {config.context_length} + {task.spec.max_new_tokens} new tokens exceeds "
-            f"{model.name}'s max_context {model.max_context}; lower task.context_length."
-        )
     params = SyntheticParams(config.context_length, config.needle_depth, config.seed, config.haystack)
     samples = generate_samples(task, builder, params, config.num_samples)
     record = settings(

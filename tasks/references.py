@@ -9,7 +9,6 @@ stored next to it. A published file of the same shape can be read directly.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,13 +20,23 @@ from tqdm.auto import tqdm
 
 from namm.atomic_io import atomic_write_json
 from namm.engine import EngineConfig
+from namm.errors import CorruptFileError
 from namm.models import LoadedModel
+from namm.read_back import finite_number, read_json, set_aside
 from tasks.fingerprints import settings_digest
 from tasks.prompts import Tokenizer
 from tasks.runner import Generator, PreparedTask, run_task
 from tasks.settings import TaskSettings
 
 PREFIX = "lb/"
+REFERENCE_FIX = "delete the file (its scores are recomputed) or restore it"
+
+
+def _reference_score(value: Any, path: Path, field: str) -> float:
+    score = finite_number(value, path, field, REFERENCE_FIX)
+    if not 0.0 <= score <= 1.0:
+        raise CorruptFileError(f"{path}: field {field} is {score}; a reference score lies in [0, 1]; {REFERENCE_FIX}")
+    return score
 
 
 def default_reference_dir() -> Path:
@@ -43,17 +52,27 @@ class ReferenceScores:
 
     @classmethod
     def load(cls, path: str | Path) -> ReferenceScores:
+        """Read and check a reference file: every score a finite number in [0, 1] (raises CorruptFileError)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Reference score file {path} not found.")
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_json(path, REFERENCE_FIX)
         if (
-            isinstance(raw, list) and len(raw) == 1
+            isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], dict)
         ):  # evo-memory's aggregate form: [{..., "performance_per_request": ...}]
             raw = raw[0].get("performance_per_request", raw[0])
-        if not isinstance(raw, dict) or not all(isinstance(v, dict) for k, v in raw.items() if k.startswith(PREFIX)):
-            raise ValueError(f'{path}: expected {{"lb/<task>": {{"<index>": score}}}}.')
-        return cls({k: {i: float(s) for i, s in v.items()} for k, v in raw.items() if k.startswith(PREFIX)})
+        if not isinstance(raw, dict):
+            raise CorruptFileError(f'{path}: expected {{"lb/<task>": {{"<index>": score}}}}; {REFERENCE_FIX}')
+        scores: dict[str, dict[str, float]] = {}
+        for task, by_index in raw.items():
+            if not task.startswith(PREFIX):
+                continue
+            if not isinstance(by_index, dict):
+                raise CorruptFileError(f"{path}: field {task!r} must map sample indices to scores; {REFERENCE_FIX}")
+            scores[task] = {
+                index: _reference_score(score, path, f"{task}.{index}") for index, score in by_index.items()
+            }
+        return cls(scores)
 
     def save(self, path: str | Path) -> None:
         atomic_write_json(Path(path), self.scores)
@@ -121,8 +140,15 @@ class ReferenceCache:
         return Path(self.root) / model / f"{settings.task}-{self.key(settings)}.json"
 
     def load(self, settings: TaskSettings) -> ReferenceScores:
+        """The cached scores; a corrupt file (unparsable, NaN, out of range) is set aside and starts afresh."""
         path = self.path(settings)
-        return ReferenceScores.load(path) if path.is_file() else ReferenceScores()
+        if not path.is_file():
+            return ReferenceScores()
+        try:
+            return ReferenceScores.load(path)
+        except CorruptFileError as error:
+            set_aside(path, str(error))
+            return ReferenceScores()
 
     def save(self, settings: TaskSettings, scores: ReferenceScores) -> None:
         """Merge `scores` into what is on disk (another run may have added samples) and write atomically."""

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from statistics import mean
 
 from tasks.longbench import CATEGORIES, LONGBENCH_TASKS, SUITES
-from tasks.metrics import METRICS, CodeSimBackend
+from tasks.metrics import BINARY_METRICS, METRICS, CodeSimBackend
 from tasks.spec import Sample, TaskSpec
 
 
@@ -26,6 +26,14 @@ def score_prediction(
     if spec.answers_all_required:
         return metric(text, sample.answers, **kwargs)
     return max([0.0, *(metric(text, answer, **kwargs) for answer in sample.answers)])
+
+
+def scores_are_binary(spec: TaskSpec, samples: Sequence[Sample]) -> bool:
+    """Whether every sample score of this task is 0 or 1, by its metric (not by looking at scores): a binary
+    metric applied to one answer at a time (the best of them), or to a single required answer."""
+    if spec.metric not in BINARY_METRICS:
+        return False
+    return not spec.answers_all_required or all(len(sample.answers) == 1 for sample in samples)
 
 
 def task_score(sample_scores: Sequence[float]) -> float:

@@ -20,6 +20,7 @@ class TaskSpec:
     stop_on_newline: bool = False  # stop decoding at the newline token (samsum)
     first_line_cut: bool = False  # score only the first line of the prediction (few-shot tasks)
     answers_all_required: bool = False  # True: metric(prediction, all answers); False: max over answers
+    answer_joiner: str = ", "  # how a correct answer lists all required answers (evo.signal=answer_likelihood)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -36,3 +37,5 @@ class Sample:
     all_classes: tuple[str, ...] | None = None
     length: int | None = None  # LongBench's `length` field (words, or chars for zh): LongBench-E buckets
     truncated: bool = False  # the prompt was middle-truncated to the token budget
+    answer_spans: tuple[tuple[int, int], ...] | None = None  # [first, end) tokens of the gold answer in the
+    # prompt, where the task knows them (synthetic tasks); None: unknown

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from namm.errors import ConfigError
 from tasks.config import TaskConfig
-from tasks.longbench_data import HUB_ARCHIVE, HUB_REPO, load_longbench
+from tasks.longbench_data import HUB_ARCHIVE, HUB_REPO, LongBenchLineError, load_longbench
 from tasks.synthetic import SYNTHETIC_TASKS
 
 
@@ -24,6 +24,10 @@ def check_task_data(config: TaskConfig) -> dict[str, int]:
             continue
         try:
             records, _ = load_longbench(name, config.data_dir, config.cache_dir)
+        except LongBenchLineError as error:  # the data is there, one line is bad: that line is the whole story
+            raise LongBenchLineError(
+                f"task {name!r}: {error} Fix or remove that line (sample indices follow the line order)."
+            ) from None
         except Exception as error:  # a missing file, a bad record or no network: same remedy, cause chained
             where = f"task.data_dir={config.data_dir}" if config.data_dir else "the hub (task.data_dir=null)"
             raise TaskDataError(

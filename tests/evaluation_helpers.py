@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from namm.evolution.checkpoint import FORMAT_VERSION, save_checkpoint
+from namm.evolution.checkpoint import TrainingCheckpoint, save_checkpoint
 from namm.network.config import NAMMConfig
 from namm.network.parameters import param_count
 from tasks.evaluation import register_configs
@@ -51,21 +51,20 @@ def write_checkpoint(
     generation: int = 3,
 ) -> Path:
     """A checkpoint as the trainer writes it (same writer, required keys), holding `parameters`."""
-    state = {
-        "format_version": FORMAT_VERSION,
-        "generation": generation,
-        "center": parameters.clone() * 0.5,  # differs from best_params, so tests see which one is used
-        "sigma": 0.065,
-        "best_params": parameters.clone(),
-        "best_validation_fitness": 0.5,
-        "config": {"model": {"name": model}, "namm": namm or NAMMConfig().to_dict(), "engine": None},
-        "searcher_state": {},
-        "rng_state": {},
-        "normalisation_state": {},
-        "wandb_run_id": None,
-        "versions": {},
-    }
-    save_checkpoint(state, path)
+    record = TrainingCheckpoint(
+        generation=generation,
+        center=parameters.clone() * 0.5,  # differs from best_params, so tests see which one is used
+        sigma=0.065,
+        best_params=parameters.clone(),
+        best_validation_fitness=0.5,
+        config={"model": {"name": model}, "namm": namm or NAMMConfig().to_dict(), "engine": None},
+        searcher_state={},
+        rng_state={},
+        normalisation_state={},
+        wandb_run_id=None,
+        versions={},
+    )
+    save_checkpoint(record, path)
     return path
 
 
@@ -87,15 +86,14 @@ VAR = [2.0 + bin for bin in range(17)]
 
 def training_run(run_dir: Path, parameters: torch.Tensor) -> Path:
     """A run directory as the trainer leaves it: best.pt with calibrated statistics, and metrics.jsonl."""
-    state = {
-        "format_version": FORMAT_VERSION,
-        "generation": 6,
-        "best_generation": 4,
-        "center": parameters * 0.5,
-        "sigma": 0.065,
-        "best_params": parameters,
-        "best_validation_fitness": 0.75,
-        "config": {
+    record = TrainingCheckpoint(
+        generation=6,
+        best_generation=4,
+        center=parameters * 0.5,
+        sigma=0.065,
+        best_params=parameters,
+        best_validation_fitness=0.75,
+        config={
             "model": {"name": "tiny-llama"},
             "task": {"tasks": ["passkey"], "context_length": 400},
             "namm": NAMMConfig().to_dict(),
@@ -103,18 +101,18 @@ def training_run(run_dir: Path, parameters: torch.Tensor) -> Path:
             "evo": {"searcher": "cmaes_separable", "popsize": 4, "reference_floor": 1.0},
             "seed": 3,
         },
-        "searcher_state": {},
-        "rng_state": {},
-        "normalisation_state": {
+        searcher_state={},
+        rng_state={},
+        normalisation_state={
             "count": torch.tensor(500.0, dtype=torch.float64),
             "mean": torch.tensor(MEAN, dtype=torch.float64),
             "var": torch.tensor(VAR, dtype=torch.float64),
         },
-        "wandb_run_id": None,
-        "versions": {},
-    }
+        wandb_run_id=None,
+        versions={},
+    )
     run_dir.mkdir(parents=True)
-    save_checkpoint(state, run_dir / "best.pt")
+    save_checkpoint(record, run_dir / "best.pt")
     records = [
         {"generation": 4, "validation/fitness": 0.75, "validation/retained_ratio": 0.61, "validation/passkey/score": 50.0,
          "validation/passkey/reference": 66.7},

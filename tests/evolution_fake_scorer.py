@@ -4,7 +4,8 @@ Task scores are quadratics of the parameters plus noise seeded by (seed, split, 
 run with the same seed sees the same numbers, and an evolution strategy can make progress. Options
 under `cfg.scorer` inject failures; `trace_dir` records which processes built and used a scorer. The
 environment variable FAKE_SCORER_INTERRUPT_AT=<generation> simulates a kill (outside the config, so
-the resumed run has the same config as the killed one).
+the resumed run has the same config as the killed one); FAKE_SCORER_PAUSE_AT=<generation>:<file> makes it
+touch <file> and wait there forever, so a test can act while a run is alive (and then kill it).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
+from namm.errors import ConfigError
 from namm.evolution.scoring import CandidateScores, PromptRecord
 
 TASKS = ("alpha", "beta")
@@ -25,15 +28,27 @@ NUM_LAYERS = 3
 PROMPTS_PER_TASK = 2
 
 
-def fake_param_count(cfg: DictConfig) -> int:
-    return int(cfg.scorer.dimension)
-
-
-def build_fake_scorer(cfg: DictConfig) -> FakeScorer:
-    return FakeScorer(cfg)
-
-
 class FakeScorer:
+    """A `ScorerFactory` (the class) and a `CandidateScorer` (its instances), like tasks.evolution_scorer.TaskScorer."""
+
+    former_targets: tuple[str, ...] = ()
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        pass  # no model or task settings to check
+
+    @classmethod
+    def solution_length(cls, cfg: DictConfig) -> int:
+        return int(cfg.scorer.dimension)
+
+    @classmethod
+    def initial_centre(cls, cfg: DictConfig, init: str, margin: float) -> torch.Tensor:
+        if init != "zeros":
+            raise ConfigError(
+                f"evo.init={init} needs a NAMM read-out bias; the fake scorer has none: use evo.init=zeros"
+            )
+        return torch.zeros(cls.solution_length(cfg))
+
     def __init__(self, cfg: DictConfig) -> None:
         options = cfg.scorer
         self.param_count = int(options.dimension)
@@ -42,6 +57,8 @@ class FakeScorer:
         self.nan_candidate = options.get("nan_candidate")  # index within every batch call
         interrupt_at = os.environ.get("FAKE_SCORER_INTERRUPT_AT")
         self.interrupt_at = int(interrupt_at) if interrupt_at else None
+        pause_at = os.environ.get("FAKE_SCORER_PAUSE_AT")
+        self.pause_at = (int(pause_at.split(":", 1)[0]), Path(pause_at.split(":", 1)[1])) if pause_at else None
         self.targets = {task: torch.linspace(-0.5, 0.5, self.param_count) * (i + 1) for i, task in enumerate(TASKS)}
         self.calibration: torch.Tensor | None = None
         self._unpicklable = threading.Lock()  # like a loaded model: must never travel to another process
@@ -63,6 +80,10 @@ class FakeScorer:
     ) -> CandidateScores:
         if self.interrupt_at is not None and generation == self.interrupt_at and split == "train":
             raise KeyboardInterrupt(f"fake kill at generation {generation}")
+        if self.pause_at is not None and generation == self.pause_at[0] and split == "train":
+            self.pause_at[1].touch()
+            while True:  # until the test kills this process
+                time.sleep(1)
         if self.raise_above is not None and bool((parameters[:, 0] > self.raise_above).any()):
             raise ValueError(f"fake failure: a first parameter above {self.raise_above}")
         if self.trace_dir:
@@ -88,11 +109,8 @@ class FakeScorer:
             )
         return CandidateScores.from_prompts(records)
 
-    def missing_references(self, prompts: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    def reference_batches(self, generations: list[int]) -> list[list[tuple[str, int]]]:
         return []  # the fake's references are part of its noise
-
-    def reference_batches(self, prompts: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
-        return [[prompt] for prompt in prompts]
 
     def compute_references(self, prompts: list[tuple[str, int]]) -> dict[tuple[str, int], float]:
         return {}
@@ -118,9 +136,7 @@ class FakeScorer:
 def fake_scorer_node(**options: Any) -> dict[str, Any]:
     """The `scorer` config node that selects this fake (importable by Ray actors when tests/ is on PYTHONPATH)."""
     return {
-        "_target_": f"{__name__}.build_fake_scorer",
-        "param_count_target": f"{__name__}.fake_param_count",
-        "check_target": None,  # no model or task settings to check
+        "_target_": f"{__name__}.FakeScorer",
         "dimension": 6,
         **options,
     }

@@ -8,7 +8,7 @@ from engine_helpers import EvictFixedPositions, physically_removed_generate, pla
 
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
 from namm.models import ModelConfig, load_model
-from namm.policies import Budget, PolicyConfig, available_policies, build_policy
+from namm.policies import Budget, PolicyConfig, available_policies, build_policy, policy_class
 
 TINY_MODELS = ["tiny-llama", "tiny-qwen2", "tiny-mistral"]
 
@@ -38,7 +38,9 @@ def test_every_baseline_runs_batched_equal_to_one_by_one(tiny, mode):
     model = tiny.model
     prompts = [*random_prompts([70, 45], model.config.vocab_size, seed=1), [7] * 70, [9, 9, 9, 5] * 25]
     free = GenerationSettings(max_new_tokens=12, stop_on_eos=False)
-    names = [name for name in available_policies() if name != "namm"]  # the NAMM's own test: test_namm_policy
+    # the NAMM has its own test (test_namm_policy); a post-prefill-only policy (kvzip) is refused here and has its
+    # batched test under schedule=post_prefill (test_engine_post_prefill)
+    names = [name for name in available_policies() if name != "namm" and policy_class(name).runs_during_prefill]
     for name in names:
         engine = MemoryEngine(model, build_policy(PolicyConfig(name=name, budget_ratio=0.5)), EngineConfig(32, mode))
         stop = engine.generate(prompts[:1], free)[0].token_ids[3]

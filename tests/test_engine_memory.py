@@ -42,6 +42,28 @@ def test_streaming_memory_matches_hand_count(llama):
     assert memory.batch_overhead_bytes.peak > memory.batch_overhead_bytes.final  # compaction's gathered copies
 
 
+@pytest.mark.parametrize("at_prefill_end", [False, True])
+def test_end_of_prompt_ratio_matches_hand_count_and_ignores_the_answer(llama, at_prefill_end):
+    # interval 16, 10 tokens kept per head: a 40-token prompt is updated at 16 and 32 and keeps 10 + its 8-token
+    # tail once it is in (18 / 40); a 37-token one 10 + 5 (15 / 37). Updating at the prefill's end leaves 10.
+    # Generated tokens then raise the end-of-generation ratio, never the end-of-prompt one.
+    engine = MemoryEngine(
+        llama,
+        build_policy(PolicyConfig(name="streaming", budget_tokens=10)),
+        EngineConfig(16, update_at_prefill_end=at_prefill_end),
+    )
+    prompts = random_prompts([40, 37], llama.config.vocab_size, seed=4)
+    settings = GenerationSettings(max_new_tokens=12, stop_on_eos=False)
+    together = engine.generate(prompts, settings)
+    expected = [10 / 40, 10 / 37] if at_prefill_end else [18 / 40, 15 / 37]
+    assert [result.prompt_retained_ratio for result in together] == pytest.approx(expected, rel=1e-12)
+    for prompt, result in zip(prompts, together):
+        assert engine.generate([prompt], settings)[0].prompt_retained_ratio == result.prompt_retained_ratio
+        assert result.retained_ratio != result.prompt_retained_ratio  # the answer's tokens moved the final ratio
+    full = MemoryEngine(llama, build_policy(PolicyConfig(name="full")), EngineConfig(16))
+    assert [r.prompt_retained_ratio for r in full.generate(prompts, settings)] == [1.0, 1.0]
+
+
 def test_full_cache_allocates_the_whole_run_once(llama):
     engine = MemoryEngine(llama, build_policy(PolicyConfig(name="full")), EngineConfig(16))
     prompts = random_prompts([40, 25], llama.config.vocab_size, seed=5)

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import ClassVar
 
 import pytest
 import torch
-from engine_helpers import left_padded, random_prompts
+from engine_helpers import random_prompts
 
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
-from namm.generate import MemoryManagedCache
 from namm.models import ModelConfig, load_model
-from namm.policies import Budget, PolicyConfig, build_policy
+from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
-from namm.policies.streaming import StreamingPolicy
 
 # every way a tensor's value reaches the host (each waits for the device on an accelerator)
 HOST_READS = ("tolist", "item", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy", "nonzero")
@@ -78,32 +74,6 @@ def test_update_at_prefill_end_compresses_short_prompts_and_the_tail(llama):
     assert [r.update_positions for r in off] == [[], [32]]
     assert off[0].retained_ratio == 1.0
     assert EngineConfig().update_at_prefill_end is False  # the documented default
-
-
-@dataclass(eq=False)
-class PostPrefillStreaming(StreamingPolicy):
-    """Streaming that waits for the whole prompt (as a post-prefill compressor does)."""
-
-    runs_during_prefill: ClassVar[bool] = False
-
-
-def test_a_post_prefill_policy_first_updates_when_the_prompt_is_in_then_at_decoding_boundaries(llama):
-    # interval 16, 14 new tokens (13 fed back): prompt 20 -> updates at 20 and 32; 40 -> 40, 48; 70 -> 70, 80.
-    # The same policy run during prefill also updates at every boundary inside the prompt.
-    prompts = random_prompts([20, 40, 70], llama.config.vocab_size, seed=10)
-    settings = GenerationSettings(max_new_tokens=14, stop_on_eos=False)
-    config = EngineConfig(16, update_at_prefill_end=True)
-    post = MemoryEngine(llama, PostPrefillStreaming(budget=Budget(tokens=10)), config).generate(prompts, settings)
-    during = MemoryEngine(llama, StreamingPolicy(budget=Budget(tokens=10)), config).generate(prompts, settings)
-    assert [r.update_positions for r in post] == [[20, 32], [40, 48], [70, 80]]
-    assert [r.update_positions for r in during] == [[16, 20, 32], [16, 32, 40, 48], [16, 32, 48, 64, 70, 80]]
-    ids, mask = left_padded(prompts)  # the same schedule inside transformers' generate()
-    cache = MemoryManagedCache(llama, PostPrefillStreaming(budget=Budget(tokens=10)), config, stop_token_ids=())
-    llama.generate(ids, attention_mask=mask, past_key_values=cache, max_new_tokens=14, do_sample=False,
-                   pad_token_id=0, eos_token_id=None)  # fmt: skip
-    assert [row.update_positions for row in cache.memory()] == [r.update_positions for r in post]
-    with pytest.raises(ValueError, match="only once it is whole: set engine.update_at_prefill_end=true"):
-        MemoryEngine(llama, PostPrefillStreaming(budget=Budget(tokens=10)), EngineConfig(16))
 
 
 def test_update_at_prefill_end_rejects_a_namm_tail_of_partial_frames_before_running(llama):

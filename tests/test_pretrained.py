@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,8 @@ from namm.pretrained import (
 )
 from scripts.export_namm import main as export_main
 from tasks.evaluation.namm_source import load_namm_source
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -55,6 +59,7 @@ def test_the_folder_holds_named_weights_a_complete_config_and_a_card(exported):
         "eviction_mode": "per_layer_max",
         "prefill_chunk": None,
         "update_at_prefill_end": False,
+        "schedule": "prefill",
     }
     assert config["training"]["model"] == {"name": "tiny-llama"} and config["training"]["generation"] == 4
     assert config["training"]["evo"]["reference_floor"] == 1.0
@@ -193,6 +198,98 @@ def test_a_checkpoint_without_validation_exports_without_figures(tmp_path):
     assert artefact.measured == {} and artefact.training["params"] == "center"
     card = (artefact.save_pretrained(tmp_path / "out") / CARD_FILE).read_text()
     assert "No held-out validation was recorded" in card
+
+
+@pytest.mark.parametrize(
+    ("statistic", "value", "message"),
+    [
+        ("mean", float("nan"), r"field 'normalisation_state\['mean'\]' holds a non-finite number"),
+        ("var", -1.0, r"field 'normalisation_state': var\[3\] is -1.0; a variance cannot be negative"),
+    ],
+)
+def test_a_checkpoint_with_unusable_statistics_is_refused_before_any_model(tmp_path, statistic, value, message):
+    """Issue 23: one NaN mean or a variance of -1 loaded and evaluated silently wrong."""
+    from namm.evolution.checkpoint import CheckpointError, content_digest, load_checkpoint, save_checkpoint
+
+    run = training_run(tmp_path / "run", evicting_parameters())
+    record = load_checkpoint(run / "best.pt")
+    record.normalisation_state[statistic][3] = value
+    if statistic == "var":
+        save_checkpoint(record, run / "best.pt")  # finite, so the checkpoint itself is well formed
+    else:
+        payload = record.to_payload()
+        torch.save({**payload, "sha256": content_digest(payload)}, run / "best.pt")
+    with pytest.raises(CheckpointError, match=rf"best.pt: {message}"):
+        PretrainedNAMM.from_checkpoint(run)
+
+
+def _set_first_mean(value):
+    return lambda document: document["normalization"]["mean"].__setitem__(3, value)
+
+
+def _set_first_var(value):
+    return lambda document: document["normalization"]["var"].__setitem__(5, value)
+
+
+CORRUPT_EXPORTS = {
+    "truncated": (lambda folder: _cut(folder / CONFIG_FILE), r"config\.json is not valid JSON .*truncated"),
+    "binary garbage": (
+        lambda folder: (folder / CONFIG_FILE).write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe"),
+        r"config\.json is not a text file",
+    ),
+    "unknown format": (
+        lambda folder: edit_config(folder, lambda d: d.update(format="safetensors-namm")),
+        r"config\.json: field format is 'safetensors-namm'.*export_namm\.py",
+    ),
+    "string in the mean": (
+        lambda folder: edit_config(folder, _set_first_mean("0.5")),
+        r"config\.json: field normalization\.mean\[3\] must be a number, got '0\.5'",
+    ),
+    "training null": (
+        lambda folder: edit_config(folder, lambda d: d.update(training=None)),
+        r"config\.json: field training must be a JSON object, got None",
+    ),
+    "nan mean": (
+        lambda folder: edit_config(folder, _set_first_mean(float("nan"))),
+        r"config\.json: field normalization\.mean\[3\] is nan, not a finite number",
+    ),
+    "negative variance": (
+        lambda folder: edit_config(folder, _set_first_var(-1.0)),
+        r"config\.json: field normalization\.var\[5\] is -1\.0; a variance cannot be negative",
+    ),
+    "garbage weights": (
+        lambda folder: (folder / WEIGHTS_FILE).write_bytes(b"\x00\xff" * 64),
+        r"model\.safetensors could not be read",
+    ),
+}
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+@pytest.mark.parametrize("damage, message", CORRUPT_EXPORTS.values(), ids=CORRUPT_EXPORTS.keys())
+def test_a_damaged_export_is_refused_naming_the_file_and_the_field(exported, damage, message):
+    """Never a silently wrong NAMM: a NaN mean or a negative variance would make its features NaN."""
+    damage(exported)
+    with pytest.raises(PretrainedNAMMError, match=message):
+        load_namm_source(exported, "best", None)  # how evaluate.py reads checkpoint=<folder>
+
+
+def test_evaluate_py_refuses_a_damaged_export_without_a_traceback(exported, tmp_path):
+    edit_config(exported, _set_first_var(-1.0))
+    command = [
+        sys.executable,
+        str(ROOT / "evaluate.py"),
+        "model=tiny-llama",
+        f"checkpoint={exported}",
+        "compare=[namm]",
+        f"out_dir={tmp_path / 'eval'}",
+    ]
+    done = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert f"{exported / CONFIG_FILE}: field normalization.var[5] is -1.0" in done.stderr
 
 
 def test_the_committed_cpu_memory_checkpoint_and_its_export_load_with_their_budget_keys(tmp_path):

@@ -1,14 +1,19 @@
 """LongBench loading: line order, the 8-field record, and loud errors for anything malformed."""
 
 import json
+import re
+import shutil
 import zipfile
 
 import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
 from test_tasks_support import FIXTURES
 
+from namm.errors import ConfigError
 from tasks import longbench_data
+from tasks.config import TaskConfig
 from tasks.longbench_data import RECORD_FIELDS, load_longbench, longbench_dataset, read_records
+from tasks.task_data import check_task_data
 
 
 def test_fixtures_have_exactly_the_eight_fields():
@@ -131,3 +136,13 @@ def test_streaming_gives_the_same_rows_without_a_cache(tmp_path):
 def test_bad_lines_keep_their_message_through_datasets(tmp_path, name, message):
     with pytest.raises(ValueError, match=message):
         longbench_dataset(name, FIXTURES / "broken", tmp_path / "cache")
+
+
+def test_a_malformed_line_is_named_without_calling_the_task_data_missing(tmp_path):
+    """The file is there, one line is bad: the message is that line, not "no data, download data.zip"."""
+    shutil.copy(FIXTURES / "broken" / "malformed.jsonl", tmp_path / "qasper.jsonl")
+    with pytest.raises(ConfigError) as caught:
+        check_task_data(TaskConfig(tasks=["qasper"], data_dir=str(tmp_path)))
+    message = str(caught.value)
+    assert re.search(r"qasper\.jsonl, line 3: malformed JSON", message) and "Fix or remove that line" in message
+    assert "has no data" not in message and "data.zip" not in message and "download" not in message

@@ -129,3 +129,39 @@ def test_smollm2_lengths_within_one_percent(smollm2_builder, name, length):
     samples = generate(name, smollm2_builder, num_samples=4, context_length=length)
     assert all(abs(len(s.prompt_ids) - length) <= 0.01 * length for s in samples)
     assert samples == generate(name, smollm2_builder, num_samples=4, context_length=length)
+
+
+@pytest.mark.parametrize("name", sorted(SYNTHETIC_TASKS))
+def test_answer_spans_cover_every_answer_in_the_prompt(name):
+    for sample in generate(name, context_length=1500):
+        assert sample.answer_spans
+        covered = ["".join(TOKENIZER.decode(list(sample.prompt_ids[a:b])).split()) for a, b in sample.answer_spans]
+        assert all(any(answer in piece for piece in covered) for answer in sample.answers)
+        assert all(b - a <= max(len(answer) for answer in sample.answers) for a, b in sample.answer_spans)
+
+
+def test_answer_token_spans_hand_checked():
+    from tasks.answer_spans import answer_token_spans
+
+    ids = TOKENIZER.encode("ab 12 c 12 x1 2", add_special_tokens=False)  # one token per character
+    assert answer_token_spans(ids, ["12"], TOKENIZER) == ((3, 5), (8, 10), (12, 15))  # "1 2" spans a space
+    assert answer_token_spans(ids, ["zz", ""], TOKENIZER) == ()
+    assert answer_token_spans(ids, ["c 12", "12"], TOKENIZER) == ((3, 5), (6, 10), (12, 15))  # overlaps merged
+
+
+def test_prose_haystack_never_repeats_a_sentence_and_hides_an_ordinary_sentence_needle():
+    [sample] = generate("niah_prose", RAW, num_samples=1, context_length=3000)
+    body = text(sample).removeprefix("<s>")
+    story = body.split("\n")[1]
+    sentences = [s for s in re.split(r"(?<=\.) ", story) if s.endswith(".")]
+    assert len(sentences) > 30 and len(set(sentences)) == len(sentences)  # varied: no filler sentence repeats
+    (value,) = sample.answers
+    needle = [s for s in sentences if value in s]
+    assert len(needle) == 1 and re.fullmatch(r"The code written on the [a-z]+ [a-z]+ was \d{7}\.", needle[0])
+    key = needle[0].removeprefix("The code written on the ").split(" was ")[0]
+    assert body.endswith(f"What was the code written on the {key}? The code written on the {key} was")
+    assert "special magic" not in body and "grass" not in body
+    assert sum(bool(re.search(r"\d", s)) for s in sentences) > 3  # the needle is not the only one with digits
+    # the same draws in the niah_single layout with haystack=prose: the option and the task agree
+    [option] = generate("niah_single", RAW, num_samples=1, context_length=3000, haystack="prose")
+    assert "The code written on the " in text(option) and "special magic" not in text(option)

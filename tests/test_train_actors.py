@@ -41,5 +41,5 @@ def test_two_actors_match_local_scoring(tmp_path, monkeypatch):
         assert len({path.name.split("-")[1] for path in trace.glob(f"scored-*-validation-{generation}-1")}) == 2
     assert len(list(trace.glob("calibrated-*"))) == 1  # calibrated once, its statistics sent to the other actor
     a, b = load_checkpoint(local / LATEST), load_checkpoint(distributed / LATEST)
-    assert a["center"].equal(b["center"]) and a["sigma"].equal(b["sigma"])
+    assert a.center.equal(b.center) and a.sigma.equal(b.sigma)
     assert records(local) == records(distributed)

@@ -45,7 +45,7 @@ def assert_same_state(a, b):
         "rng_state",
         "normalisation_state",
     ):
-        assert identical(a[key], b[key]), key
+        assert identical(getattr(a, key), getattr(b, key)), key
 
 
 @pytest.mark.parametrize("searcher", ["cmaes_separable", "pgpe"])
@@ -58,7 +58,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path, monkeypatch, searcher):
     monkeypatch.setenv("FAKE_SCORER_INTERRUPT_AT", "3")
     with pytest.raises(KeyboardInterrupt):
         train(fake_train_config(killed, evo=evo))
-    assert load_checkpoint(killed / LATEST)["generation"] == 2
+    assert load_checkpoint(killed / LATEST).generation == 2
     monkeypatch.delenv("FAKE_SCORER_INTERRUPT_AT")
     train(fake_train_config(killed, evo=evo, resume="auto"))
 
@@ -135,13 +135,13 @@ def test_outputs_metrics_plot_and_checkpoints(tmp_path, capsys):
     assert first["fitness/worst"] <= first["fitness/mean"] <= first["fitness/best"]
     assert (run_dir / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     latest = load_checkpoint(run_dir / LATEST)
-    assert latest["generation"] == 3 and latest["center"].shape == (6,)
-    assert latest["config"]["evo"]["searcher"] == "cmaes_separable"
-    assert set(latest["versions"]) >= {"torch", "evotorch", "python"}
+    assert latest.generation == 3 and latest.center.shape == (6,)
+    assert latest.config["evo"]["searcher"] == "cmaes_separable"
+    assert set(latest.versions) >= {"torch", "evotorch", "python"}
     assert (run_dir / LATEST).stat().st_size < 100_000  # no model weights
     best = load_checkpoint(run_dir / BEST)
-    assert best["best_validation_fitness"] == max(r["validation/fitness"] for r in lines if "validation/fitness" in r)
-    assert torch.equal(best["best_params"], best["center"])
+    assert best.best_validation_fitness == max(r["validation/fitness"] for r in lines if "validation/fitness" in r)
+    assert torch.equal(best.best_params, best.center)
     out = capsys.readouterr().out
     assert f"python evaluate.py checkpoint={run_dir}" in out and str(run_dir / "metrics.jsonl") in out
 
@@ -167,7 +167,7 @@ def test_slurm_requeue_implies_resume(tmp_path, monkeypatch):
 def test_init_from_starts_at_the_saved_centre(tmp_path):
     first = tmp_path / "stage1"
     train(fake_train_config(first, evo={"generations": 2}))
-    centre = load_checkpoint(first / BEST)["best_params"]
+    centre = load_checkpoint(first / BEST).best_params
     second = tmp_path / "stage2"
     # another searcher and a tiny step size: every first-generation candidate sits on the saved centre
     train(fake_train_config(second, init_from=str(first), evo={"searcher": "snes", "sigma": 1e-7, "generations": 1}))
@@ -237,7 +237,7 @@ def test_the_memory_weight_steers_the_search_towards_keeping_less(tmp_path):
     train(fake_train_config(tmp_path / "score", evo=evo))
     train(fake_train_config(tmp_path / "memory", evo={**evo, "objective": "memory_penalty", "memory_weight": 4.0}))
     plain, penalised = (load_checkpoint(tmp_path / name / LATEST) for name in ("score", "memory"))
-    assert float(penalised["center"].mean()) < float(plain["center"].mean()) - 0.05
+    assert float(penalised.center.mean()) < float(plain.center.mean()) - 0.05
     lines = [json.loads(line) for line in (tmp_path / "memory" / "metrics.jsonl").read_text().splitlines()]
     assert {line["objective"] for line in lines if "fitness/mean" in line} == {"memory_penalty"}
     last = lines[-1]  # fitness = normalised score - 4 x retained ratio, for the population's mean

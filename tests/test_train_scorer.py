@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -14,8 +15,9 @@ from hydra import compose, initialize_config_dir
 from sweep_helpers import run_multirun
 
 from namm.engine import EngineConfig
+from namm.evolution.checkpoint import load_checkpoint, read_provenance
 from namm.evolution.config import register_configs
-from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores, initial_centre
+from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores
 from namm.models import ModelConfig
 from namm.network.config import NAMMConfig
 from namm.row_batches import RowBatches
@@ -62,6 +64,17 @@ def test_splits_are_disjoint_and_training_draws_are_seeded(scorer):
     assert len({tuple(draw) for draw in draws}) > 1
 
 
+def test_the_scorer_records_its_training_pool_and_validation_prompts(scorer):
+    task = scorer.tasks[0]
+    by_split = {entry["split"]: entry for entry in scorer.prompt_provenance()["prompts"]}
+    train, validation = by_split[TRAIN_SPLIT]["indices"], by_split[VALIDATION_SPLIT]["indices"]
+    assert validation == scorer.indices(task, VALIDATION_SPLIT, 0) and not set(train) & set(validation)
+    assert set(train) | set(validation) == set(range(6))  # the whole pool a generation may draw from
+    assert by_split[TRAIN_SPLIT]["seed"] == 42 and by_split[TRAIN_SPLIT]["task"] == "passkey"
+    expected = [hashlib.sha256(json.dumps(list(task.samples[i].prompt_ids)).encode()).hexdigest()[:16] for i in train]
+    assert by_split[TRAIN_SPLIT]["prompt_sha"] == expected
+
+
 def test_population_rows_equal_each_candidate_alone_and_zero_keeps_everything(scorer):
     task = scorer.tasks[0]
     index = scorer.indices(task, TRAIN_SPLIT, 0)[0]
@@ -104,6 +117,11 @@ def test_train_py_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert [line["generation"] for line in lines if "fitness/mean" in line] == [1, 2]
     assert (run / "latest.pt").is_file() and (run / "best.pt").is_file()
     assert "python evaluate.py checkpoint=" in done.stdout
+    provenance = read_provenance(load_checkpoint(run / "latest.pt"))
+    assert {(entry["split"], len(entry["indices"])) for entry in provenance["prompts"]} == {
+        ("train", 4),
+        ("validation", 2),
+    }
     # references: computed once before generation 1 (the start's validation, 2 draws of 1 prompt), one file
     computed = re.search(r"computed (\d+) full-cache reference scores; every worker uses them", done.stdout)
     assert computed is not None, done.stdout[-3000:]
@@ -125,11 +143,13 @@ def assert_identical(a, b) -> None:
 
 
 @pytest.mark.slow
-def test_scores_do_not_depend_on_how_the_population_or_the_prompts_are_split(tmp_path, monkeypatch, caplog):
-    """8 prompts: a float32 mean over prompts (the old aggregation) changed the last bit with the split."""
+@pytest.mark.parametrize("signal", ["task_metric", "answer_likelihood"])
+def test_scores_do_not_depend_on_how_the_population_or_the_prompts_are_split(tmp_path, monkeypatch, caplog, signal):
+    """8 prompts: a float32 mean over prompts (the old aggregation) changed the last bit with the split. The
+    likelihood signal is a float per candidate: splitting the population must not move its last bit."""
     monkeypatch.setenv("NAMM_REFERENCE_CACHE", str(tmp_path / "references"))
     extra = ["task.num_samples=12", "task.context_length=300", "evo.prompts_per_task=8", "evo.validation_prompts=3"]
-    cfg = tiny_config(tmp_path, *extra)
+    cfg = tiny_config(tmp_path, *extra, f"evo.signal={signal}")
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(cfg)
@@ -146,6 +166,8 @@ def test_scores_do_not_depend_on_how_the_population_or_the_prompts_are_split(tmp
 
     scorer.row_batches = RowBatches(max_rows=2)  # micro-batches of 2, 2 and 1 rows
     assert_identical(whole, scorer.score(population, TRAIN_SPLIT, 1))
+    if signal == "answer_likelihood":  # one row per forward: no micro-batches to halve
+        return
 
     generate = scorer.engine.generate  # an injected out-of-memory error above 3 rows halves the batch
 
@@ -206,8 +228,8 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"(?s)task 'qasper' has no data from the hub.*data\.zip.*task\.data_dir="):
         train(cfg)
     with pytest.raises(ConfigError, match="too few samples for 2 validation prompts"):  # the fixture has 2 lines
-        evolution_scorer.check_inputs(tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}"))
-    evolution_scorer.check_inputs(
+        evolution_scorer.TaskScorer.check_config(tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}"))
+    evolution_scorer.TaskScorer.check_config(
         tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}", "evo.validation_prompts=1")
     )
 
@@ -220,6 +242,11 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
         ("+engine.interval=64", "engine.interval: Key 'interval' not in 'EngineConfig'"),
         ("model.device=tpu", "model.device='tpu' is not a device"),
         ("engine.update_interval=100", "not a multiple of the NAMM's hop"),
+        (
+            "task.context_length=5000",
+            r"task.context_length=5000 \+ \d+ new tokens exceeds tiny-llama's max_context 4096",
+        ),
+        ("model.max_context=500", r"task.context_length=600 \+ \d+ new tokens exceeds tiny-llama's max_context 500"),
     ],
 )
 def test_bad_settings_are_config_errors_as_in_evaluate(tmp_path, override, message):
@@ -228,7 +255,26 @@ def test_bad_settings_are_config_errors_as_in_evaluate(tmp_path, override, messa
     from tasks import evolution_scorer
 
     with pytest.raises(ConfigError, match=message):
-        evolution_scorer.check_inputs(tiny_config(tmp_path, override))
+        evolution_scorer.TaskScorer.check_config(tiny_config(tmp_path, override))
+
+
+def test_a_longbench_budget_the_model_would_cut_further_fails_before_it_loads(tmp_path, monkeypatch):
+    """task.max_prompt_tokens=2000 on a 300-token model: refused with the size prompts would really get."""
+    from namm.evolution.config import ConfigError
+    from namm.evolution.trainer import train
+    from tasks import evolution_scorer
+
+    monkeypatch.setattr(evolution_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
+    overrides = ["task=qasper", f"task.data_dir={FIXTURES}", "task.max_prompt_tokens=2000", "model.max_context=300"]
+    cfg = tiny_config(tmp_path, *overrides, "evo.validation_prompts=1")
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    with pytest.raises(ConfigError, match=r"qasper: task.max_prompt_tokens=2000 .* would be cut to 172 tokens"):
+        train(cfg)
 
 
 def test_the_typed_scorer_config_is_what_the_run_config_says(tmp_path):
@@ -249,9 +295,10 @@ def test_the_typed_scorer_config_is_what_the_run_config_says(tmp_path):
 
 def test_keep_all_centre_keeps_everything_and_its_mirror_evicts(scorer, tmp_path):
     cfg = tiny_config(tmp_path)
-    centre = initial_centre_keep_all(cfg, scorer.param_count)
+    centre = initial_centre_keep_all(cfg)
+    assert centre.shape == (scorer.param_count,) == (TaskScorer.solution_length(cfg),)
     assert torch.count_nonzero(centre) == 1 and float(centre.max()) == pytest.approx(0.2)  # the read-out bias
-    assert torch.equal(initial_centre(cfg, scorer.param_count, "zeros", 0.2), torch.zeros(scorer.param_count))
+    assert torch.equal(TaskScorer.initial_centre(cfg, "zeros", 0.2), torch.zeros(scorer.param_count))
     task = scorer.tasks[0]
     index = scorer.indices(task, TRAIN_SPLIT, 0)[0]
     scorer._calibrate()
@@ -268,7 +315,7 @@ def test_budgeted_training_never_exceeds_its_budget(tmp_path, monkeypatch):
     task = budgeted.tasks[0]
     index = budgeted.indices(task, TRAIN_SPLIT, 0)[0]
     population = torch.randn(3, budgeted.param_count, generator=torch.Generator().manual_seed(1))
-    population[0] = initial_centre_keep_all(cfg, budgeted.param_count)  # would keep everything without a budget
+    population[0] = initial_centre_keep_all(cfg)  # would keep everything without a budget
     results, _ = budgeted._run_population(task, index, population)
     for result in results:
         assert result.cache_sizes
@@ -278,8 +325,8 @@ def test_budgeted_training_never_exceeds_its_budget(tmp_path, monkeypatch):
         assert result.retained_ratio < 0.6
 
 
-def initial_centre_keep_all(cfg, count: int) -> torch.Tensor:
-    return initial_centre(cfg, count, "keep_all", 0.2)
+def initial_centre_keep_all(cfg) -> torch.Tensor:
+    return TaskScorer.initial_centre(cfg, "keep_all", 0.2)
 
 
 def test_the_objective_and_the_budget_must_agree(tmp_path):

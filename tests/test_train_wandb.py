@@ -47,17 +47,17 @@ def test_disabled_writes_no_wandb_files(no_credentials, tmp_path):
     run_dir = tmp_path / "run"
     train(fake_train_config(run_dir, evo={"generations": 1}))
     assert not (run_dir / "wandb").exists()
-    assert load_checkpoint(run_dir / LATEST)["wandb_run_id"] is None
+    assert load_checkpoint(run_dir / LATEST).wandb_run_id is None
 
 
 def test_offline_run_is_resumed_with_the_same_id(no_credentials, tmp_path):
     run_dir = tmp_path / "run"
     logger = {"mode": "online"}  # no credentials: falls back to offline
     train(fake_train_config(run_dir, logger=logger, evo={"generations": 1}))
-    run_id = load_checkpoint(run_dir / LATEST)["wandb_run_id"]
+    run_id = load_checkpoint(run_dir / LATEST).wandb_run_id
     assert run_id
     train(fake_train_config(run_dir, logger=logger, resume="auto", evo={"generations": 2}))
-    assert load_checkpoint(run_dir / LATEST)["wandb_run_id"] == run_id
+    assert load_checkpoint(run_dir / LATEST).wandb_run_id == run_id
     offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2 and all(path.name.endswith(run_id) for path in offline_runs)
     assert all(list(path.glob("*.wandb")) for path in offline_runs)

@@ -18,17 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from namm.config_resolvers import register_resolvers
 from namm.errors import ConfigError
+from namm.evolution.distillation import DistillConfig
+from namm.evolution.scoring import Signal
+from namm.evolution.searchers import available_searchers, searcher_class
 from namm.selection import Budget
-
-
-class Searcher(Enum):
-    """EvoTorch search algorithms selectable with `evo=<name>`."""
-
-    cmaes_separable = "cmaes_separable"  # diagonal covariance: O(d) per update, the default
-    cmaes_full = "cmaes_full"  # full covariance, as the reference (d^2 memory, Cholesky every few steps)
-    snes = "snes"
-    xnes = "xnes"
-    pgpe = "pgpe"
 
 
 class Objective(Enum):
@@ -44,6 +37,7 @@ class InitialCentre(Enum):
 
     zeros = "zeros"  # the reference: every token scores exactly the threshold, so the first draws evict at random
     keep_all = "keep_all"  # the read-out bias puts every token evo.init_margin above the threshold
+    distill = "distill"  # fitted to rank tokens like evo.distill.target, keeping evo.distill.retained of them
 
 
 class WandbMode(Enum):
@@ -59,13 +53,19 @@ RESUME_MODES = ("never", "auto")
 class EvoConfig:
     """Search algorithm and per-generation sampling. Defaults are the CPU demo run of `python train.py`."""
 
-    searcher: Searcher = Searcher.cmaes_separable
+    searcher: str = "cmaes_separable"  # a registered searcher (namm/evolution/searchers/, conf/evo/<name>.yaml)
     objective: Objective = Objective.memory_penalty
     memory_weight: float = 0.5  # memory_penalty only: fitness points one retained ratio of 1.0 costs
+    #: memory_penalty only: [[generation, weight], ...], the training fitness's memory weight from that
+    #: generation on (evo.memory_weight before the first entry); validation and best.pt use evo.memory_weight
+    memory_weight_curriculum: list[Any] = field(default_factory=list)
+    signal: Signal = Signal.task_metric
     init: InitialCentre = InitialCentre.keep_all
     init_margin: float = 0.2  # keep_all: the centre's score margin above the threshold (the read-out bias)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # init=distill: target, retained share, fit
     popsize: int = 4
     sigma: float = 0.065  # initial step size (CMA-ES sigma; initial stdev of SNES/XNES/PGPE)
+    sigma_relative: float | None = None  # set: the initial step size is this x the RMS of the start's parameters
     generations: int = 4
     center_learning_rate: float | None = None  # SNES/XNES (default 1.0) and PGPE (required)
     stdev_learning_rate: float | None = None  # SNES/XNES (scales EvoTorch's default) and PGPE (required)
@@ -82,8 +82,6 @@ class EvoConfig:
         problems = []
         if self.popsize < 2:
             problems.append(f"evo.popsize must be >= 2, got {self.popsize}")
-        if self.searcher == Searcher.pgpe and self.popsize % 2:
-            problems.append(f"evo.popsize must be even for pgpe (symmetric sampling), got {self.popsize}")
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             problems.append(f"evo.sigma is the initial step size and must be a finite number > 0, got {self.sigma}")
         for name in ("generations", "prompts_per_task", "validation_prompts", "eval_interval"):
@@ -97,14 +95,22 @@ class EvoConfig:
             problems.append(f"evo.memory_weight must be a finite number >= 0, got {self.memory_weight}")
         if self.objective == Objective.memory_penalty and self.memory_weight == 0:
             problems.append("evo.objective=memory_penalty needs evo.memory_weight > 0 (or use evo.objective=score)")
+        if self.sigma_relative is not None and not (math.isfinite(self.sigma_relative) and self.sigma_relative > 0):
+            problems.append(f"evo.sigma_relative must be a finite number > 0 or null, got {self.sigma_relative}")
+        problems += self._curriculum_problems()
         if not (math.isfinite(self.init_margin) and self.init_margin > 0):
             problems.append(f"evo.init_margin must be a finite number > 0, got {self.init_margin}")
         for name in ("center_learning_rate", "stdev_learning_rate"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 problems.append(f"evo.{name} must be a finite number > 0 or null, got {value}")
-            if value is None and self.searcher == Searcher.pgpe:
-                problems.append(f"evo.{name} is required by pgpe (see conf/evo/pgpe.yaml)")
+        try:
+            problems += searcher_class(self.searcher).config_problems(self)
+        except KeyError:
+            problems.append(
+                f"evo.searcher={self.searcher!r} is not a searcher; choose evo=<name> with one of "
+                f"{', '.join(available_searchers())}"
+            )
         if self.num_actors < 0:
             problems.append(f"evo.num_actors must be >= 0, got {self.num_actors}")
         elif self.num_actors > self.popsize:
@@ -115,6 +121,31 @@ class EvoConfig:
             problems.append(f"evo.num_gpus_per_actor must be >= 0 or null, got {self.num_gpus_per_actor}")
         if problems:
             raise ConfigError("Invalid evo config: " + "; ".join(problems) + ".")
+
+    def _curriculum_problems(self) -> list[str]:
+        curriculum = self.memory_weight_curriculum
+        if not curriculum:
+            return []
+        example = "e.g. evo.memory_weight_curriculum=[[1,0.2],[4,0.5]]"
+        if self.objective != Objective.memory_penalty:
+            return [f"evo.memory_weight_curriculum needs evo.objective=memory_penalty (got {self.objective.value})"]
+        if any(not isinstance(entry, list | tuple) or len(entry) != 2 for entry in curriculum):
+            return [f"evo.memory_weight_curriculum entries must be [generation, weight] pairs ({example})"]
+        generations = [entry[0] for entry in curriculum]
+        problems = []
+        if any(not isinstance(g, int) or g < 1 for g in generations) or generations != sorted(set(generations)):
+            problems.append(f"evo.memory_weight_curriculum generations must be increasing integers >= 1 ({example})")
+        if any(not (isinstance(w, int | float) and math.isfinite(w) and w >= 0) for _, w in curriculum):
+            problems.append("evo.memory_weight_curriculum weights must be finite numbers >= 0")
+        return problems
+
+    def memory_weight_at(self, generation: int) -> float:
+        """The training fitness's memory weight at `generation` (the curriculum's, else evo.memory_weight)."""
+        weight = self.memory_weight
+        for start, value in self.memory_weight_curriculum:
+            if generation >= start:
+                weight = float(value)
+        return weight
 
 
 @dataclass
@@ -127,17 +158,6 @@ class LoggerConfig:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     log_checkpoints: bool = True  # upload best.pt (and the final latest.pt) as artifacts when online
-
-
-def _default_scorer() -> dict[str, Any]:
-    return {
-        # (train config) -> CandidateScorer; loads the model, called once in every process that scores
-        "_target_": "tasks.evolution_scorer.build_scorer",
-        # (train config) -> int; the parameter count without loading a model
-        "param_count_target": "namm.evolution.scoring.namm_param_count",
-        # (train config) -> None; raises ConfigError on bad model/task settings or missing data, no model loaded
-        "check_target": "tasks.evolution_scorer.check_inputs",
-    }
 
 
 @dataclass
@@ -153,11 +173,12 @@ class TrainConfig:
     out_dir: str = "runs/${name}/seed${seed}"
     evo: EvoConfig = field(default_factory=EvoConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    scorer: Any = field(default_factory=_default_scorer)
+    scorer: Any = None  # {_target_: <a scorer class>, ...its options}: conf/train.yaml names the default
     model: Any = None
     task: Any = None
     namm: Any = None
     engine: Any = None
+    schedule: str = "prefill"  # prefill | post_prefill (namm.engine.SCHEDULES), read as engine.schedule
 
     def __post_init__(self) -> None:
         problems = []
@@ -171,12 +192,8 @@ class TrainConfig:
             )
         if self.init_from is not None and self.resume not in ("never", "auto"):
             problems.append("give at most one of init_from (start a new run from a centre) and resume=<path>")
-        if (
-            not isinstance(self.scorer, dict)
-            or "_target_" not in self.scorer
-            or "param_count_target" not in self.scorer
-        ):
-            problems.append("scorer must hold `_target_` (the scorer factory) and `param_count_target`")
+        if not isinstance(self.scorer, dict) or not self.scorer.get("_target_"):
+            problems.append("scorer must hold `_target_`, the scorer class (namm.evolution.scoring.ScorerFactory)")
         if not self.name.strip():
             problems.append("name must be a non-empty string (it names the run directory)")
         if problems:

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from namm.evolution.config import Objective
 from namm.evolution.fitness import (
     FitnessRule,
     PopulationFitness,
@@ -28,6 +29,34 @@ def _summary(prefix: str, values: torch.Tensor) -> dict[str, float]:
     }
 
 
+def centre_movement(before: torch.Tensor, after: torch.Tensor) -> dict[str, float]:
+    """How far one step moved the search centre: L2, and relative to the previous centre's norm (its RMS
+    when the norm is zero would be 0, so the relative figure is then the L2 itself)."""
+    step = float((after.double() - before.double()).norm())
+    norm = float(before.double().norm())
+    return {"search/centre_step": step, "search/centre_step_relative": step / norm if norm > 0 else step}
+
+
+def candidate_lists(outcome: ScoringOutcome, fitness: PopulationFitness, rule: FitnessRule) -> dict[str, Any]:
+    """Every candidate's fitness, normalised score and retained ratio, in population order (None where it
+    failed; a candidate whose score was NaN keeps its retained ratio), and how many distinct fitness values the population shows (how graded the signal is)."""
+    normalised: list[float | None] = [None] * outcome.num_candidates
+    retained: list[float | None] = [None] * outcome.num_candidates
+    if outcome.scores is not None:
+        rows = outcome.scored_rows.tolist()
+        for row, value, ratio in zip(
+            rows, normalised_score(outcome.scores, rule).tolist(), outcome.scores.retained_ratio.tolist()
+        ):
+            normalised[row], retained[row] = value, ratio
+    ok = fitness.ok.tolist()
+    return {
+        "candidates/fitness": [value if good else None for value, good in zip(fitness.values.tolist(), ok)],
+        "candidates/normalised_score": [value if good else None for value, good in zip(normalised, ok)],
+        "candidates/retained_ratio": retained,
+        "fitness/distinct_values": len(set(fitness.values[fitness.ok].tolist())),
+    }
+
+
 def generation_metrics(
     generation: int,
     outcome: ScoringOutcome,
@@ -36,13 +65,16 @@ def generation_metrics(
     seconds: float,
     rule: FitnessRule,
 ) -> dict[str, Any]:
-    """Statistics over the candidates that scored (failed ones are only counted)."""
+    """Statistics over the candidates that scored (failed ones are only counted), and the per-candidate lists."""
     record: dict[str, Any] = {
         "generation": generation,
         "objective": rule.objective.value,
         "failed_candidates": len(fitness.failures),
     }
     record.update(_summary("fitness", fitness.values[fitness.ok]))
+    record.update(candidate_lists(outcome, fitness, rule))
+    if rule.objective == Objective.memory_penalty:
+        record["fitness/memory_weight"] = rule.memory_weight  # the curriculum's value at this generation
     scores = outcome.scores
     if scores is not None:
         ok = fitness.ok[outcome.scored_rows]

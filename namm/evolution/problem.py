@@ -16,7 +16,8 @@ import torch
 from evotorch import Problem, SolutionBatch
 from omegaconf import DictConfig
 
-from namm.evolution.config import ConfigError
+from namm.errors import ConfigError
+from namm.evolution.distillation import DistillConfig, DistillFit
 from namm.evolution.fitness import FitnessRule, PopulationFitness, population_fitness
 from namm.evolution.scoring import (
     TRAIN_SPLIT,
@@ -64,7 +65,8 @@ class EvolutionProblem(Problem):
         )
         self.manual_seed(seed)
         self._cfg = cfg  # plain config: what each actor needs to build its own scorer
-        self.rule = rule
+        self.rule = rule  # validation's fitness (the run's objective)
+        self.train_rule = rule  # the training fitness of the current generation (a curriculum changes it)
         self._scorer: CandidateScorer | None = None
         self.generation = 0  # set by the trainer before each step; selects the prompts
         self.last_outcome: ScoringOutcome | None = None
@@ -97,7 +99,7 @@ class EvolutionProblem(Problem):
     def _evaluate_all(self, batch: SolutionBatch) -> None:
         parameters = batch.values.clone().as_subclass(torch.Tensor)  # a plain tensor, not EvoTorch's read-only view
         outcome = self.score(parameters, TRAIN_SPLIT, self.generation)
-        fitness = population_fitness(outcome, self.rule, self.generation)
+        fitness = population_fitness(outcome, self.train_rule, self.generation)
         self.last_outcome, self.last_fitness = outcome, fitness
         batch.set_evals(fitness.ranks.to(batch.values.dtype))  # ranks: ties decided by memory, not sort order
 
@@ -106,13 +108,7 @@ class EvolutionProblem(Problem):
     def local_scorer(self) -> CandidateScorer:
         """The scorer of this process, built (model loaded) on first use."""
         if self._scorer is None:
-            scorer = build_scorer(self._cfg)
-            if int(scorer.param_count) != self.solution_length:
-                raise ConfigError(
-                    f"the scorer expects {scorer.param_count} parameters but scorer.param_count_target gave "
-                    f"{self.solution_length}; make both read the same `namm` config"
-                )
-            self._scorer = scorer
+            self._scorer = build_scorer(self._cfg)
         return self._scorer
 
     def score_here(
@@ -120,16 +116,26 @@ class EvolutionProblem(Problem):
     ) -> ScoringOutcome:
         return score_guarded(self.local_scorer(), parameters, split, generation, prompts)
 
-    def prepare_here(self) -> int:
-        """Load the model in this process; returns the scorer's parameter count."""
-        return int(self.local_scorer().param_count)
+    def prepare_here(self) -> None:
+        """Load the model in this process."""
+        self.local_scorer()
 
-    def run_prompts_here(self, generations: list[int]) -> list[PromptId]:
-        """Every prompt a run over `generations` scores: their training draws and the validation set."""
+    def provenance_here(self) -> dict[str, Any] | None:
+        """The scorer's record of its training and validation prompts (optional scorer method)."""
+        record = getattr(self.local_scorer(), "prompt_provenance", None)
+        return None if record is None else record()
+
+    def full_cache_accuracy_here(self, generations: list[int]) -> dict[str, dict[str, tuple[float, int]]]:
+        """{"training"|"validation": task -> (full-cache mean score in [0, 1], prompts)} from the references
+        already computed; empty for a scorer without `full_cache_accuracy` (it is optional)."""
         scorer = self.local_scorer()
-        prompts = {prompt for generation in generations for prompt in scorer.prompts(TRAIN_SPLIT, generation)}
-        prompts.update(scorer.prompts(VALIDATION_SPLIT, 0))
-        return sorted(prompts)
+        if not hasattr(scorer, "full_cache_accuracy"):
+            return {}
+        training = sorted({prompt for generation in generations for prompt in scorer.prompts(TRAIN_SPLIT, generation)})
+        return {
+            "training": scorer.full_cache_accuracy(training),
+            "validation": scorer.full_cache_accuracy(scorer.prompts(VALIDATION_SPLIT, 0)),
+        }
 
     def scorer_call_here(self, method: str, *args: Any) -> Any:
         return getattr(self.local_scorer(), method)(*args)
@@ -182,13 +188,11 @@ class EvolutionProblem(Problem):
         the batching (and so every reference) is the same for any number of actors. The first worker writes
         each round to the shared cache (one writer; an interrupted run keeps the finished rounds), and every
         worker uses them all. Returns how many were computed."""
-        needed = self._on_first_worker("run_prompts_here", generations)
-        missing = self._on_first_worker("scorer_call_here", "missing_references", needed)
-        if not missing:
+        batches = self._on_first_worker("scorer_call_here", "reference_batches", generations)
+        if not batches:
             return 0
-        batches = self._on_first_worker("scorer_call_here", "reference_batches", missing)
-        log.info("computing %d full-cache reference scores before the first generation", len(missing))
-        references: dict[PromptId, float] = {}
+        log.info("computing %d full-cache reference scores before the first generation", sum(map(len, batches)))
+        references: dict[PromptId, Any] = {}
         for start in range(0, len(batches), self.num_workers):
             work = batches[start : start + self.num_workers]
             parts = self._on_each_worker("scorer_call_here", [["compute_references", batch] for batch in work])
@@ -197,6 +201,26 @@ class EvolutionProblem(Problem):
             references.update(computed)
         self._on_workers_after_first("scorer_call_here", "add_references", references, False)
         return len(references)
+
+    def full_cache_accuracy(self, generations: list[int]) -> dict[str, dict[str, tuple[float, int]]]:
+        return self._on_first_worker("full_cache_accuracy_here", generations)
+
+    def prompt_provenance(self) -> dict[str, Any] | None:
+        """Which prompts this run trains and validates on (None: the scorer does not say)."""
+        return self._on_first_worker("provenance_here")
+
+    def distilled_centre_here(self, settings: DistillConfig) -> DistillFit:
+        scorer = self.local_scorer()
+        if not hasattr(scorer, "distilled_centre"):
+            raise ConfigError(
+                f"evo.init=distill needs a scorer with distilled_centre(); {type(scorer).__name__} has none: "
+                "use evo.init=keep_all"
+            )
+        return scorer.distilled_centre(settings)
+
+    def distil(self, settings: DistillConfig) -> DistillFit:
+        """evo.init=distill: the start fitted by the first worker's scorer (it holds the model)."""
+        return self._on_first_worker("distilled_centre_here", settings)
 
     def share_normalisation(self) -> None:
         """Calibrate once, on the first worker, and give its statistics to the others."""

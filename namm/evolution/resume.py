@@ -16,11 +16,13 @@ from namm.evolution.checkpoint import (
     LATEST,
     PREVIOUS,
     CheckpointError,
+    TrainingCheckpoint,
     load_checkpoint,
     load_latest,
     resolve_checkpoint_path,
 )
 from namm.evolution.config import ConfigError, TrainConfig
+from namm.evolution.scoring import scorer_factory
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,16 @@ ADDED_SETTINGS: dict[str, Any] = {
     "evo.init_margin": None,  # read only by init=keep_all
 }
 
+# Settings a later version no longer has: ignored when only a saved run holds them. (The scorer's parameter
+# count and input checks were reached through these; they are members of the class `scorer._target_` names now.)
+RETIRED_SETTINGS = ("scorer.param_count_target", "scorer.check_target")
+
 
 @dataclass
 class StartPoint:
-    resume_state: dict[str, Any] | None = None  # continue this run exactly
+    resume_state: TrainingCheckpoint | None = None  # continue this run exactly
     resume_path: Path | None = None
-    init_state: dict[str, Any] | None = None  # start a new run from this checkpoint's centre
+    init_state: TrainingCheckpoint | None = None  # start a new run from this checkpoint's centre
     init_path: Path | None = None
 
 
@@ -67,12 +73,19 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Settings that differ between a saved run and this one, except those a resume may change."""
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any], former_targets: tuple[str, ...] = ()
+) -> list[str]:
+    """Settings that differ between a saved run and this one, except those a resume may change.
+    `former_targets`: earlier spellings of this run's `scorer._target_` (the scorer's `former_targets`)."""
     old, new = _flatten(saved), _flatten(current)
+    if old.get("scorer._target_") in former_targets:
+        old["scorer._target_"] = new.get("scorer._target_")
     changed = []
     for key in sorted(set(old) | set(new)):
         if any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES):
+            continue
+        if key in RETIRED_SETTINGS and key not in new:
             continue
         if key not in old and key in ADDED_SETTINGS:
             if ADDED_SETTINGS[key] is None:
@@ -111,8 +124,8 @@ def find_start_point(config: TrainConfig, resolved: dict[str, Any]) -> StartPoin
         if found is None:
             raise CheckpointError(f"resume={mode!r}: that directory holds no {LATEST}")
     if found is not None:
-        state, path = found
-        changed = config_differences(state["config"], resolved)
+        record, path = found
+        changed = config_differences(record.config, resolved, scorer_factory(resolved).former_targets)
         if changed:
             raise ConfigError(
                 f"cannot resume from {path}: these settings differ from the saved run, so it would not continue "
@@ -120,13 +133,13 @@ def find_start_point(config: TrainConfig, resolved: dict[str, Any]) -> StartPoin
             )
         if config.init_from is not None:
             log.info("resuming %s; init_from is ignored (it only seeds a new run)", path)
-        return StartPoint(resume_state=state, resume_path=path)
+        return StartPoint(resume_state=record, resume_path=path)
     if config.init_from is not None:
         path = resolve_checkpoint_path(config.init_from)
-        state = load_checkpoint(path)
+        record = load_checkpoint(path)
         if not config.init_from_any_model:
-            _check_same_model(state["config"], resolved, path)
-        return StartPoint(init_state=state, init_path=path)
+            _check_same_model(record.config, resolved, path)
+        return StartPoint(init_state=record, init_path=path)
     return StartPoint()
 
 

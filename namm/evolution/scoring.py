@@ -1,17 +1,20 @@
 """The seam between evolution and the model: a scorer turns parameter vectors into task scores.
 
-Evolution never touches the model. A `CandidateScorer` is built from the train config by an importable
-factory (`scorer._target_`), once in every process that scores (the main process, or each Ray actor),
-so the model is loaded where it is used and never pickled.
+Evolution never touches the model, and knows nothing of what the parameters mean. `scorer._target_` names a
+`ScorerFactory` (the scorer's class): it checks the settings, gives the vector length and the initial centre
+without a model, and builds a `CandidateScorer` once in every process that scores (the main process, or each
+Ray actor), so the model is loaded where it is used and never pickled.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -27,6 +30,13 @@ VALIDATION_SPLIT = "validation"
 
 
 PromptId = tuple[str, int]  # (task name, sample index)
+
+
+class Signal(Enum):
+    """What a training candidate's task score is (`evo.signal`; validation always uses the task metric)."""
+
+    task_metric = "task_metric"  # decode greedily and score the answer with the task's metric (0/1 on retrieval)
+    answer_likelihood = "answer_likelihood"  # teacher-force the gold answer: its likelihood over the full cache's
 
 
 @dataclass
@@ -156,11 +166,8 @@ class CandidateScores:
         return CandidateScores.from_prompts(records)
 
 
-@runtime_checkable
 class CandidateScorer(Protocol):
-    """Scores NAMM parameter vectors; samples the prompts itself, seeded by (split, generation)."""
-
-    param_count: int
+    """Scores parameter vectors; samples the prompts itself, seeded by (split, generation)."""
 
     def prompts(self, split: str, generation: int) -> list[PromptId]:
         """The prompts of a split at a generation: "train" draws afresh per generation, "validation" is
@@ -170,47 +177,69 @@ class CandidateScorer(Protocol):
     def score(
         self, parameters: torch.Tensor, split: str, generation: int, prompts: list[PromptId] | None = None
     ) -> CandidateScores:
-        """`parameters` is (P, param_count); `prompts` a subset of `prompts(split, generation)` (None: all)."""
+        """`parameters` is (P, d); `prompts` a subset of `prompts(split, generation)` (None: all)."""
         ...
 
-    def missing_references(self, prompts: list[PromptId]) -> list[PromptId]:
-        """Those of `prompts` whose full-cache reference score is not known yet."""
+    def reference_batches(self, generations: list[int]) -> list[list[PromptId]]:
+        """The full-cache references a run over `generations` (and the validation prompts) still lacks, grouped
+        as the scorer computes them: a batch is computed as a whole, so the references do not depend on how
+        batches are spread over processes."""
         ...
 
-    def reference_batches(self, prompts: list[PromptId]) -> list[list[PromptId]]:
-        """`prompts` grouped as the scorer batches them for `compute_references`; a batch is computed as a
-        whole, so the references do not depend on how batches are spread over processes."""
+    def compute_references(self, prompts: list[PromptId]) -> dict[PromptId, Any]:
+        """Full-cache references of one `reference_batches` batch (nothing is written): per prompt, whatever
+        the scorer keeps (a score; the task scorer also a gold answer's likelihood), picklable, opaque here."""
         ...
 
-    def compute_references(self, prompts: list[PromptId]) -> dict[PromptId, float]:
-        """Full-cache reference scores of `prompts`, one `reference_batches` batch (nothing is written)."""
-        ...
-
-    def add_references(self, references: dict[PromptId, float], save: bool) -> None:
-        """Use these reference scores; `save` writes them to the shared cache (one process does)."""
+    def add_references(self, references: dict[PromptId, Any], save: bool) -> None:
+        """Use these references; `save` writes them to the shared cache (one process does)."""
         ...
 
     def normalisation_state(self) -> dict[str, Any]:
-        """Opaque statistics the policy calibrated (calibrating now if needed; may be empty); saved in
+        """Opaque statistics the scorer calibrated (calibrating now if needed; may be empty); saved in
         checkpoints, so it may hold tensors, dicts, lists and scalars only."""
         ...
 
     def load_normalisation_state(self, state: dict[str, Any]) -> None:
-        """Restore what `normalisation_state` returned (resume, init_from, the other actors)."""
+        """Restore what `normalisation_state` returned (resume, init_from, the other actors); raise ValueError
+        naming the field when the statistics are unusable."""
         ...
 
 
-SCORER_METHODS = (
-    "param_count",
-    "prompts",
-    "score",
-    "missing_references",
-    "reference_batches",
-    "compute_references",
-    "add_references",
-    "normalisation_state",
-    "load_normalisation_state",
-)
+class ScorerFactory(Protocol):
+    """What `scorer._target_` names, typically the scorer's class: everything evolution asks before a model loads.
+
+    Calling it with the train config builds the scorer (loading the model): once in every process that scores."""
+
+    former_targets: tuple[str, ...]  # earlier `scorer._target_` spellings of this scorer, so their runs resume
+
+    def __call__(self, cfg: DictConfig) -> CandidateScorer: ...
+
+    def check_config(self, cfg: DictConfig) -> None:
+        """Raise ConfigError on bad settings or missing data (no model is loaded)."""
+        ...
+
+    def solution_length(self, cfg: DictConfig) -> int:
+        """The length d of a candidate vector (no model is loaded)."""
+        ...
+
+    def initial_centre(self, cfg: DictConfig, init: str, margin: float) -> torch.Tensor:
+        """Where a new run's search starts, for `evo.init` (`zeros` or `keep_all`) and `evo.init_margin`; raise
+        ConfigError for a choice this scorer does not support."""
+        ...
+
+
+def _members(protocol: type) -> tuple[str, ...]:
+    """A protocol's public members, read from the protocol itself so the list exists once."""
+    names = [*vars(protocol).get("__annotations__", {}), *vars(protocol)]
+    return tuple(dict.fromkeys(name for name in names if not name.startswith("_")))
+
+
+#: a scorer may also have `prompt_provenance() -> dict`: the prompts it trains and validates on, written into
+#: every checkpoint (`TrainingCheckpoint.provenance`) so an evaluation can check it holds them out; and
+#: `full_cache_accuracy(prompts) -> {task: (mean score in [0, 1], prompts)}`, logged once at the start
+SCORER_METHODS = _members(CandidateScorer)
+FACTORY_MEMBERS = _members(ScorerFactory)
 
 
 @dataclass
@@ -305,80 +334,56 @@ def score_guarded(
     )
 
 
-def _load_target(cfg: DictConfig, key: str) -> Any:
-    # Imported here, not at the top: the seam above must import without Hydra (scripts/device_check.py).
-    from hydra.utils import get_method
+def _target(cfg: DictConfig | dict[str, Any]) -> str:
+    return str(cfg["scorer"]["_target_"])
 
-    path = cfg.scorer[key]
+
+def scorer_factory(cfg: DictConfig | dict[str, Any]) -> ScorerFactory:
+    """The object `scorer._target_` names (imported, not called), checked for every `ScorerFactory` member."""
+    path = _target(cfg)
+    module_name, _, name = path.rpartition(".")
     try:
-        return get_method(path)
-    except Exception as error:
+        factory = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as error:
         raise ConfigError(
-            f"scorer.{key}={path!r} could not be imported ({error}); point it at an importable function, "
-            f"e.g. scorer.{key}=my_package.my_module.my_function"
+            f"scorer._target_={path!r} could not be imported ({error}); point it at an importable scorer class, "
+            "e.g. scorer._target_=my_package.my_module.MyScorer"
         ) from error
+    missing = [member for member in FACTORY_MEMBERS if not hasattr(factory, member)]
+    if missing or not callable(factory):
+        raise ConfigError(
+            f"scorer._target_={path!r} lacks {missing or ['__call__']}; it must name a scorer class with "
+            f"{list(FACTORY_MEMBERS)} (see namm.evolution.scoring.ScorerFactory)"
+        )
+    return factory
 
 
-def check_scorer_targets(cfg: DictConfig) -> None:
-    """Import the factory functions and run the scorer's own input checks (`scorer.check_target`, optional:
-    model, task and data settings), so a typo or missing data fails before any model loads."""
-    _load_target(cfg, "_target_")
-    _load_target(cfg, "param_count_target")
-    if cfg.scorer.get("check_target"):
-        _load_target(cfg, "check_target")(cfg)
+def check_scorer(cfg: DictConfig) -> None:
+    """Import the scorer and run its own checks of the settings and data, so a typo or missing data fails
+    before any model loads."""
+    scorer_factory(cfg).check_config(cfg)
 
 
 def build_scorer(cfg: DictConfig) -> CandidateScorer:
-    """Call `scorer._target_(cfg)`: loads the model, so run it once per scoring process."""
-    scorer = _load_target(cfg, "_target_")(cfg)
+    """`scorer._target_(cfg)`: loads the model, so run it once per scoring process."""
+    scorer = scorer_factory(cfg)(cfg)
     missing = [name for name in SCORER_METHODS if not hasattr(scorer, name)]
     if missing:
-        raise TypeError(
-            f"scorer._target_={cfg.scorer._target_!r} returned {type(scorer).__name__}, which lacks {missing}"
-        )
+        raise TypeError(f"scorer._target_={_target(cfg)!r} returned {type(scorer).__name__}, which lacks {missing}")
     return scorer
 
 
-def scorer_param_count(cfg: DictConfig) -> int:
-    """Length of a candidate vector, from `scorer.param_count_target(cfg)` (no model is loaded)."""
-    count = int(_load_target(cfg, "param_count_target")(cfg))
+def scorer_solution_length(cfg: DictConfig) -> int:
+    """Length of a candidate vector (no model is loaded)."""
+    count = int(scorer_factory(cfg).solution_length(cfg))
     if count < 1:
-        raise ValueError(f"scorer.param_count_target returned {count}; a candidate needs at least one parameter")
+        raise ValueError(f"scorer {_target(cfg)} has {count} parameters; a candidate needs at least one")
     return count
 
 
-def _namm_config(cfg: DictConfig):
-    from omegaconf import OmegaConf
-
-    from namm.network.config import NAMMConfig
-
-    values = OmegaConf.to_container(cfg.namm, resolve=True) if cfg.namm is not None else {}
-    return NAMMConfig.from_dict(values)  # type: ignore[arg-type]
-
-
-def namm_param_count(cfg: DictConfig) -> int:
-    """The default count: the NAMM parameter vector described by the `namm` group."""
-    from namm.network.parameters import param_count
-
-    return param_count(_namm_config(cfg))
-
-
-def initial_centre(cfg: DictConfig, param_count: int, init: str, margin: float) -> torch.Tensor:
-    """Where a new run's search starts (`evo.init`): the zero vector, or `keep_all`, the zero vector with the
-    NAMM's read-out bias at threshold + `evo.init_margin`, so at the centre every token scores that margin
-    above the threshold (nothing is evicted) and the first draws explore around "keep everything"."""
-    from namm.network.parameters import parameter_layout
-
-    centre = torch.zeros(param_count)
-    if init == "zeros":
-        return centre
-    config = _namm_config(cfg)
-    layout = parameter_layout(config)
-    if layout.size != param_count:
-        raise ConfigError(
-            f"evo.init=keep_all sets the NAMM read-out bias, but this scorer's vector has {param_count} parameters "
-            f"and the `namm` layout {layout.size}; use evo.init=zeros for a custom scorer"
-        )
-    (bias,) = [block for block in layout.blocks if block.name == "readout_bias"]
-    centre[bias.offset] = config.threshold + margin
+def scorer_initial_centre(cfg: DictConfig, length: int, init: str, margin: float) -> torch.Tensor:
+    """Where a new run's search starts (`evo.init`), as the scorer defines it; checked against `length`."""
+    centre = scorer_factory(cfg).initial_centre(cfg, init, margin)
+    if tuple(centre.shape) != (length,):
+        raise ValueError(f"scorer {_target(cfg)}: its initial centre has shape {tuple(centre.shape)}, not ({length},)")
     return centre

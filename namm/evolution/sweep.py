@@ -1,5 +1,6 @@
 """One job of `python train.py [-m ...]`: a clean error in a single run, an isolated failure in a sweep.
 
+Each job holds the lock of its run directory while it runs (namm/run_lock.py: one writer per directory).
 A single run that fails on a setting exits with the message alone (it names the key and the fix). In a
 multirun, a failing job must not stop the jobs after it: it logs its error, records it under
 `<sweep dir>/job_status/`, and returns; once every job has run, `SweepSummary` prints which jobs finished
@@ -9,8 +10,8 @@ files because SLURM jobs run in other processes (and other machines) than the on
 
 from __future__ import annotations
 
-import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from namm.atomic_io import atomic_write_json
+from namm.errors import ConfigError, CorruptFileError
 from namm.evolution.checkpoint import CheckpointError
-from namm.evolution.config import ConfigError
+from namm.read_back import read_json
+from namm.run_lock import run_directory_lock
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +39,11 @@ def run_job(cfg: DictConfig, job: Callable[[DictConfig], Any], program: str = "t
     hydra = HydraConfig.get()
     if hydra.mode != RunMode.MULTIRUN:
         try:
-            return job(cfg)
+            return _locked_job(cfg, job, program)
         except CLEAR_ERRORS as error:
             raise SystemExit(f"{program}: {error}") from error
     try:
-        value = job(cfg)
+        value = _locked_job(cfg, job, program)
     except CLEAR_ERRORS as error:
         log.error("%s: job %s failed: %s", program, hydra.job.num, error)
         _write_status(hydra, cfg, error=str(error))
@@ -51,6 +54,12 @@ def run_job(cfg: DictConfig, job: Callable[[DictConfig], Any], program: str = "t
         return None
     _write_status(hydra, cfg, error=None)
     return value
+
+
+def _locked_job(cfg: DictConfig, job: Callable[[DictConfig], Any], program: str) -> Any:
+    """`job(cfg)` holding the lock of its run directory (`out_dir`): one writer per directory."""
+    with run_directory_lock(Path(cfg.out_dir), " ".join([program, *sys.argv[1:]])):
+        return job(cfg)
 
 
 def _write_status(hydra: Any, cfg: DictConfig, error: str | None) -> None:
@@ -64,9 +73,26 @@ def _write_status(hydra: Any, cfg: DictConfig, error: str | None) -> None:
     atomic_write_json(Path(hydra.sweep.dir) / JOB_STATUS_DIR / f"{int(hydra.job.num):05d}.json", record)
 
 
+STATUS_FIELDS = {"job": int, "overrides": list, "out_dir": str, "status": str, "error": (str, type(None))}
+STATUS_FIX = "delete it and rerun that job, or give its run directory instead of the sweep directory"
+
+
+def read_job_status(path: Path) -> dict[str, Any]:
+    """One job's record, checked field by field (raises CorruptFileError naming the file and the field)."""
+    record = read_json(path, STATUS_FIX)
+    if not isinstance(record, dict):
+        raise CorruptFileError(f"{path} holds {type(record).__name__}, not a job record; {STATUS_FIX}")
+    for name, kind in STATUS_FIELDS.items():
+        if isinstance(record.get(name), bool) or not isinstance(record.get(name), kind):
+            raise CorruptFileError(f"{path}: field {name} is {record.get(name)!r}; {STATUS_FIX}")
+    if record["status"] not in ("finished", "failed") or not all(isinstance(o, str) for o in record["overrides"]):
+        raise CorruptFileError(f"{path}: field status or overrides is malformed ({record!r}); {STATUS_FIX}")
+    return record
+
+
 def read_job_statuses(sweep_dir: Path) -> list[dict[str, Any]]:
     folder = sweep_dir / JOB_STATUS_DIR
-    return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return [read_job_status(path) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 class SweepSummary(Callback):
@@ -74,7 +100,10 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = read_job_statuses(sweep_dir)
+        try:
+            jobs = read_job_statuses(sweep_dir)
+        except CorruptFileError as error:
+            raise SystemExit(f"sweep summary: {error}") from error
         failed = [job for job in jobs if job["status"] == "failed"]
         atomic_write_json(sweep_dir / SUMMARY_FILE, {"jobs": jobs, "finished": len(jobs) - len(failed)})
         lines = [f"\nSweep: {len(jobs) - len(failed)} of {len(jobs)} job(s) finished ({sweep_dir / SUMMARY_FILE})"]

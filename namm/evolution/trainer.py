@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +21,33 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from namm.evolution.checkpoint import BEST, FORMAT_VERSION, LATEST, library_versions, save_checkpoint, save_latest
-from namm.evolution.config import ConfigError, TrainConfig, validate_train_config
+from namm.evolution.checkpoint import (
+    BEST,
+    LATEST,
+    CheckpointError,
+    TrainingCheckpoint,
+    library_versions,
+    read_provenance,
+    save_checkpoint,
+    save_latest,
+    with_provenance,
+)
+from namm.evolution.config import ConfigError, EvoConfig, InitialCentre, TrainConfig, validate_train_config
+from namm.evolution.distillation import distill_record
 from namm.evolution.fitness import FitnessRule
-from namm.evolution.metrics import generation_line, generation_metrics, validation_metrics
+from namm.evolution.metrics import centre_movement, generation_line, generation_metrics, validation_metrics
 from namm.evolution.problem import EvolutionProblem
 from namm.evolution.progress import METRICS_FILE, PLOT_FILE, MetricsLog, plot_progress
 from namm.evolution.resume import StartPoint, find_start_point
 from namm.evolution.rng_state import capture_rng_state, restore_rng_state
-from namm.evolution.scoring import check_scorer_targets, initial_centre, scorer_param_count
-from namm.evolution.searchers import (
-    build_searcher,
-    load_searcher_state,
-    searcher_centre,
-    searcher_sigma,
-    searcher_state,
-    start_from_distribution,
-    step_size,
-)
+from namm.evolution.scoring import check_scorer, scorer_initial_centre, scorer_solution_length
+from namm.evolution.searchers import build_searcher
+from namm.evolution.searchers.base import Searcher
 from namm.evolution.wandb_run import WandbRun
 
 log = logging.getLogger(__name__)
+
+FULL_CACHE_ACCURACY_WARNING = 0.8  # below this the full cache is often wrong: such prompts teach little
 
 
 @dataclass
@@ -75,39 +81,48 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _checkpoint_state(
+def _checkpoint(
     generation: int,
-    searcher: Any,
-    config: TrainConfig,
+    searcher: Searcher,
     resolved: dict[str, Any],
     problem: EvolutionProblem,
     best: BestCentre,
     wandb_run_id: str | None,
-) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "generation": generation,
-        "center": searcher_centre(searcher),
-        "sigma": searcher_sigma(searcher),
-        "best_params": best.params.clone(),
-        "best_validation_fitness": best.validation_fitness,
-        "best_generation": best.generation,
-        "best_validation_retained_ratio": best.validation_retained_ratio,
-        "best_validation_score_vs_full_cache": best.validation_score_vs_full_cache,
-        "param_count": problem.solution_length,
-        "config": resolved,
-        "searcher_state": searcher_state(searcher, config.evo.searcher),
-        "rng_state": capture_rng_state(problem.generator),
-        "normalisation_state": problem.normalisation_state(),
-        "wandb_run_id": wandb_run_id,
-        "versions": library_versions(),
-    }
+) -> TrainingCheckpoint:
+    return TrainingCheckpoint(
+        generation=generation,
+        center=searcher.centre(),
+        sigma=searcher.sigma(),
+        best_params=best.params.clone(),
+        best_validation_fitness=best.validation_fitness,
+        best_generation=best.generation,
+        best_validation_retained_ratio=best.validation_retained_ratio,
+        best_validation_score_vs_full_cache=best.validation_score_vs_full_cache,
+        param_count=problem.solution_length,
+        config=resolved,
+        searcher_state=searcher.state_dict(),
+        rng_state=capture_rng_state(problem.generator),
+        normalisation_state=problem.normalisation_state(),
+        wandb_run_id=wandb_run_id,
+        versions=library_versions(),
+    )
+
+
+def _provenance(problem: EvolutionProblem, start: StartPoint) -> dict[str, Any] | None:
+    """The prompts this run trains and validates on: a resumed run keeps its record; a run started from
+    another's centre keeps that run's record under `init_from` (None: it had none)."""
+    if start.resume_state is not None and read_provenance(start.resume_state) is not None:
+        return read_provenance(start.resume_state)
+    record = problem.prompt_provenance()
+    if record is None or start.init_state is None:
+        return record
+    return {**record, "init_from": read_provenance(start.init_state)}
 
 
 def _initial_centre(start: StartPoint, param_count: int, cfg: DictConfig, config: TrainConfig) -> torch.Tensor:
     if start.init_state is None:
-        return initial_centre(cfg, param_count, config.evo.init.value, config.evo.init_margin)
-    centre = start.init_state["best_params"]
+        return scorer_initial_centre(cfg, param_count, config.evo.init.value, config.evo.init_margin)
+    centre = start.init_state.best_params
     if centre.shape != (param_count,):
         raise ConfigError(
             f"init_from={start.init_path}: its centre has {centre.shape[0]} parameters, this run's scorer needs "
@@ -116,33 +131,79 @@ def _initial_centre(start: StartPoint, param_count: int, cfg: DictConfig, config
     return centre
 
 
+def start_sigma(evo: EvoConfig, centre: torch.Tensor) -> float:
+    """The initial step size: evo.sigma, or evo.sigma_relative x the RMS of the start's parameters."""
+    if evo.sigma_relative is None:
+        return evo.sigma
+    rms = float(centre.double().pow(2).mean().sqrt())
+    if rms == 0:
+        raise ConfigError(
+            "evo.sigma_relative scales the step size to the start's parameters, but they are all zero "
+            "(evo.init=zeros): set evo.sigma instead, or start from a trained centre (init_from)"
+        )
+    return evo.sigma_relative * rms
+
+
+def _centred_searcher(problem: EvolutionProblem, evo: EvoConfig, centre: torch.Tensor) -> Searcher:
+    """The searcher centred on `centre`, its initial step size scaled to it where evo.sigma_relative asks."""
+    return build_searcher(problem, replace(evo, sigma=start_sigma(evo, centre)), centre)
+
+
+def _report_full_cache_accuracy(problem: EvolutionProblem, generations: list[int]) -> None:
+    """Log the full cache's score on the run's training and validation prompts (the references computed
+    above); warn where it is below FULL_CACHE_ACCURACY_WARNING."""
+    for split, by_task in problem.full_cache_accuracy(generations).items():
+        if not by_task:
+            continue
+        parts = [f"{task} {accuracy:.3f} ({count} prompts)" for task, (accuracy, count) in sorted(by_task.items())]
+        log.info("full-cache accuracy on the %s prompts: %s", split, ", ".join(parts))
+        low = {task: accuracy for task, (accuracy, _) in by_task.items() if accuracy < FULL_CACHE_ACCURACY_WARNING}
+        if low:
+            log.warning(
+                "the full cache scores below %.1f on the %s prompts of %s: prompts the model gets wrong with its "
+                "whole memory cannot teach which tokens matter; choose a task or context length it can do",
+                FULL_CACHE_ACCURACY_WARNING,
+                split,
+                ", ".join(f"{task} ({accuracy:.3f})" for task, accuracy in sorted(low.items())),
+            )
+
+
+def _load_normalisation(problem: EvolutionProblem, record: TrainingCheckpoint, path: Path | None) -> None:
+    """Hand a checkpoint's statistics to the scorer, which checks them (a refusal names the file)."""
+    try:
+        problem.load_normalisation_state(record.normalisation_state)
+    except ValueError as error:
+        raise CheckpointError(f"{path}: field 'normalisation_state': {error}") from error
+
+
 def _restore(
-    start: StartPoint, searcher: Any, problem: EvolutionProblem, config: TrainConfig
+    start: StartPoint, searcher: Searcher, problem: EvolutionProblem, config: TrainConfig
 ) -> tuple[int, BestCentre, str | None]:
     """Apply the start point to a freshly built searcher; returns (generation, best, W&B run id)."""
     if start.resume_state is not None:
-        state = start.resume_state
-        load_searcher_state(searcher, state["searcher_state"], config.evo.searcher)
-        restore_rng_state(state["rng_state"], problem.generator)
-        problem.load_normalisation_state(state["normalisation_state"])
+        record = start.resume_state
+        searcher.load_state_dict(record.searcher_state)
+        restore_rng_state(record.rng_state, problem.generator)
+        _load_normalisation(problem, record, start.resume_path)
         best = BestCentre(
-            state["best_params"],
-            state["best_validation_fitness"],
-            state.get("best_generation", 0),
-            state.get("best_validation_retained_ratio"),
-            state.get("best_validation_score_vs_full_cache"),
+            record.best_params,
+            record.best_validation_fitness,
+            record.best_generation or 0,
+            record.best_validation_retained_ratio,
+            record.best_validation_score_vs_full_cache,
         )
-        log.info("resumed from %s at generation %d", start.resume_path, state["generation"])
-        return int(state["generation"]), best, state["wandb_run_id"]
-    centre = searcher_centre(searcher)
+        log.info("resumed from %s at generation %d", start.resume_path, record.generation)
+        return record.generation, best, record.wandb_run_id
+    centre = searcher.centre()
     if start.init_state is not None:
-        state = start.init_state
-        if state["searcher_state"]["searcher"] == config.evo.searcher.value:
-            start_from_distribution(searcher, state["searcher_state"], config.evo.searcher, centre)
+        record = start.init_state
+        saved_searcher = record.searcher_state["searcher"]
+        if saved_searcher == config.evo.searcher:
+            searcher.start_from(record.searcher_state, centre)
             how = "its search distribution (step size, covariance, paths) and best centre"
         else:
-            how = f"its best centre only (it used {state['searcher_state']['searcher']}, this run {config.evo.searcher.value})"
-        problem.load_normalisation_state(state["normalisation_state"])
+            how = f"its best centre only (it used {saved_searcher}, this run {config.evo.searcher})"
+        _load_normalisation(problem, record, start.init_path)
         log.info("init_from %s: starting from %s", start.init_path, how)
     return 0, BestCentre(centre), None
 
@@ -189,39 +250,54 @@ def _print_summary(run_dir: Path, best: BestCentre, generation: int) -> None:
 def train(cfg: DictConfig) -> RunSummary:
     """Run (or continue) one training run described by the composed `conf/train.yaml`."""
     config = validate_train_config(cfg)  # value checks before anything expensive
-    check_scorer_targets(cfg)
+    check_scorer(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     start = find_start_point(config, resolved)
     run_dir = Path(config.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     evo = config.evo
-    param_count = scorer_param_count(cfg)
+    param_count = scorer_solution_length(cfg)
 
     logging.getLogger("evotorch").setLevel(logging.WARNING)  # its per-object INFO lines drown the log
     _seed_everything(config.seed)
     problem = EvolutionProblem(
         cfg, param_count, config.seed, FitnessRule.of(evo), evo.num_actors, evo.num_gpus_per_actor
     )
-    searcher = build_searcher(problem, evo, _initial_centre(start, param_count, cfg, config))
+    distilling = start.resume_state is None and start.init_state is None and evo.init == InitialCentre.distill
+    searcher = None if distilling else _centred_searcher(problem, evo, _initial_centre(start, param_count, cfg, config))
     wandb_run = None
     finished = False
+    distilled: dict[str, Any] = {}
     try:
         log.info("loading the model in %s", f"{evo.num_actors} Ray actors" if evo.num_actors >= 2 else "this process")
         problem.start_workers()
+        if distilling:  # the start needs the model: fitted now, then the searcher is centred on it
+            fit = problem.distil(evo.distill)
+            searcher = _centred_searcher(problem, evo, fit.parameters)
+            distilled = distill_record(fit)
         generation, best, wandb_run_id = _restore(start, searcher, problem, config)
-        if start.resume_state is None and not (start.init_state or {}).get("normalisation_state"):
+        provenance = _provenance(problem, start)
+        if start.resume_state is None and not (start.init_state and start.init_state.normalisation_state):
             problem.share_normalisation()  # calibrated once, on the first worker
         computed = problem.prepare_references(list(range(generation + 1, evo.generations + 1)))
         if computed:
             log.info("computed %d full-cache reference scores; every worker uses them", computed)
+        _report_full_cache_accuracy(problem, list(range(generation + 1, evo.generations + 1)))
         metrics_log = MetricsLog(run_dir)
         metrics_log.keep_up_to(generation if start.resume_state is not None else -1)
         wandb_run = WandbRun(config.logger, run_dir, f"{config.name}-seed{config.seed}", wandb_run_id, resolved)
         if start.resume_state is None:  # where the search starts, scored like every later centre
-            record: dict[str, Any] = {"generation": 0, "objective": evo.objective.value}
-            best = _validate(problem, searcher_centre(searcher), 0, best, record)
-            state = _checkpoint_state(0, searcher, config, resolved, problem, best, wandb_run.run_id)
-            _record_generation(record, state, run_dir, metrics_log, wandb_run)
+            record: dict[str, Any] = {
+                "generation": 0,
+                "objective": evo.objective.value,
+                **distilled,
+                **searcher.spread(),
+            }
+            best = _validate(problem, searcher.centre(), 0, best, record)
+            checkpoint = with_provenance(
+                _checkpoint(0, searcher, resolved, problem, best, wandb_run.run_id), provenance
+            )
+            _record_generation(record, checkpoint, run_dir, metrics_log, wandb_run)
             if "validation/fitness" in record:
                 log.info("gen 0 (start): validation %.4f", record["validation/fitness"])
         with (
@@ -230,14 +306,15 @@ def train(cfg: DictConfig) -> RunSummary:
         ):
             while generation < evo.generations:
                 generation += 1
-                record = _run_generation(problem, searcher, generation)
-                centre = searcher_centre(searcher)
+                record = _run_generation(problem, searcher, generation, evo)
+                centre = searcher.centre()
                 if generation % evo.eval_interval == 0 or generation == evo.generations:
                     best = _validate(problem, centre, generation, best, record)
                 if best.validation_fitness is None:
                     best = BestCentre(centre, None, generation)  # the current centre stands in until validated
-                state = _checkpoint_state(generation, searcher, config, resolved, problem, best, wandb_run.run_id)
-                _record_generation(record, state, run_dir, metrics_log, wandb_run)
+                checkpoint = _checkpoint(generation, searcher, resolved, problem, best, wandb_run.run_id)
+                checkpoint = with_provenance(checkpoint, provenance)
+                _record_generation(record, checkpoint, run_dir, metrics_log, wandb_run)
                 log.info(generation_line(record, evo.generations))
                 bar.set_postfix(fitness=f"{record['fitness/mean']:.3f}", step=f"{record['search/step_size']:.3g}")
                 bar.update(1)
@@ -253,26 +330,32 @@ def train(cfg: DictConfig) -> RunSummary:
 
 
 def _record_generation(
-    record: dict[str, Any], state: dict[str, Any], run_dir: Path, metrics_log: MetricsLog, wandb_run: WandbRun
+    record: dict[str, Any], checkpoint: TrainingCheckpoint, run_dir: Path, metrics_log: MetricsLog, wandb_run: WandbRun
 ) -> None:
     """metrics.jsonl, the plot, best.pt (when validation improved), latest.pt, W&B: in that order, so a kill
     at any point resumes to the same numbers (a resumed generation rewrites what latest.pt did not cover)."""
     metrics_log.append(record)
     plot_progress(metrics_log.read(), run_dir / PLOT_FILE)
     if record.get("validation/is_best"):  # before latest.pt: a kill in between must not lose the best centre
-        save_checkpoint(state, run_dir / BEST)
-    save_latest(state, run_dir)
+        save_checkpoint(checkpoint, run_dir / BEST)
+    save_latest(checkpoint, run_dir)
     if record.get("validation/is_best"):
-        wandb_run.save_checkpoint(run_dir / BEST, "best", state["generation"])
+        wandb_run.save_checkpoint(run_dir / BEST, "best", checkpoint.generation)
     wandb_run.log(record)
 
 
-def _run_generation(problem: EvolutionProblem, searcher: Any, generation: int) -> dict[str, Any]:
-    """One searcher step on this generation's prompts; returns its metrics."""
+def _run_generation(problem: EvolutionProblem, searcher: Searcher, generation: int, evo: EvoConfig) -> dict[str, Any]:
+    """One searcher step on this generation's prompts (fitness with the curriculum's memory weight); returns
+    its metrics, with how far the centre moved and the searcher's step size after the step."""
     problem.generation = generation
+    problem.train_rule = replace(problem.rule, memory_weight=evo.memory_weight_at(generation))
+    before = searcher.centre()
     started = time.perf_counter()
     searcher.step()
     seconds = time.perf_counter() - started
-    return generation_metrics(
-        generation, problem.last_outcome, problem.last_fitness, step_size(searcher), seconds, problem.rule
+    record = generation_metrics(
+        generation, problem.last_outcome, problem.last_fitness, searcher.step_size(), seconds, problem.train_rule
     )
+    record.update(centre_movement(before, searcher.centre()))
+    record.update(searcher.spread())
+    return record

@@ -80,8 +80,8 @@ class WandbRun:
         self.run.define_metric("*", step_metric="generation")
 
     def log(self, metrics: dict[str, Any]) -> None:
-        if self.run is not None:
-            self.run.log(metrics)
+        if self.run is not None:  # the per-candidate lists stay in metrics.jsonl
+            self.run.log({key: value for key, value in metrics.items() if not isinstance(value, list)})
 
     def save_checkpoint(self, path: Path, kind: str, generation: int) -> None:
         """Upload a checkpoint as an artifact (online only: offline runs keep the files on disk)."""

@@ -8,7 +8,15 @@ tokenizer, so nothing is downloaded: `tiny`, `byte_tokenizer`), a Hugging Face h
 """
 
 from namm.models.config import LoadedModel, ModelConfig
-from namm.models.loading import check_model_config, load_model
+from namm.models.loading import check_model_config, load_model, max_context_without_weights
 from namm.models.support import UnsupportedModelError, check_supported
 
-__all__ = ["LoadedModel", "ModelConfig", "UnsupportedModelError", "check_model_config", "check_supported", "load_model"]
+__all__ = [
+    "LoadedModel",
+    "ModelConfig",
+    "UnsupportedModelError",
+    "check_model_config",
+    "check_supported",
+    "load_model",
+    "max_context_without_weights",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from namm.errors import ConfigError
 from namm.models.byte_tokenizer import build_byte_tokenizer
@@ -58,7 +58,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
         model=model,
         tokenizer=tokenizer,
         name=config.name,
-        max_context=_resolve_max_context(config, model),
+        max_context=_resolve_max_context(config, getattr(model.config, "max_position_embeddings", None)),
         chat_template=_resolve_chat_template(config, tokenizer, default_chat_template),
         weights_id=weights,
     )
@@ -75,8 +75,29 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedMode
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def _resolve_max_context(config: ModelConfig, model: PreTrainedModel) -> int:
-    model_limit = getattr(model.config, "max_position_embeddings", None)
+def max_context_without_weights(config: ModelConfig) -> int | None:
+    """The `max_context` loading will give the model, read from small files only (the setting; the packaged
+    and tiny models' known lengths; a hub or local model's config.json), so prompt lengths are checked before
+    it loads. None when it cannot be read here (the hub unreachable): loading checks it then."""
+    if config.max_context is not None:
+        return config.max_context
+    if config.name in PACKAGED_MODELS:
+        return PACKAGED_MODELS[config.name].max_context
+    if config.name in TINY_MODELS:
+        return TINY_MAX_CONTEXT
+    try:
+        hf_config = AutoConfig.from_pretrained(resolve_source(config.name, KNOWN_MODEL_NAMES))
+    except (OSError, ValueError) as error:
+        logger.info(
+            "could not read %s's config.json before loading (%s); its prompt lengths are checked later",
+            config.name,
+            error,
+        )
+        return None
+    return getattr(hf_config, "max_position_embeddings", None)
+
+
+def _resolve_max_context(config: ModelConfig, model_limit: int | None) -> int:
     if config.max_context is None:
         if model_limit is None:
             raise ValueError(f"{config.name} does not state its context length; set model.max_context")

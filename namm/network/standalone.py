@@ -66,7 +66,7 @@ class KVCacheManager:
                 f"keys {tuple(keys.shape)}, values {tuple(values.shape)} and positions {tuple(positions.shape)} "
                 "must agree on (B, H, N)."
             )
-        output = self.namm(attention, positions, state=self.state)
+        output = self.namm(attention, positions, state=self.state, keys=keys)
         valid = torch.ones_like(output.keep)
         keep = per_layer_max_keep_whole_batch(output.ranked, output.keep, valid)
         kept = int(keep.sum(dim=-1).amax())

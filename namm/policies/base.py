@@ -7,15 +7,16 @@ That split keeps every baseline a page of code and lets the NAMM plug into the s
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
 
 import torch
 
+from namm.allocation import adakv_keep, check_allocation, pyramid_budgets
 from namm.row_chunks import ChunkedRows
-from namm.selection import Budget, top_k_keep
+from namm.selection import PROTECTED_SCORE, Budget, top_k_keep
 
 
 @dataclass
@@ -37,6 +38,10 @@ class LayerView:
     attention_fn: Callable[[int], torch.Tensor] | None = None
     attention_sums_fn: Callable[[int], torch.Tensor] | None = None
     attention_chunks_fn: Callable[[int], ChunkedRows] | None = None
+    num_layers: int = 1  # the model's decoder layers (per-layer budget allocations)
+    queries_fn: Callable[[int], torch.Tensor] | None = None
+    #: (D/2,) the rotary frequencies (radians per position) of the layer's keys and queries; None without RoPE
+    rotary_inv_freq: torch.Tensor | None = None
 
     @cached_property
     def attention(self) -> torch.Tensor:
@@ -71,6 +76,15 @@ class LayerView:
             return self.recent_attention(count).sum(dim=2)
         return self.attention_sums_fn(count)
 
+    def queries(self, count: int) -> torch.Tensor:
+        """(R, q_heads, count, D) the post-RoPE queries of the newest `count` tokens (positions
+        tokens_seen - count .. tokens_seen - 1); recorded for a policy with `needs_queries` or `needs_attention`."""
+        if self.queries_fn is None:
+            raise RuntimeError(
+                "queries were not recorded; set `needs_queries = True` on the policy class that reads them."
+            )
+        return self.queries_fn(count)
+
     @property
     def newest_mask(self) -> torch.Tensor:
         """(R, H, S) bool: the slot holding each row's newest token."""
@@ -90,10 +104,6 @@ class Selection:
     keep: torch.Tensor  # (R, H, S) bool, never True on invalid slots
 
 
-#: the rank of a policy's protected slots (sinks, windows, recent tokens): above every score, below the newest
-PROTECTED_SCORE = torch.finfo(torch.float32).max
-
-
 @dataclass(eq=False)
 class MemoryPolicy(ABC):
     """Base class of every memory policy.
@@ -109,11 +119,16 @@ class MemoryPolicy(ABC):
     evicts: ClassVar[bool] = True
     #: whether the engine must buffer queries so `LayerView.attention` can be computed
     needs_attention: ClassVar[bool] = False
-    #: whether it may update at the interval boundaries inside the prompt; one that compresses the prompt only
-    #: once it is whole (post-prefill) sets False and needs `engine.update_at_prefill_end`
-    runs_during_prefill: ClassVar[bool] = True
     #: registry name used in configs and result files
     name: ClassVar[str] = "policy"
+    #: whether the engine must buffer the post-RoPE queries since the last update (`LayerView.queries`)
+    needs_queries: ClassVar[bool] = False
+    #: False: the policy compresses once the whole prompt is in (schedule=post_prefill only; refused in
+    #: schedule=prefill before the model loads)
+    runs_during_prefill: ClassVar[bool] = True
+    #: whether the engine must run the context-reconstruction forwards (`reconstruction_inputs`) once the
+    #: prompt is in, letting the policy observe their attention (`observe_reconstruction`) before it selects
+    needs_reconstruction: ClassVar[bool] = False
     #: every update must bring a multiple of this many queries (the NAMM's STFT hop); checked before a run
     update_query_multiple: ClassVar[int] = 1
 
@@ -135,6 +150,20 @@ class MemoryPolicy(ABC):
         """Bytes of the per-token state the policy holds now (counted as engine overhead)."""
         return 0
 
+    def use_tokenizer(self, encode: Callable[[str], list[int]]) -> None:
+        """Tokenize the text the policy feeds the model (kvzip's repeat prompt); called once the model's
+        tokenizer is loaded, before the first run."""
+
+    def reconstruction_inputs(self, prompt: Sequence[int]) -> list[list[int]]:
+        """With `needs_reconstruction`: the token ids of the forwards the engine runs after `prompt` (each one
+        continues the prompt's positions; its tokens are dropped from the cache after it)."""
+        raise NotImplementedError(f"policy '{self.name}' does not reconstruct its context.")
+
+    def observe_reconstruction(self, view: LayerView) -> None:
+        """With `needs_reconstruction`: one layer after one reconstruction forward; its `num_new_tokens`
+        newest queries are the forward's, the slots at positions >= tokens_seen - num_new_tokens its tokens."""
+        raise NotImplementedError(f"policy '{self.name}' does not reconstruct its context.")
+
     def set_row_parameters(self, parameters: torch.Tensor | None) -> None:
         """Give each batch row its own parameter vector (B, P); only learned policies use it."""
         if parameters is not None:
@@ -151,6 +180,12 @@ class BudgetPolicy(MemoryPolicy):
     """
 
     budget: Budget
+    #: how the budget is shared out (namm/allocation.py): none | adakv (across a layer's KV heads; needs
+    #: engine.eviction_mode=per_head) | pyramid (across layers); `policy.allocation`, not a policy option
+    allocation: str = "none"
+
+    def __post_init__(self) -> None:
+        check_allocation(self.allocation)
 
     @abstractmethod
     def score(self, view: LayerView) -> torch.Tensor:
@@ -174,5 +209,9 @@ class BudgetPolicy(MemoryPolicy):
         if protected is not None:
             scores = scores.masked_fill(protected, PROTECTED_SCORE)
         scores = scores.masked_fill(view.newest_mask, float("inf")).masked_fill(~view.valid, float("-inf"))
-        keep = top_k_keep(scores, view.valid, self.budget.keep_counts(view.tokens_seen))
-        return Selection(scores=scores, keep=keep)
+        counts = self.budget.keep_counts(view.tokens_seen)
+        if self.allocation == "adakv":
+            return Selection(scores=scores, keep=adakv_keep(scores, view.valid, counts))
+        if self.allocation == "pyramid":
+            counts = pyramid_budgets(counts, view.tokens_seen, view.num_layers)[:, view.layer_idx]
+        return Selection(scores=scores, keep=top_k_keep(scores, view.valid, counts))

@@ -29,6 +29,7 @@ class H2OPolicy(BudgetPolicy):
     batch_size: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 <= self.recent_share <= 1.0:
             raise ValueError(
                 "h2o policy.options.recent_share must be in [0, 1] (the budget's share for the newest tokens), "

@@ -77,6 +77,7 @@ class NAMMPolicy(MemoryPolicy):
             state=self._rows_state(view.layer_idx, view.rows),
             rows=view.rows,
             parameters=self.row_parameters,
+            keys=view.keys if self.namm.config.key_novelty else None,
         )
         self._store_rows(view.layer_idx, view.rows, output.state)
         if self.observer is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from namm.allocation import check_allocation
 from namm.policies.base import BudgetPolicy, MemoryPolicy
 from namm.selection import Budget
 
@@ -40,6 +41,7 @@ class PolicyConfig:
     budget_ratio: float | None = None  # ratio of tokens seen kept per head, in (0, 1]
     budget_tokens: int | None = None  # or a fixed count; at most one of the two (`Budget.from_keys`)
     options: dict[str, Any] = field(default_factory=dict)
+    allocation: str = "none"  # how a budgeted policy shares its budget: none | adakv | pyramid (namm/allocation.py)
 
     @property
     def budget(self) -> Budget | None:
@@ -61,8 +63,8 @@ def policy_class(name: str) -> type[MemoryPolicy]:
 
 def policy_options(cls: type[MemoryPolicy]) -> list[str]:
     """The options a config may set (`policy.options`): the dataclass's init fields (and init-only
-    variables) but the budget, read from the `__init__` the dataclass generated."""
-    return [name for name in inspect.signature(cls).parameters if name != "budget"]
+    variables) but the budget and its allocation, read from the `__init__` the dataclass generated."""
+    return [name for name in inspect.signature(cls).parameters if name not in ("budget", "allocation")]
 
 
 def build_policy(config: PolicyConfig) -> MemoryPolicy:
@@ -76,6 +78,7 @@ def build_policy(config: PolicyConfig) -> MemoryPolicy:
             f"policy {config.name!r} does not take the options {unknown}; its options are {sorted(known)} "
             f"(defaults in conf/policy/{config.name}.yaml)"
         )
+    check_allocation(config.allocation)
     budget = config.budget
     if issubclass(cls, BudgetPolicy):
         if budget is None:
@@ -83,7 +86,11 @@ def build_policy(config: PolicyConfig) -> MemoryPolicy:
                 f"policy {config.name!r} keeps a budget per KV head: set policy.budget_ratio (e.g. 0.5) or "
                 "policy.budget_tokens"
             )
-        return cls(budget=budget, **options)
+        return cls(budget=budget, allocation=config.allocation, **options)
+    if config.allocation != "none":
+        raise ValueError(
+            f"policy {config.name!r} keeps no budget, so it has none to allocate: drop allocation={config.allocation!r}."
+        )
     return cls(**options)
 
 

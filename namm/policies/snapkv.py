@@ -36,6 +36,7 @@ class SnapKVPolicy(BudgetPolicy):
     pooling: str = "max"  # max | avg
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.window < 1 or self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(
                 "snapkv needs policy.options.window >= 1 and an odd policy.options.kernel_size >= 1, got "

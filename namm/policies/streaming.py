@@ -19,6 +19,7 @@ class StreamingPolicy(BudgetPolicy):
     sink_tokens: int = 4  # the first tokens, always kept (attention sinks)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.sink_tokens < 0:
             raise ValueError(f"streaming policy.options.sink_tokens must be >= 0, got {self.sink_tokens}.")
         sinks = self.sink_tokens

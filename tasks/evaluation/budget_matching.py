@@ -1,11 +1,16 @@
-"""Matched budgets: the budget ratio at which a baseline ends with the NAMM's retained-cache ratio.
+"""Matched budgets: the budget ratio at which a baseline holds the NAMM's retained-cache ratio.
 
-A budgeted policy keeps `max(1, ceil(budget * U))` tokens per head at its last update (U tokens seen then)
-and every one of the T tokens that arrive afterwards, so its final ratio is (kept + T) / (U + T): the
-unevicted tail makes it larger than the budget. Given each sample's (U, T), the ratio is a known
-non-decreasing step function of the budget, solved here by bisection. U and T depend a little on what the
-policy generates, so the evaluation loop re-solves with the baseline's own schedule when the first run
-misses the tolerance.
+The ratio is read at one of two moments (`match_on`): `prompt_end` (default), once the whole prompt is in
+and before the first new token, or `generation_end`, after the last one. The prompt-end ratio is what the
+cache holds while every answer token is decoded, and it does not depend on the answer: at the end of
+generation the generated tokens form an unevicted tail, so a policy whose answer rambles looks more frugal.
+
+A budgeted policy keeps `max(1, ceil(budget * U))` tokens per head at its last update before that moment
+(U tokens seen then) and every one of the T tokens that arrive afterwards, so its ratio is
+(kept + T) / (U + T): the unevicted tail makes it larger than the budget. Given each sample's (U, T), the
+ratio is a known non-decreasing step function of the budget, solved here by bisection. At the end of
+generation U and T depend a little on what the policy generates, so the evaluation loop re-solves with the
+baseline's own schedule when the first run misses the tolerance; at the end of the prompt they do not.
 """
 
 from __future__ import annotations
@@ -14,6 +19,22 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import mean
+
+
+@dataclass(frozen=True)
+class MatchTarget:
+    """Which per-sample record fields hold the matched ratio and its schedule."""
+
+    ratio: str
+    tokens_seen: str
+    last_update: str
+    label: str  # how the table and the plots name the matched quantity
+
+
+MATCH_TARGETS = {
+    "prompt_end": MatchTarget("prompt_retained_ratio", "prompt_tokens", "prompt_last_update", "end-of-prompt ratio"),
+    "generation_end": MatchTarget("retained_ratio", "tokens_seen", "last_update", "end-of-generation ratio"),
+}
 
 
 @dataclass(frozen=True)

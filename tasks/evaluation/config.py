@@ -24,6 +24,30 @@ AUTO_CHECKPOINT = "auto"
 #: `checkpoint=zero`: the zero-parameter NAMM (keeps every token), whatever checkpoints exist
 ZERO_CHECKPOINT = "zero"
 NAMM_POLICY = "namm"
+#: what a matched baseline's retained ratio is matched on (tasks.evaluation.budget_matching.MATCH_TARGETS)
+MATCH_ON = ("prompt_end", "generation_end")
+#: what to do with evaluation prompts a NAMM was trained or validated on (tasks.evaluation.held_out)
+TRAINED_PROMPTS = ("refuse", "skip", "allow")
+
+
+@dataclass
+class StatisticsConfig:
+    """How intervals and paired tests are computed (tasks.evaluation.intervals); recorded in results.json."""
+
+    seed: int = 0  # bootstrap seed: the same seed and prompts give the same intervals
+    resamples: int = 2000  # bootstrap resamples
+    level: float = 0.95  # interval level; a paired difference is claimed at p < 1 - level
+    weak_full_score: float = 50.0  # tasks where the full cache scores below this are flagged in the table
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.resamples < 100:
+            found.append(f"statistics.resamples must be >= 100, got {self.resamples}")
+        if not 0.5 <= self.level < 1:
+            found.append(f"statistics.level must be in [0.5, 1), got {self.level}")
+        if not 0 <= self.weak_full_score <= 100:
+            found.append(f"statistics.weak_full_score is a score in [0, 100], got {self.weak_full_score}")
+        return found
 
 
 def _disabled_logger() -> LoggerConfig:
@@ -47,12 +71,18 @@ class EvaluateConfig:
     match_budget: bool | None = None  # budgeted baselines at the NAMM's ratio; null: when a trained NAMM runs
     budget_tolerance: float = 0.02  # accepted relative gap between a matched baseline's and the NAMM's ratio
     budget_attempts: int = 3  # runs per baseline and task to land within the tolerance
+    match_on: str = "prompt_end"  # prompt_end: the NAMM's retained ratio once the prompt is in | generation_end
+    trained_prompts: str = "refuse"  # a NAMM's training/validation prompt among the evaluated ones: refuse | skip
+    # (drop it from every policy's run) | allow (run it anyway: warned and recorded in results.json)
+    statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
     front: bool = False  # score-memory front: every budgeted baseline at each of `front_budgets` as well
     front_budgets: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75])
     batch_size: int = 4  # prompts per engine call (rows are left-padded)
     #: namm.engine.EngineConfig fields; a null one takes the checkpoints' training setting, else the engine default
     engine: Any = None
+    schedule: str | None = None  # prefill | post_prefill (namm.engine.SCHEDULES), read as engine.schedule
     plots: bool = True
+    eviction_maps: int = 0  # N > 0: for the first N prompts of each task, one PNG per policy of the tokens kept
     progress: bool = True
     logger: LoggerConfig = field(default_factory=_disabled_logger)
     model: Any = None
@@ -71,6 +101,13 @@ class EvaluateConfig:
             problems.append(f"budget_tolerance is a relative gap in (0, 1), got {self.budget_tolerance}")
         if self.budget_attempts < 1:
             problems.append(f"budget_attempts must be >= 1, got {self.budget_attempts}")
+        if self.eviction_maps < 0:
+            problems.append(f"eviction_maps is a prompt count per task (0: none), got {self.eviction_maps}")
+        if self.match_on not in MATCH_ON:
+            problems.append(f"match_on must be one of {MATCH_ON}, got {self.match_on!r}")
+        if self.trained_prompts not in TRAINED_PROMPTS:
+            problems.append(f"trained_prompts must be one of {TRAINED_PROMPTS}, got {self.trained_prompts!r}")
+        problems += self.statistics.problems()
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.compare is not None:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from namm.engine import EngineConfig, check_policy_engine
 from namm.errors import ConfigError
-from namm.policies import BudgetPolicy, MemoryPolicy, PolicyConfig, available_policies, build_policy
+from namm.policies import BudgetPolicy, MemoryPolicy, PolicyConfig, available_policies, build_policy, policy_class
 from tasks.evaluation.config import NAMM_POLICY, EvaluateConfig
 from tasks.evaluation.namm_source import NAMMSource
 
@@ -47,18 +48,21 @@ class Contender:
 POLICY_CONFIGS = Path(__file__).resolve().parents[2] / "conf" / "policy"  # one yaml of defaults per policy
 
 
-def default_comparison() -> list[str]:
-    """The full cache, the NAMM, then every other registered policy: a new policy module is compared by default."""
-    return ["full", NAMM_POLICY, *(name for name in available_policies() if name not in ("full", NAMM_POLICY))]
+def default_comparison(schedule: str = "prefill") -> list[str]:
+    """The full cache, the NAMM, then every other registered policy that runs on `schedule` (a post-prefill
+    one such as kvzip joins under schedule=post_prefill): a new policy module is compared by default."""
+    others = [name for name in available_policies() if name not in ("full", NAMM_POLICY)]
+    runnable = [name for name in others if schedule == "post_prefill" or policy_class(name).runs_during_prefill]
+    return ["full", NAMM_POLICY, *runnable]
 
 
-def contender_names(config: EvaluateConfig) -> list[str]:
-    """`compare` if given, else the one `policy`, else the default comparison."""
+def contender_names(config: EvaluateConfig, schedule: str = "prefill") -> list[str]:
+    """`compare` if given, else the one `policy`, else the default comparison on `schedule`."""
     if config.compare is not None:
         return list(config.compare)
     if config.policy is not None:
         return [config.policy["name"]]
-    return default_comparison()
+    return default_comparison(schedule)
 
 
 def _policy_config(values: dict[str, Any], key: str) -> PolicyConfig:
@@ -84,12 +88,16 @@ def _settings_for(name: str, config: EvaluateConfig) -> tuple[PolicyConfig, str]
     return _policy_config(OmegaConf.to_container(OmegaConf.load(defaults)), str(defaults)), f"baselines.{name}"
 
 
-def plan_contenders(config: EvaluateConfig, namms: list[tuple[str, NAMMSource]]) -> list[Contender]:
+def plan_contenders(
+    config: EvaluateConfig, namms: list[tuple[str, NAMMSource]], engine: EngineConfig | None = None
+) -> list[Contender]:
     """Full cache first, then the NAMMs (`namms`: label and source; the first one's ratio sets matched
     budgets), then the others in the given order.
 
-    Every baseline is instantiated once here so an unknown name or a budget out of range fails now."""
-    names = contender_names(config)
+    Every baseline is instantiated once here so an unknown name, a budget out of range or a policy the
+    `engine` settings cannot run fails now."""
+    engine = engine or EngineConfig()
+    names = contender_names(config, engine.schedule)
     if config.policy is not None and config.compare is not None and config.policy["name"] not in config.compare:
         raise ConfigError(
             f"policy={config.policy['name']} is not among compare={list(config.compare)}; add it to compare, or "
@@ -111,6 +119,7 @@ def plan_contenders(config: EvaluateConfig, namms: list[tuple[str, NAMMSource]])
             raise ConfigError(f"{key}.name is {settings.name!r}, expected {name!r}.")
         try:
             policy = build_policy(settings)
+            check_policy_engine(policy, engine)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"{key} ({name}): {error}") from error
         contenders.append(Contender(name, settings, budgeted=isinstance(policy, BudgetPolicy)))

@@ -62,6 +62,11 @@ class NAMMSource:
         return self.artefact.trained_on
 
     @property
+    def provenance(self) -> dict[str, Any] | None:
+        """The prompts it was trained and validated on (None: untrained, or not recorded by its checkpoint)."""
+        return self.artefact.training.get("provenance")
+
+    @property
     def training_engine(self) -> dict[str, Any] | None:
         """The engine schedule the NAMM was evolved with (None for the zero NAMM: the engine defaults)."""
         return None if self.is_zero else asdict(self.artefact.engine)

@@ -6,18 +6,19 @@ from pathlib import Path
 from typing import Any
 
 from namm.atomic_io import atomic_write
+from tasks.evaluation.budget_matching import MATCH_TARGETS, MatchTarget
 
 SCORE_VS_RATIO = "score_vs_retained_ratio.png"
 TASK_BARS = "task_scores.png"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
-def _save(figure: Any, path: Path) -> None:
+def save_figure(figure: Any, path: Path) -> None:
     """Render to a temporary file and rename it into place, so a kill never leaves half a PNG."""
     atomic_write(path, lambda file: figure.savefig(file, dpi=120, format="png"))
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,15 +27,21 @@ def _pyplot():
     return plt
 
 
+def matched_quantity(document: dict[str, Any]) -> MatchTarget:
+    """The ratio matched budgets target (the x-axis of the ratio plots, so "matched" means what it shows)."""
+    return MATCH_TARGETS[document["settings"]["match_on"]]
+
+
 def plot_score_vs_ratio(document: dict[str, Any], path: Path) -> None:
-    """Score against memory, two panels: retained ratio, and live KV MiB (each sample's peak, mean over samples:
-    what the policy gives back, not what storage allocated). One colour per policy: a small dot per task, a
-    large marker for the policy's mean over tasks."""
-    plt = _pyplot()
+    """Score against memory, two panels: the retained ratio budgets are matched on, and live KV MiB (each
+    sample's peak, mean over samples: what the policy gives back, not what storage allocated). One colour per
+    policy: a small dot per task, a large marker for the policy's mean over tasks."""
+    plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     colours = plt.get_cmap("tab10")
+    quantity = matched_quantity(document)
     memory_axes = (
-        (axes[0], lambda source: source["retained_ratio"], "retained KV-cache ratio (kept / seen)"),
+        (axes[0], lambda source: source[quantity.ratio], f"retained KV-cache ratio: {quantity.label} (kept / seen)"),
         (axes[1], lambda source: source["mean_peak_live_kv_bytes"] / 2**20, "peak live KV MiB (mean per sample)"),
     )
     for axis, memory, label in memory_axes:
@@ -56,17 +63,17 @@ def plot_score_vs_ratio(document: dict[str, Any], path: Path) -> None:
         axis.set_xlim(left=0)
         axis.grid(alpha=0.3)
     axes[0].set_xlim(0, 1.05)
-    axes[0].set_ylabel("score (task mean; small dots: single tasks)")
+    axes[0].set_ylabel("score (mean over tasks, equally weighted; small dots: single tasks)")
     axes[0].legend(fontsize=8, loc="best")
     figure.suptitle(f"{document['model']['name']}: score vs memory (live KV bytes)")
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
 
 
 def plot_task_bars(document: dict[str, Any], path: Path) -> None:
     """Grouped bars: one group per task, one bar per policy."""
-    plt = _pyplot()
+    plt = pyplot()
     tasks = list(document["tasks"])
     policies = list(document["aggregates"])
     scores = {(r["policy"], r["task"]): r["score"] for r in document["results"]}
@@ -88,7 +95,7 @@ def plot_task_bars(document: dict[str, Any], path: Path) -> None:
     axis.legend(fontsize=8, ncols=min(4, len(policies)))
     axis.set_title(f"{document['model']['name']}: scores per task")
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
 
 
@@ -97,20 +104,22 @@ def front_file(task: str) -> str:
 
 
 def plot_front(document: dict[str, Any], task: str, path: Path) -> None:
-    """One task's score-memory front: score (with its 95% bootstrap interval) against the retained ratio on
-    that task. A baseline's budget points are joined by a line, each NAMM is a star, the full cache a square."""
-    plt = _pyplot()
+    """One task's score-memory front: score (with its 95% interval) against the retained ratio budgets are
+    matched on, on that task. A baseline's budget points are joined by a line, each NAMM is a star, the full
+    cache a square."""
+    plt = pyplot()
+    ratio = matched_quantity(document).ratio
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
     colours = plt.get_cmap("tab10")
     rows = [r for r in document["results"] if r["task"] == task]
     families = list(dict.fromkeys(r["family"] for r in rows))
     for number, family in enumerate(families):
-        points = sorted((r for r in rows if r["family"] == family), key=lambda r: r["retained_ratio"])
+        points = sorted((r for r in rows if r["family"] == family), key=lambda r: r[ratio])
         colour = colours(number % 10)
         for point in points:
             low, high = point["score_interval"]
             axis.errorbar(
-                point["retained_ratio"],
+                point[ratio],
                 point["score"],
                 yerr=[[point["score"] - low], [high - point["score"]]],
                 color=colour,
@@ -120,7 +129,7 @@ def plot_front(document: dict[str, Any], task: str, path: Path) -> None:
         marker = {"namm": "*", "full": "s"}.get(family, "o")
         line = "none" if family in ("namm", "full") else "-"
         axis.plot(
-            [p["retained_ratio"] for p in points],
+            [p[ratio] for p in points],
             [p["score"] for p in points],
             color=colour,
             marker=marker,
@@ -130,14 +139,14 @@ def plot_front(document: dict[str, Any], task: str, path: Path) -> None:
         )
     axis.set_xlim(0, 1.05)
     axis.set_ylim(-5, 105)
-    axis.set_xlabel("retained KV-cache ratio on this task (live tokens / seen)")
-    axis.set_ylabel("score (95% bootstrap interval)")
+    axis.set_xlabel(f"retained KV-cache ratio on this task: {matched_quantity(document).label} (live tokens / seen)")
+    axis.set_ylabel("score (95% interval: Wilson for 0/1 metrics, else bootstrap)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="best")
     samples = rows[0]["num_samples"] if rows else 0
     axis.set_title(f"{document['model']['name']}: {task} ({samples} prompts)")
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
 
 

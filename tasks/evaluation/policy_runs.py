@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -14,14 +16,16 @@ from tqdm.auto import tqdm
 from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
 from namm.models import LoadedModel
 from namm.policies import PolicyConfig
-from tasks.evaluation.budget_matching import UpdateSchedule, relative_gap, solve_budget
+from tasks.evaluation.budget_matching import MatchTarget, UpdateSchedule, relative_gap, solve_budget
 from tasks.evaluation.contenders import Contender, build_contender_policy
-from tasks.evaluation.sample_store import SampleStore, prompt_digest
-from tasks.fingerprints import settings_digest
+from tasks.evaluation.sample_store import SampleStore
+from tasks.fingerprints import prompt_digest, settings_digest
 from tasks.generators import engine_generator
 from tasks.runner import PreparedTask, run_task
+from tasks.spec import Sample
 
 SAMPLES_DIR = "samples"
+log = logging.getLogger(__name__)
 
 
 class TimedEngine:
@@ -44,6 +48,7 @@ class EvaluationContext:
 
     loaded: LoadedModel
     model_settings: dict[str, Any]  # the model config as run (part of every sample store's key)
+    score_inputs: dict[str, Any]  # tasks.evaluation.run_identity.score_inputs (part of every key too)
     engine_config: EngineConfig
     run_dir: Path
     batch_size: int
@@ -52,11 +57,13 @@ class EvaluationContext:
 
 @dataclass
 class PolicyTaskRun:
-    """The records of one (policy, task) run and the budget it ran at (None: not budgeted or unmatched)."""
+    """The records of one (policy, task) run and the budget it ran at (None: not budgeted or unmatched).
+    `fresh`: the sample indices run now; the others were read back from the store (their timings are old)."""
 
     records: list[dict[str, Any]]
     policy: PolicyConfig
     samples_file: Path
+    fresh: frozenset[int] = frozenset()
     budget_target: float | None = None
     attempts: list[dict[str, float]] | None = None
     within_tolerance: bool | None = None
@@ -71,6 +78,7 @@ def store_for(
         "namm": contender.namm.fingerprint() if contender.namm is not None else None,
         "engine": asdict(context.engine_config),
         "model": context.model_settings,
+        "inputs": context.score_inputs,
         "task": task.settings.key(),
     }
     digest = settings_digest(key, 12, default=str)
@@ -85,11 +93,11 @@ def _policy_key(policy: PolicyConfig) -> dict[str, Any]:
 
 
 def _record(
-    task: PreparedTask, index: int, prediction: str, score: float, result: GenerationResult, seconds: float, rows: int
+    sample: Sample, prediction: str, score: float, result: GenerationResult, seconds: float, rows: int
 ) -> dict[str, Any]:
-    sample = task.samples[index]
+    prompt_updates = [position for position in result.update_positions if position <= result.prompt_length]
     return {
-        "index": index,
+        "index": sample.index,
         "prompt_sha": prompt_digest(sample.prompt_ids),
         "prediction": prediction,
         "answers": list(sample.answers),
@@ -97,6 +105,8 @@ def _record(
         "retained_ratio": result.retained_ratio,
         "retained_ratio_per_layer": list(result.retained_ratio_per_layer),
         "prompt_tokens": result.prompt_length,
+        "prompt_retained_ratio": result.prompt_retained_ratio,
+        "prompt_last_update": prompt_updates[-1] if prompt_updates else 0,
         "generated_tokens": len(result.token_ids),
         "tokens_seen": result.tokens_seen,
         "last_update": result.update_positions[-1] if result.update_positions else 0,
@@ -106,6 +116,8 @@ def _record(
         "batch_peak_overhead_bytes": result.memory.batch_overhead_bytes.peak,
         "batch_rows": rows,
         "seconds": seconds / rows,  # this sample's share of its batch's generate time
+        "reconstruction_tokens": result.reconstruction.tokens if result.reconstruction else 0,
+        "reconstruction_seconds": result.reconstruction.seconds / rows if result.reconstruction else 0.0,
     }
 
 
@@ -115,41 +127,59 @@ def run_policy(
     """Every sample of `task` under `policy`; samples already in the store are not run again (but count as
     progress: the bar's total counts every sample of every policy).
 
-    Sample indices are positions in `task.samples` (prepared tasks hold their samples in index order)."""
-    indices = list(range(len(task.samples)))
+    Records carry the sample's own index (its data line or synthetic number), which is not its position in
+    `task.samples` when trained-on samples were skipped."""
+    positions = {sample.index: position for position, sample in enumerate(task.samples)}
+    indices = list(positions)
     store = store_for(context, contender, policy, task)
-    store.open({index: prompt_digest(sample.prompt_ids) for index, sample in enumerate(task.samples)})
+    store.open({sample.index: prompt_digest(sample.prompt_ids) for sample in task.samples})
     todo = store.missing(indices)
     bar = context.bar
     bar.update(len(indices) - len(todo))  # already on disk
     bar.set_description(f"{contender.label} {task.spec.name}")
     if todo:
-        generate = TimedEngine(
-            MemoryEngine(context.loaded.model, build_contender_policy(contender, policy), context.engine_config)
-        )
         tokenizer = context.loaded.tokenizer
+        memory_policy = build_contender_policy(contender, policy)
+        memory_policy.use_tokenizer(partial(tokenizer.encode, add_special_tokens=False))
+        generate = TimedEngine(MemoryEngine(context.loaded.model, memory_policy, context.engine_config))
         for start in range(0, len(todo), context.batch_size):
             batch = todo[start : start + context.batch_size]
             generate.seconds = 0.0
-            run = run_task(task, generate, tokenizer, batch, batch_size=len(batch))
+            run = run_task(task, generate, tokenizer, [positions[index] for index in batch], batch_size=len(batch))
             store.append(
                 [
-                    _record(task, index, prediction, score, result, generate.seconds, len(batch))
+                    _record(task.samples[positions[index]], prediction, score, result, generate.seconds, len(batch))
                     for index, prediction, score, result in zip(
                         run.indices, run.predictions, run.sample_scores, run.generations
                     )
                 ]
             )
             bar.update(len(batch))
-    return PolicyTaskRun(store.ordered(indices), policy, store.path)
+    records = store.ordered(indices)
+    log_reconstruction_cost(contender.label, task.spec.name, records)
+    return PolicyTaskRun(records, policy, store.path, fresh=frozenset(todo))
 
 
-def schedules_of(records: Sequence[dict[str, Any]]) -> list[UpdateSchedule]:
-    return [UpdateSchedule(record["tokens_seen"], record["last_update"]) for record in records]
+def log_reconstruction_cost(label: str, task: str, records: Sequence[dict[str, Any]]) -> None:
+    """A reconstructing policy's (kvzip) extra forwards: what share of its time they took."""
+    extra = sum(record.get("reconstruction_seconds", 0.0) for record in records)
+    if extra:
+        total = sum(record["seconds"] for record in records)
+        tokens = sum(record.get("reconstruction_tokens", 0) for record in records)
+        prompts = sum(record["prompt_tokens"] for record in records)
+        log.info(
+            "%s on %s: reconstruction fed %d tokens (%.2fx the prompts) in %.1f s, %.0f%% of its %.1f s",
+            label, task, tokens, tokens / prompts, extra, 100 * extra / total, total,
+        )  # fmt: skip
 
 
-def mean_ratio(records: Sequence[dict[str, Any]]) -> float:
-    return mean(record["retained_ratio"] for record in records)
+def schedules_of(records: Sequence[dict[str, Any]], target: MatchTarget) -> list[UpdateSchedule]:
+    return [UpdateSchedule(record[target.tokens_seen], record[target.last_update]) for record in records]
+
+
+def mean_ratio(records: Sequence[dict[str, Any]], target: MatchTarget) -> float:
+    """The task's mean over samples of the matched ratio."""
+    return mean(record[target.ratio] for record in records)
 
 
 def run_matched(
@@ -159,13 +189,15 @@ def run_matched(
     namm_records: Sequence[dict[str, Any]],
     tolerance: float,
     attempts: int,
+    quantity: MatchTarget,
 ) -> PolicyTaskRun:
-    """Run a budgeted baseline at the budget whose retained ratio matches the NAMM's on this task.
+    """Run a budgeted baseline at the budget whose retained ratio (`quantity`) matches the NAMM's on this task.
 
     The first budget is solved on the NAMM's own update schedule; if the achieved ratio misses the
     tolerance, the next is solved on the schedule this baseline actually had (a fixed-point step)."""
-    target = mean_ratio(namm_records)
-    schedules = schedules_of(namm_records)
+    ratio = partial(mean_ratio, target=quantity)
+    target = ratio(namm_records)
+    schedules = schedules_of(namm_records, quantity)
     tried: list[tuple[float, PolicyTaskRun]] = []
     for _ in range(attempts):
         budget = solve_budget(target, schedules)
@@ -175,18 +207,18 @@ def run_matched(
             context.bar.total += len(task.samples)  # a calibration run the progress total did not count
         run = run_policy(context, contender, contender.with_budget(budget), task)
         tried.append((budget, run))
-        if relative_gap(mean_ratio(run.records), target) <= tolerance:
+        if relative_gap(ratio(run.records), target) <= tolerance:
             break
-        schedules = schedules_of(run.records)
-    _, best = min(tried, key=lambda item: relative_gap(mean_ratio(item[1].records), target))
+        schedules = schedules_of(run.records, quantity)
+    _, best = min(tried, key=lambda item: relative_gap(ratio(item[1].records), target))
     best.budget_target = target
     best.attempts = [
         {
             "budget": budget,
-            "retained_ratio": mean_ratio(run.records),
-            "relative_gap": relative_gap(mean_ratio(run.records), target),
+            "retained_ratio": ratio(run.records),
+            "relative_gap": relative_gap(ratio(run.records), target),
         }
         for budget, run in tried
     ]
-    best.within_tolerance = relative_gap(mean_ratio(best.records), target) <= tolerance
+    best.within_tolerance = relative_gap(ratio(best.records), target) <= tolerance
     return best

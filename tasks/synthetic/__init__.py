@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from functools import partial
 
+from tasks.answer_spans import answer_token_spans
 from tasks.prompts import PromptBuilder
 from tasks.spec import Sample, TaskSpec
 from tasks.synthetic.draft import Draft, Drafter, SyntheticParams
@@ -25,7 +26,9 @@ class SyntheticTask:
     takes_haystack: bool = False  # whether the `haystack` parameter applies
 
 
-def _task(name: str, draft: Drafter, metric: str, max_new_tokens: int, all_required: bool) -> SyntheticTask:
+def _task(
+    name: str, draft: Drafter, metric: str, max_new_tokens: int, all_required: bool, joiner: str = ", "
+) -> SyntheticTask:
     spec = TaskSpec(
         name=name,
         metric=metric,
@@ -33,6 +36,7 @@ def _task(name: str, draft: Drafter, metric: str, max_new_tokens: int, all_requi
         category="Synthetic",
         language="en",
         answers_all_required=all_required,
+        answer_joiner=joiner,
     )
     return SyntheticTask(spec=spec, draft=draft, takes_haystack=isinstance(draft, NiahLayout))
 
@@ -45,13 +49,17 @@ SYNTHETIC_TASKS: dict[str, SyntheticTask] = {
         _task("niah_multikey", NiahLayout(haystack="needle"), "string_match_all", 128, all_required=True),
         _task("niah_multivalue", NiahLayout(num_values=4), "string_match_all", 128, all_required=True),
         _task("niah_multiquery", NiahLayout(num_keys=4, num_queries=4), "string_match_all", 128, all_required=True),
-        _task("variable_tracking", draft_variable_tracking, "string_match_all", 30, all_required=True),
+        _task("niah_prose", NiahLayout(haystack="prose"), "string_match_all", 32, all_required=True),
+        _task("variable_tracking", draft_variable_tracking, "string_match_all", 30, all_required=True, joiner=" "),
         _task("kv_retrieval", draft_kv_retrieval, "string_match_all", 50, all_required=True),
     )
 }
 
 #: named mixes of synthetic tasks (conf/task/<name>.yaml): `retrieval` is the CPU memory experiment's
-SYNTHETIC_SUITES: dict[str, tuple[str, ...]] = {"retrieval": ("passkey", "niah_single")}
+SYNTHETIC_SUITES: dict[str, tuple[str, ...]] = {
+    "retrieval": ("passkey", "niah_single"),
+    "retrieval_prose": ("niah_single", "niah_prose"),  # the efficacy experiment's (conf/experiment/efficacy.yaml)
+}
 
 
 def _prompt_ids(draft: Draft, builder: PromptBuilder, chat_template_allowed: bool, size: int) -> list[int]:
@@ -70,5 +78,6 @@ def generate_samples(
         draft = task.draft(random.Random(f"{task.spec.name}/{params.seed}/{index}"), params)
         render = partial(_prompt_ids, draft, builder, task.spec.chat_template_allowed)
         _, ids = fit_to_length(render, params.context_length, what=f"{task.spec.name} sample {index}")
-        samples.append(Sample(index=index, prompt_ids=tuple(ids), answers=draft.answers))
+        spans = answer_token_spans(ids, draft.answers, builder.tokenizer)
+        samples.append(Sample(index=index, prompt_ids=tuple(ids), answers=draft.answers, answer_spans=spans))
     return samples

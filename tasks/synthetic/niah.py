@@ -1,4 +1,5 @@
-"""RULER-style needle-in-a-haystack: "special magic" key-value needles in noise or distractor needles."""
+"""RULER-style needle-in-a-haystack: "special magic" key-value needles in noise or distractor needles, or
+ordinary-sentence needles in varied prose (haystack="prose", tasks/synthetic/prose.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from dataclasses import dataclass
 from tasks.synthetic import words
 from tasks.synthetic.draft import Draft, SyntheticParams, depths
 from tasks.synthetic.haystack import insert_at_depths, noise_text, sentence_stream_text
+from tasks.synthetic.prose import prose_needle, prose_sentence
 
-HAYSTACKS = ("noise", "needle")
+HAYSTACKS = ("noise", "needle", "prose")
+PROSE_INSTRUCTION = "Read the following story. I will ask you about one detail of it afterwards."
 _VALUE_NOUN = {"numbers": ("number", "numbers"), "uuids": ("uuid", "uuids")}
 
 
@@ -46,6 +49,13 @@ def _question(queries: list[str], value_kind: str, single_answer: bool) -> tuple
     )
 
 
+def _prose_question(queries: list[str], single_answer: bool) -> tuple[str, str]:
+    things = " and the ".join(query.replace("-", " ") for query in queries)
+    if single_answer:
+        return f"What was the code written on the {things}?", f" The code written on the {things} was"
+    return f"What were all the codes written on the {things}?", f" The codes written on the {things} were"
+
+
 def draft_niah(rng: random.Random, params: SyntheticParams, layout: NiahLayout) -> Draft:
     haystack = params.haystack or layout.haystack
     if haystack not in HAYSTACKS:
@@ -53,11 +63,16 @@ def draft_niah(rng: random.Random, params: SyntheticParams, layout: NiahLayout) 
     draw_key, draw_value = words.DRAWS[layout.key_kind], words.DRAWS[layout.value_kind]
     keys = words.distinct(draw_key, rng, layout.num_keys)
     values = {key: words.distinct(draw_value, rng, layout.num_values) for key in keys}
-    needles = [_needle(key, value, layout.value_kind) for key in keys for value in values[key]]
+    prose = haystack == "prose"
+    write = prose_needle if prose else (lambda key, value: _needle(key, value, layout.value_kind))
+    needles = [write(key, value) for key in keys for value in values[key]]
     inserts = list(zip(depths(rng, params, len(needles)), needles))
     queries = keys[: layout.num_queries]
     answers = tuple(value for key in queries for value in values[key])
-    question, answer_prefix = _question(queries, layout.value_kind, single_answer=len(answers) == 1)
+    single = len(answers) == 1
+    question, answer_prefix = (
+        _prose_question(queries, single) if prose else _question(queries, layout.value_kind, single)
+    )
     _, nouns = _VALUE_NOUN[layout.value_kind]
     stream_seed = rng.getrandbits(64)
     taken = frozenset(keys)
@@ -67,12 +82,20 @@ def draft_niah(rng: random.Random, params: SyntheticParams, layout: NiahLayout) 
         key = words.distinct(draw_key, local, 1, exclude=taken)[0]
         return _needle(key, draw_value(local), layout.value_kind)
 
+    def prose_filler(number: int) -> str:
+        return prose_sentence(random.Random(f"{stream_seed}/{number}"))
+
     def render(size: int) -> tuple[str, str]:
-        filler = noise_text(size) if haystack == "noise" else sentence_stream_text(distractor, size)
-        body = (
-            f"Some special magic {nouns} are hidden within the following text. Make sure to memorize it. "
-            f"I will quiz you about the {nouns} afterwards.\n{insert_at_depths(filler, inserts)}\n{question}"
+        if haystack == "noise":
+            filler = noise_text(size)
+        else:
+            filler = sentence_stream_text(prose_filler if prose else distractor, size)
+        intro = (
+            PROSE_INSTRUCTION
+            if prose
+            else f"Some special magic {nouns} are hidden within the following text. Make sure to memorize it. "
+            f"I will quiz you about the {nouns} afterwards."
         )
-        return body, answer_prefix
+        return f"{intro}\n{insert_at_depths(filler, inserts)}\n{question}", answer_prefix
 
     return Draft(render=render, answers=answers)

@@ -1,0 +1,128 @@
+"""Can the NAMM's inputs express the oracle? (issue 21, `evo.init=distill`)
+
+Fits a start to each target on some niah_single prompts, then, on held-out prompts, counts how many of the gold
+answer's (the needle value's) tokens each ranking keeps at the last update of the prompt when every layer and KV
+head keeps its top 75%, 50% or 25% of the cached tokens: the fitted NAMMs against the targets themselves (the
+oracle, H2O's accumulated attention, recency). All-keep history: each update is judged on the features of a run
+that evicted nothing, as the fit sees them.
+
+    python scripts/distill_check.py --context-length 1024 --fit-prompts 4 --heldout 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from namm.engine import EngineConfig, GenerationSettings
+from namm.evolution.distillation import DistillConfig, DistillTarget, RankingExample, example_scores, fit_ranking
+from namm.models import ModelConfig, load_model
+from namm.network.config import NAMMConfig
+from namm.policies.namm_policy import NAMMPolicy
+from tasks.config import TaskConfig
+from tasks.distillation import collection_engine, run_prompt
+from tasks.preparation import prepare_tasks
+
+RATIOS = (0.75, 0.5, 0.25)
+
+
+def answer_kept(ranking: torch.Tensor, example: RankingExample, spans: tuple[tuple[int, int], ...], ratio: float):
+    """Share of the cached answer tokens kept, over layers and heads, when each head keeps its top `ratio`."""
+    positions, valid = example.positions, example.valid
+    keyed = ranking.float().masked_fill(~valid, float("-inf"))
+    count = max(1, round(ratio * int(valid[0, 0].sum())))
+    top = keyed.topk(count, dim=-1).indices
+    kept = torch.zeros_like(valid).scatter_(-1, top, True)
+    answer = torch.zeros_like(valid)
+    for first, end in spans:
+        answer |= (positions >= first) & (positions < end)
+    answer &= valid
+    if not answer.any():
+        return None
+    return float((kept & answer).sum() / answer.sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--task", default="niah_single")
+    parser.add_argument("--context-length", type=int, default=1024)
+    parser.add_argument("--fit-prompts", type=int, default=4)
+    parser.add_argument("--heldout", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--update-interval", type=int, default=512)
+    parser.add_argument("--stats", default="results/cpu-memory/latest.pt", help="frozen statistics ('': calibrate)")
+    parser.add_argument("--namm", default="", help="NAMMConfig overrides as key=value,key=value (e.g. feature_bound=5)")
+    args = parser.parse_args()
+
+    overrides = dict(item.split("=") for item in args.namm.split(",") if item)
+    typed = {k: (float(v) if "." in v else int(v)) if v.replace(".", "").isdigit() else v for k, v in overrides.items()}
+    loaded = load_model(ModelConfig(name=args.model))
+    count = args.fit_prompts + args.heldout
+    config = TaskConfig(name=args.task, tasks=[args.task], context_length=args.context_length, num_samples=count)
+    (task,) = prepare_tasks(config, loaded)
+    print(f"prepared {count} prompts", flush=True)
+    engine_config = EngineConfig(update_interval=args.update_interval)
+    policy = NAMMPolicy(NAMMConfig(**typed))
+    pad = loaded.tokenizer.pad_token_id or 0
+    started = time.perf_counter()
+    if args.stats:  # the frozen statistics of a real run (same model and NAMM): no calibration pass
+        stats = torch.load(args.stats, map_location="cpu", weights_only=False)["normalisation_state"]
+        policy.namm.normaliser.set_stats(stats["mean"], stats["var"], float(stats["count"]))
+    else:
+        with policy.namm.calibration():  # frozen statistics from the fitting prompts, as training calibrates
+            calibrating = collection_engine(policy, loaded.model, engine_config)
+            for index in range(args.fit_prompts):
+                calibrating.generate([list(task.samples[index].prompt_ids)], GenerationSettings(max_new_tokens=1))
+    print(f"statistics ready ({time.perf_counter() - started:.0f} s)", flush=True)
+    engine = collection_engine(policy, loaded.model, engine_config)
+    question = DistillConfig().question_tokens
+    runs = []
+    for index in range(count):
+        runs.append(run_prompt(engine, task.samples[index], loaded.tokenizer, question, pad))
+        print(f"prompt {index} collected ({time.perf_counter() - started:.0f} s)", flush=True)
+    fits = {}
+    for target in (DistillTarget.oracle, DistillTarget.h2o):
+        settings = DistillConfig(target=target, steps=args.steps)
+        examples = [example for run in runs[: args.fit_prompts] for example in run.examples(target)]
+        fits[target] = fit_ranking(examples, policy.namm.config, settings)
+        fit = fits[target]
+        print(
+            f"fit to {target.value}: loss {fit.loss_before:.4f} -> {fit.loss_after:.4f} on {len(examples)} updates "
+            f"({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+    rankings: dict[str, list[list[float]]] = {}
+    for index in range(args.fit_prompts, count):
+        sample = task.samples[index]
+        oracle_last = runs[index].examples(DistillTarget.oracle)[-1]
+        h2o_last = runs[index].examples(DistillTarget.h2o)[-1]
+        sources = {
+            "oracle (target)": oracle_last.target,
+            "h2o (target)": h2o_last.target,
+            "recency": oracle_last.positions.float(),
+            "NAMM fitted to oracle": example_scores(
+                fits[DistillTarget.oracle].parameters, oracle_last, policy.namm.config
+            ),
+            "NAMM fitted to h2o": example_scores(fits[DistillTarget.h2o].parameters, oracle_last, policy.namm.config),
+        }
+        for name, ranking in sources.items():
+            shares = [answer_kept(ranking.detach(), oracle_last, sample.answer_spans or (), r) for r in RATIOS]
+            if shares[0] is not None:
+                rankings.setdefault(name, []).append(shares)
+    print(
+        f"\n{args.model} {args.task} at ~{args.context_length} tokens, {args.fit_prompts} fitting and {args.heldout} "
+        f"held-out prompts (those whose answer is cached at the last update: {len(next(iter(rankings.values()), []))}), "
+        f"NAMM {typed or 'reference'}; {time.perf_counter() - started:.0f} s\n"
+    )
+    print("| ranking | " + " | ".join(f"answer tokens kept at {r}" for r in RATIOS) + " |")
+    print("|---|" + "---|" * len(RATIOS))
+    for name, rows in rankings.items():
+        means = [sum(row[i] for row in rows) / len(rows) for i in range(len(RATIOS))]
+        print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+
+
+if __name__ == "__main__":
+    main()
