@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -123,7 +124,7 @@ class ReconstructionCost:
 
 def check_policy_engine(policy: MemoryPolicy, config: EngineConfig) -> None:
     """Refuse a policy the schedule or eviction mode cannot run, naming the setting and the fix."""
-    if not policy.runs_during_prefill and getattr(policy, "evicts", True) and config.schedule != "post_prefill":
+    if not policy.runs_during_prefill and policy.evicts and config.schedule != "post_prefill":
         raise ValueError(
             f"policy '{policy.name}' compresses once the whole prompt is in (post-prefill only), but "
             f"schedule={config.schedule}: set schedule=post_prefill, or leave '{policy.name}' out of compare."
@@ -163,15 +164,25 @@ class MemoryEngine:
         forward_params = inspect.signature(model.forward).parameters
         self._cache_keyword = "cache" if "cache" in forward_params else "past_key_values"
 
+    def cache_arguments(self, max_slots: int) -> dict[str, Any]:
+        """`MemoryCache`'s arguments for this policy and schedule, for a run that appends at most `max_slots`
+        slots per row (a subclass such as transformers' cache, `namm.generate`, passes them on)."""
+        return {
+            "num_layers": self.num_layers,
+            "sizing": storage_sizing(self.policy, self.config, max_slots),
+            "per_head_storage": self.policy.evicts and self.config.eviction_mode == "per_head",
+            "record_queries": records_queries(self.policy),
+            "query_window": self.config.update_interval,
+        }
+
     def new_cache(self, max_slots: int) -> MemoryCache:
         """Storage for a run that appends at most `max_slots` slots per row."""
-        return MemoryCache(
-            self.num_layers,
-            storage_sizing(self.policy, self.config, max_slots),
-            per_head_storage=getattr(self.policy, "evicts", True) and self.config.eviction_mode == "per_head",
-            record_queries=records_queries(self.policy),
-            query_window=self.config.update_interval,
-        )
+        return MemoryCache(**self.cache_arguments(max_slots))
+
+    def start_run(self, prompts: Sequence[Sequence[int]], cache: MemoryCache) -> EngineRun:
+        """A run whose forwards the caller drives (`namm.generate` inside transformers' `generate()`): the
+        schedule, updates and results of `generate`, over `cache`, storage the caller sized."""
+        return EngineRun(self, prompts, [len(prompt) for prompt in prompts], GenerationSettings(), None, cache=cache)
 
     @property
     def device(self) -> torch.device:
@@ -188,7 +199,7 @@ class MemoryEngine:
         `on_prompt_end(cache)` sees the cache once every prompt is in, before the first new token (eviction maps)."""
         lengths = self._validate(prompts, settings)
         with torch.inference_mode(), self._memory_attention():
-            run = _Run(self, prompts, lengths, settings, row_parameters)
+            run = EngineRun(self, prompts, lengths, settings, row_parameters)
             run.on_prompt_end = on_prompt_end
             return run.execute()
 
@@ -208,7 +219,7 @@ class MemoryEngine:
         settings = GenerationSettings(max_new_tokens=len(continuation), stop_on_eos=False)
         lengths = self._validate(prompts, settings)
         with torch.inference_mode(), self._memory_attention():
-            return _Run(self, prompts, lengths, settings, row_parameters).teacher_force(list(continuation))
+            return EngineRun(self, prompts, lengths, settings, row_parameters).teacher_force(list(continuation))
 
     def _validate(self, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> list[int]:
         if len(prompts) == 0:
@@ -225,7 +236,7 @@ class MemoryEngine:
                 )
             lengths.append(len(prompt))
         multiple = self.policy.update_query_multiple
-        if self.config.compresses_at_prefill_end and getattr(self.policy, "evicts", True) and multiple > 1:
+        if self.config.compresses_at_prefill_end and self.policy.evicts and multiple > 1:
             interval = self.config.update_interval
             post_prefill = self.config.schedule == "post_prefill"
             for index, length in enumerate(lengths):
@@ -253,17 +264,15 @@ class MemoryEngine:
 
 def records_queries(policy: MemoryPolicy) -> bool:
     """The cache buffers post-RoPE queries only for a policy that evicts and reads attention rows or queries."""
-    return getattr(policy, "evicts", True) and (policy.needs_attention or policy.needs_queries)
+    return policy.evicts and (policy.needs_attention or policy.needs_queries)
 
 
 def storage_sizing(policy: MemoryPolicy, config: EngineConfig, max_slots: int) -> StorageSizing:
     """Headroom of one update interval for a policy that evicts; a full-cache run grows to its length once."""
-    return StorageSizing(
-        headroom=config.update_interval if getattr(policy, "evicts", True) else max_slots, max_slots=max_slots
-    )
+    return StorageSizing(headroom=config.update_interval if policy.evicts else max_slots, max_slots=max_slots)
 
 
-class _Run:
+class EngineRun:
     """State of one `generate` call (kept apart so the engine itself stays reusable).
 
     The schedule lives on the host (pads and prompt lengths are known, and each decoding step brings back
@@ -310,7 +319,7 @@ class _Run:
 
         self.policy.reset(self.batch, engine.num_layers, engine.num_kv_heads, self.device)
         self.policy.set_row_parameters(None if row_parameters is None else row_parameters.to(self.device))
-        self.evicts = getattr(self.policy, "evicts", True)
+        self.evicts = self.policy.evicts
         self.cache = cache if cache is not None else engine.new_cache(self.width + settings.max_new_tokens)
 
     # -- schedule ---------------------------------------------------------------------------------

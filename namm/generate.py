@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedModel
 
 from namm.cache import MemoryCache
-from namm.engine import EngineConfig, GenerationSettings, MemoryEngine, _Run, records_queries, storage_sizing
+from namm.engine import EngineConfig, EngineRun, MemoryEngine
 from namm.memory import MemoryUsage
 from namm.policies.base import MemoryPolicy
 from namm.schedule import chunk_ends, chunk_positions
@@ -67,21 +67,14 @@ class MemoryManagedCache(MemoryCache):
         stop_token_ids: Iterable[int] | None = None,
     ) -> None:
         self.engine = MemoryEngine(model, policy, config)  # fails at once for a model without the attention interface
-        engine_config = self.engine.config
         max_slots = self.engine.max_positions or 1 << 20  # generate()'s length is unknown until it runs
-        super().__init__(
-            self.engine.num_layers,
-            storage_sizing(policy, engine_config, max_slots),
-            per_head_storage=getattr(policy, "evicts", True) and engine_config.eviction_mode == "per_head",
-            record_queries=records_queries(policy),
-            query_window=engine_config.update_interval,
-        )
+        super().__init__(**self.engine.cache_arguments(max_slots))
         if stop_token_ids is None:
             stop_token_ids = model.generation_config.eos_token_id
         if isinstance(stop_token_ids, int):
             stop_token_ids = [stop_token_ids]
         self.stop_token_ids = torch.tensor(sorted(set(stop_token_ids or ())), dtype=torch.long)
-        self.run: _Run | None = None
+        self.run: EngineRun | None = None
         self.decoding = False
         self.pending: tuple[list[int], list[int]] | None = None  # (tokens per row, rows due) of the forward in flight
         self.previous_attention: str | None = None
@@ -198,12 +191,11 @@ class MemoryManagedCache(MemoryCache):
             )
         return input_ids, mask[:, -input_ids.shape[1] :].bool()
 
-    def _run_for(self, input_ids: torch.Tensor, real: torch.Tensor) -> _Run:
+    def _run_for(self, input_ids: torch.Tensor, real: torch.Tensor) -> EngineRun:
         """The run of this generate() call, started at its first forward."""
         if self.run is None:
             prompts = [row[mask].tolist() for row, mask in zip(input_ids.cpu(), real.cpu())]
-            lengths = [len(prompt) for prompt in prompts]
-            self.run = _Run(self.engine, prompts, lengths, GenerationSettings(), None, cache=self)
+            self.run = self.engine.start_run(prompts, cache=self)
         if input_ids.shape[0] != self.run.batch:
             raise UnsupportedGenerationError(
                 f"this cache holds a batch of {self.run.batch} rows, the model got {input_ids.shape[0]}; "

@@ -63,7 +63,7 @@ CONFIG_FIELDS = (
     "training",
     "measured",
 )
-PARAMS_KINDS = ("best", "center")
+PARAMS_KINDS = ("best", "center")  # which parameters of a checkpoint: best validated centre, last search mean
 EXPORT_FIX = "the folder is damaged: export it again with `python scripts/export_namm.py <run dir> <folder>`"
 _OBJECT_FIELDS = ("namm", "engine", "training", "measured")  # JSON objects (dicts), never null
 

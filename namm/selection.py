@@ -19,22 +19,36 @@ PROTECTED_SCORE = torch.finfo(torch.float32).max
 
 @dataclass(frozen=True)
 class Budget:
-    """How many tokens a budgeted policy keeps per head: a ratio of tokens seen or a fixed count."""
+    """How many tokens a budgeted policy keeps per head: a ratio of tokens seen or a fixed count.
 
-    ratio: float | None = 0.5
+    Every config spells it with the same two keys, `budget_ratio` and `budget_tokens` (policies, the NAMM,
+    evaluation's baselines), and reads them through `Budget.from_keys`, the one rule: at most one of them.
+    """
+
+    ratio: float | None = None
     tokens: int | None = None
 
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.tokens is None):
             raise ValueError("Budget: give exactly one of `ratio` (0 < ratio <= 1) or `tokens` (> 0).")
-        if (
-            self.ratio is not None
-            and not (0.0 < self.ratio <= 1.0)
-            or (self.ratio is not None and math.isnan(self.ratio))
-        ):
-            raise ValueError(f"Budget ratio must be in (0, 1], got {self.ratio}; e.g. policy.budget=0.5.")
+        if self.ratio is not None and (math.isnan(self.ratio) or not 0.0 < self.ratio <= 1.0):
+            raise ValueError(f"Budget ratio must be in (0, 1], got {self.ratio}; e.g. budget_ratio=0.5.")
         if self.tokens is not None and self.tokens <= 0:
             raise ValueError(f"Budget token count must be positive, got {self.tokens}.")
+
+    @classmethod
+    def from_keys(cls, budget_ratio: float | None, budget_tokens: int | None, owner: str) -> Budget | None:
+        """The budget a config's `<owner>.budget_ratio` / `<owner>.budget_tokens` give: None when neither is
+        set, an error naming both keys when both are (a count silently winning over a ratio would hide a typo)."""
+        if budget_ratio is not None and budget_tokens is not None:
+            raise ValueError(
+                f"{owner}.budget_ratio={budget_ratio} and {owner}.budget_tokens={budget_tokens} are both set; give "
+                f"one: a ratio of the tokens seen or a token count (e.g. {owner}.budget_ratio=null "
+                f"{owner}.budget_tokens={budget_tokens})."
+            )
+        if budget_ratio is None and budget_tokens is None:
+            return None
+        return cls(ratio=budget_ratio, tokens=budget_tokens)
 
     def keep_counts(self, tokens_seen: torch.Tensor) -> torch.Tensor:
         """(R,) int64 number of tokens each row may keep per head."""

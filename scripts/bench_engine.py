@@ -105,7 +105,7 @@ def bench_engines(model: torch.nn.Module, budget: float, interval: int) -> dict[
     """`full`, every baseline and the NAMM in per_layer_max; `<name>/per_head` for MODES_COMPARED."""
 
     def policy(name: str) -> MemoryPolicy:
-        return random_namm() if name == "namm" else build_policy(PolicyConfig(name=name, budget=budget))
+        return random_namm() if name == "namm" else build_policy(PolicyConfig(name=name, budget_ratio=budget))
 
     engines = {name: MemoryEngine(model, policy(name), EngineConfig(interval)) for name in ["full", *BASELINES, "namm"]}
     for name in MODES_COMPARED:

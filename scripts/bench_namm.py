@@ -42,7 +42,7 @@ COST_PARTS: dict[str, list[tuple[object, str]]] = {
     "stft_ema": [(namm.network.namm, "update_spectrogram")],
     "scorer": [(namm.network.namm, "token_scores")],
     "eviction": [(namm.engine, "per_layer_max_keep_per_row"), (MemoryCacheLayer, "compact"), (NAMMPolicy, "reindex")],
-    "update_total": [(namm.engine._Run, "update")],
+    "update_total": [(namm.engine.EngineRun, "update")],
 }
 NESTED = {"stft_ema": "attention_rows"}
 

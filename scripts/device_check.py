@@ -47,6 +47,7 @@ from namm.atomic_io import atomic_write_json
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
 from namm.evolution.scoring import TRAIN_SPLIT, CandidateScores
 from namm.models import ModelConfig, load_model
+from namm.plain_generation import greedy_generate
 from namm.policies import PolicyConfig, build_policy
 from tasks.config import TaskConfig
 from tasks.evolution_scorer import TaskScorer, TaskScorerConfig
@@ -146,25 +147,9 @@ def release_memory(device: torch.device) -> None:
 
 # -- parity --------------------------------------------------------------------------------------------
 def transformers_greedy(model: torch.nn.Module, prompt: list[int], new_tokens: int) -> tuple[list[int], torch.Tensor]:
-    """transformers' own greedy generation, never stopping early: the independent reference.
-
-    The settings go in as keywords: a GenerationConfig's `eos_token_id=None` would be filled in from the
-    model's own generation config (transformers 5), and generation would stop at its EOS.
-    """
-    ids = torch.tensor([prompt], device=next(model.parameters()).device)
-    with torch.inference_mode():
-        output = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=None,
-            pad_token_id=model.generation_config.pad_token_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    return output.sequences[0, len(prompt) :].tolist(), torch.stack(output.logits, dim=1)[0].float().cpu()
+    """transformers' own greedy generation, never stopping early: the independent reference."""
+    output = greedy_generate(model, [prompt], new_tokens, model.generation_config.pad_token_id, return_logits=True)
+    return output.tokens[0].tolist(), output.logits[0].float().cpu()
 
 
 def parity_section(plan: CheckPlan, device: torch.device) -> dict:

@@ -10,13 +10,12 @@ per-batch appends with fsync and dropping a line cut by a kill, which an Arrow t
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from datasets import Dataset, DatasetInfo, Features, Sequence, Value, concatenate_datasets, load_dataset
 
 from tasks.evaluation.policy_runs import SAMPLES_DIR
+from tasks.fingerprints import settings_digest
 from tasks.runner import PreparedTask
 
 PROMPT_FEATURES = Features(
@@ -33,7 +32,7 @@ PROMPT_FEATURES = Features(
 
 def settings_fingerprint(task: PreparedTask) -> str:
     """Hash of the task's whole settings record (its data source included)."""
-    return hashlib.sha256(json.dumps(task.settings.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    return settings_digest(task.settings.to_dict(), 16)
 
 
 def prompts_dataset(task: PreparedTask) -> Dataset:

@@ -383,7 +383,7 @@ class TaskScorer:
         return sorted(draw.sample(pool, min(self.prompts_per_task, len(pool))))
 
     def _generation_settings(self, task: PreparedTask) -> GenerationSettings:
-        return task.generation_settings(self.loaded.tokenizer.pad_token_id or 0)
+        return task.generation_settings(self.loaded.tokenizer)
 
     def _run_population(self, task: PreparedTask, index: int, parameters: torch.Tensor):
         """One prompt, every candidate a batch row with its own parameter vector (micro-batched)."""

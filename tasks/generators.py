@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from transformers import PreTrainedModel
 
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
+from namm.plain_generation import greedy_generate
 from namm.policies import PolicyConfig, build_policy
 from tasks.runner import Generator
 
@@ -28,32 +28,15 @@ class GeneratedTokens:
 
 
 def transformers_generator(model: PreTrainedModel) -> Generator:
-    """Greedy `model.generate` on a left-padded batch; each row's ids end at its first stop token."""
+    """Greedy `model.generate` on a left-padded batch (`namm.plain_generation`); each row's ids end at its
+    first stop token."""
 
-    @torch.inference_mode()
     def generate(prompts: list[list[int]], settings: GenerationSettings) -> list[GeneratedTokens]:
-        width = max(len(prompt) for prompt in prompts)
-        ids = torch.full((len(prompts), width), settings.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            mask[row, width - len(prompt) :] = 1
         stops = list(settings.eos_token_ids if settings.stop_on_eos else ())
         stops += list(settings.newline_token_ids if settings.stop_on_newline else ())
-        device = next(model.parameters()).device
-        # Keyword arguments, not a GenerationConfig: transformers fills a config's unset eos_token_id from the
-        # model's own, which would stop at EOS even with stop_on_eos=False.
-        output = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=stops or None,
-            pad_token_id=settings.pad_token_id,
-        )
+        output = greedy_generate(model, prompts, settings.max_new_tokens, settings.pad_token_id, stops)
         results = []
-        for row in output[:, width:].tolist():
+        for row in output.tokens.tolist():
             end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
             results.append(GeneratedTokens(row[:end]))
         return results

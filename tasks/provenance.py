@@ -11,20 +11,14 @@ drew. A run started from another run's centre (`init_from`) keeps that run's rec
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.fingerprints import prompt_digest
 from tasks.runner import PreparedTask
 
 PROVENANCE_FORMAT = 1
-
-
-def prompt_hash(prompt_ids: Sequence[int]) -> str:
-    """First 16 hex digits of sha256(json(token ids)): the same prompt, token for token."""
-    return hashlib.sha256(json.dumps(list(prompt_ids)).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -51,7 +45,7 @@ def split_record(task: PreparedTask, split: str, indices: Iterable[int]) -> dict
         "seed": task_seed(task),
         "data_source": task.settings.data_source,
         "indices": chosen,
-        "prompt_sha": [prompt_hash(by_index[index].prompt_ids) for index in chosen],
+        "prompt_sha": [prompt_digest(by_index[index].prompt_ids) for index in chosen],
     }
 
 
@@ -115,7 +109,7 @@ class TrainedPrompts:
         found = []
         for sample in task.samples:
             match = self.by_key.get(PromptKey(task.spec.name, seed, sample.index)) or self.by_hash.get(
-                prompt_hash(sample.prompt_ids)
+                prompt_digest(sample.prompt_ids)
             )
             if match is not None:
                 found.append((sample.index, match))

@@ -9,8 +9,6 @@ stored next to it. A published file of the same shape can be read directly.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +23,7 @@ from namm.engine import EngineConfig
 from namm.errors import CorruptFileError
 from namm.models import LoadedModel
 from namm.read_back import finite_number, read_json, set_aside
+from tasks.fingerprints import settings_digest
 from tasks.prompts import Tokenizer
 from tasks.runner import Generator, PreparedTask, run_task
 from tasks.settings import TaskSettings
@@ -134,7 +133,7 @@ class ReferenceCache:
 
     def key(self, settings: TaskSettings) -> str:
         record = {"task_settings": settings.key(), "context": self.context.to_dict()}
-        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_digest(record, 16)
 
     def path(self, settings: TaskSettings) -> Path:
         model = settings.model.replace("/", "--")

@@ -37,14 +37,29 @@ class PreparedTask:
     settings: TaskSettings
     samples: tuple[Sample, ...]
 
-    def generation_settings(self, pad_token_id: int) -> GenerationSettings:
+    def generation_settings(self, tokenizer: Tokenizer) -> GenerationSettings:
+        """Decoding settings of this task, with `pad_token_id(tokenizer, ...)` filling the padding."""
         return GenerationSettings(
             max_new_tokens=self.settings.max_new_tokens,
             stop_on_newline=self.settings.stop_on_newline,
             eos_token_ids=self.settings.eos_token_ids,
             newline_token_ids=self.settings.newline_token_ids,
-            pad_token_id=pad_token_id,
+            pad_token_id=pad_token_id(tokenizer, self.settings.eos_token_ids),
         )
+
+
+def pad_token_id(tokenizer: Tokenizer, eos_token_ids: Sequence[int]) -> int:
+    """The id that fills left padding and the rows that finished: the tokenizer's pad token, else the first
+    EOS id, else 0.
+
+    Padded slots are masked out of attention and never decoded, so the choice cannot change a score; the
+    tokenizer's own pad token keeps a padded batch what the tokenizer would build. Models loaded through
+    `namm.models` always have one (a tokenizer without it gets its EOS), so the fallbacks only serve
+    hand-built tokenizers.
+    """
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return next(iter(eos_token_ids), 0)
 
 
 @dataclass
@@ -94,8 +109,7 @@ def run_task(
     bad = [i for i in chosen if not 0 <= i < len(task.samples)]
     if bad:
         raise IndexError(f"Task {task.spec.name!r} has samples 0..{len(task.samples) - 1}; got indices {bad}.")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (task.settings.eos_token_ids or (0,))[0]
-    settings = task.generation_settings(pad)
+    settings = task.generation_settings(tokenizer)
     run = TaskRun(task.settings, [], [], [], [], [])
     bar = tqdm(total=len(chosen), desc=task.spec.name, disable=not progress)
     for start in range(0, len(chosen), batch_size):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
+
+from tasks.fingerprints import settings_digest
 
 
 @dataclass(frozen=True)
@@ -37,4 +37,4 @@ class TaskSettings:
     def key(self) -> str:
         """Short hash of everything that changes a sample's score (the data folder's path does not)."""
         fields = {k: v for k, v in self.to_dict().items() if k != "data_source"}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+        return settings_digest(fields, 12)

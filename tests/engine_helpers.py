@@ -8,6 +8,8 @@ import inspect
 import torch
 from transformers import AttentionInterface, DynamicCache
 
+from namm import plain_generation
+from namm.plain_generation import greedy_generate
 from namm.policies import LayerView, MemoryPolicy, Selection
 
 
@@ -18,29 +20,13 @@ def random_prompts(lengths, vocab, seed=0):
 
 def left_padded(prompts):
     """(ids, attention mask) of a left-padded batch (pad id 0)."""
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
-    return ids, mask
+    return plain_generation.left_padded(prompts, pad_token_id=0)
 
 
 def plain_generate(model, prompts, max_new_tokens):
     """transformers' own greedy generation on a left-padded batch: the independent reference."""
-    ids, mask = left_padded(prompts)
-    out = model.generate(
-        ids,
-        attention_mask=mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=0,
-        eos_token_id=None,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    return out.sequences[:, ids.shape[1] :], torch.stack(out.logits, dim=1)
+    output = greedy_generate(model, prompts, max_new_tokens, pad_token_id=0, return_logits=True)
+    return output.tokens, output.logits
 
 
 class EvictFixedPositions(MemoryPolicy):

@@ -65,7 +65,7 @@ def test_tova_keeps_what_the_newest_query_attends_to_averaged_over_the_layers_he
     head = build_policy(PolicyConfig(name="tova", budget_tokens=3, options={"scope": "head"}))
     assert kept(head, view(2, attention)) == [[2, 4, 7], [4, 5, 7]]
     with pytest.raises(ValueError, match="scope"):
-        build_policy(PolicyConfig(name="tova", options={"scope": "model"}))
+        build_policy(PolicyConfig(name="tova", budget_ratio=0.5, options={"scope": "model"}))
 
 
 def test_tova_layer_mean_matches_tokens_across_heads_holding_them_in_other_slots():
@@ -202,7 +202,7 @@ def test_kvzip_scores_the_largest_attention_of_the_reconstruction_and_keeps_gene
 
 
 def test_kvzip_needs_its_repeat_prompt_tokenized():
-    policy = build_policy(PolicyConfig(name="kvzip"))
+    policy = build_policy(PolicyConfig(name="kvzip", budget_ratio=0.5))
     with pytest.raises(RuntimeError, match="use_tokenizer"):
         policy.reconstruction_inputs([1, 2])
 
@@ -263,4 +263,4 @@ def test_adakv_through_a_policy_keeps_the_newest_of_every_head_and_the_total():
     with pytest.raises(ValueError, match=r"allocation='uniform'.*none, adakv, pyramid"):
         build_policy(PolicyConfig(name="h2o", allocation="uniform"))
     with pytest.raises(ValueError, match="no budget"):
-        build_policy(PolicyConfig(name="full", budget=None, allocation="adakv"))
+        build_policy(PolicyConfig(name="full", allocation="adakv"))

@@ -7,7 +7,8 @@ from test_tasks_support import byte_tokenizer
 
 from tasks.config import TaskConfig
 from tasks.dataset_views import evaluation_samples, prompts_dataset
-from tasks.evaluation.sample_store import SampleStore, prompt_digest
+from tasks.evaluation.sample_store import SampleStore
+from tasks.fingerprints import prompt_digest
 from tasks.preparation import ModelInfo, prepare_tasks
 
 MODEL = ModelInfo("byte-model", byte_tokenizer(), max_context=4096, chat_template=False)

@@ -42,7 +42,7 @@ def test_every_baseline_runs_batched_equal_to_one_by_one(tiny, mode):
     # batched test under schedule=post_prefill (test_engine_post_prefill)
     names = [name for name in available_policies() if name != "namm" and policy_class(name).runs_during_prefill]
     for name in names:
-        engine = MemoryEngine(model, build_policy(PolicyConfig(name=name, budget=0.5)), EngineConfig(32, mode))
+        engine = MemoryEngine(model, build_policy(PolicyConfig(name=name, budget_ratio=0.5)), EngineConfig(32, mode))
         stop = engine.generate(prompts[:1], free)[0].token_ids[3]
         settings = GenerationSettings(max_new_tokens=12, eos_token_ids=(stop,))
         batched = engine.generate(prompts, settings)
@@ -102,7 +102,9 @@ def test_retained_ratio_matches_hand_count(tiny):
 def test_decoding_updates_fire_on_schedule(tiny):
     model = tiny.model
     prompt = random_prompts([20], model.config.vocab_size, seed=5)[0]
-    engine = MemoryEngine(model, build_policy(PolicyConfig(name="knorm", budget=0.5)), EngineConfig(update_interval=16))
+    engine = MemoryEngine(
+        model, build_policy(PolicyConfig(name="knorm", budget_ratio=0.5)), EngineConfig(update_interval=16)
+    )
     result = engine.generate([prompt], GenerationSettings(max_new_tokens=30, stop_on_eos=False))[0]
     assert result.update_positions == [16, 32, 48]  # 20 prompt + 29 fed back = 49 tokens seen
 
@@ -131,7 +133,7 @@ def test_bad_input_is_rejected_with_clear_errors(tiny):
         engine.generate([too_long], GenerationSettings(max_new_tokens=4))
     for ratio in (0.0, 1.5, -0.1, float("nan")):
         with pytest.raises(ValueError, match="ratio"):
-            build_policy(PolicyConfig(name="h2o", budget=ratio))
+            build_policy(PolicyConfig(name="h2o", budget_ratio=ratio))
     with pytest.raises(ValueError, match="positive"):
         Budget(ratio=None, tokens=0)
     with pytest.raises(ValueError, match="unknown policy"):

@@ -79,7 +79,7 @@ def test_h2o_reports_its_query_buffer_and_state_and_never_builds_full_rows(llama
         raise AssertionError("H2O must accumulate column sums per block, not build (n x S) rows")
 
     monkeypatch.setattr(engine_module, "attention_rows", refuse)
-    engine = MemoryEngine(llama, build_policy(PolicyConfig(name="h2o", budget=0.5)), EngineConfig(16))
+    engine = MemoryEngine(llama, build_policy(PolicyConfig(name="h2o", budget_ratio=0.5)), EngineConfig(16))
     prompt = random_prompts([40], llama.config.vocab_size, seed=6)[0]
     memory = engine.generate([prompt], GenerationSettings(max_new_tokens=5, stop_on_eos=False))[0].memory
     # queries since the last update: 2 layers x 4 query heads x 16 x 16 dims x 4 bytes

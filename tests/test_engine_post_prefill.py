@@ -41,8 +41,8 @@ def test_post_prefill_updates_once_the_prompt_is_in_then_every_interval_of_gener
 def test_post_prefill_peak_live_bytes_are_the_full_caches_and_prefill_bounds_them(llama):
     prompts = random_prompts([200, 150], llama.config.vocab_size, seed=4)
     settings = GenerationSettings(max_new_tokens=1)
-    full = MemoryEngine(llama, policy("full", budget=None), EngineConfig(32)).generate(prompts, settings)
-    h2o = policy("h2o", budget=0.25)
+    full = MemoryEngine(llama, policy("full"), EngineConfig(32)).generate(prompts, settings)
+    h2o = policy("h2o", budget_ratio=0.25)
     post = MemoryEngine(llama, h2o, EngineConfig(32, schedule="post_prefill")).generate(prompts, settings)
     prefill = MemoryEngine(llama, h2o, EngineConfig(32)).generate(prompts, settings)
     bytes_per_token = 2 * 2 * 16 * 4 * 2  # layers x KV heads x head dim x float32 x (key, value)
@@ -55,7 +55,7 @@ def test_post_prefill_peak_live_bytes_are_the_full_caches_and_prefill_bounds_the
 
 def test_a_post_prefill_policy_and_adakv_without_per_head_storage_are_refused(llama):
     with pytest.raises(ValueError, match="kvzip.*post-prefill only.*set schedule=post_prefill"):
-        MemoryEngine(llama, policy("kvzip"), EngineConfig(32))
+        MemoryEngine(llama, policy("kvzip", budget_ratio=0.5), EngineConfig(32))
     with pytest.raises(ValueError, match="allocation=adakv.*set engine.eviction_mode=per_head"):
         MemoryEngine(llama, policy("h2o", allocation="adakv"), EngineConfig(32, schedule="post_prefill"))
     with pytest.raises(ValueError, match="schedule must be one of"):
@@ -65,7 +65,7 @@ def test_a_post_prefill_policy_and_adakv_without_per_head_storage_are_refused(ll
 
 def test_kvzip_reports_its_reconstruction_forwards_and_leaves_no_trace_in_the_cache(llama):
     prompts = random_prompts([50, 90], llama.config.vocab_size, seed=5)
-    kvzip = policy("kvzip", budget=0.5, options={"chunk_tokens": 40})
+    kvzip = policy("kvzip", budget_ratio=0.5, options={"chunk_tokens": 40})
     engine = MemoryEngine(llama, kvzip, EngineConfig(32, schedule="post_prefill"))
     results = engine.generate(prompts, GenerationSettings(max_new_tokens=4, stop_on_eos=False))
     # chunks: 40 + 10 for the first prompt, 40 + 40 + 10 for the second, each after the 3 repeat ids
@@ -80,7 +80,7 @@ def test_kvzip_reports_its_reconstruction_forwards_and_leaves_no_trace_in_the_ca
 def test_kvzip_scores_are_the_largest_attention_of_the_reconstruction_in_plain_transformers(llama):
     eager = load_model(ModelConfig(name="tiny-llama", attn_implementation="eager")).model
     prompt = random_prompts([30], llama.config.vocab_size, seed=6)[0]
-    kvzip = policy("kvzip", budget=1.0)  # keeps everything: the scores stay in position order
+    kvzip = policy("kvzip", budget_ratio=1.0)  # keeps everything: the scores stay in position order
     MemoryEngine(llama, kvzip, EngineConfig(32, schedule="post_prefill")).generate([prompt], GenerationSettings(1))
     sequence = torch.tensor([prompt + REPEAT_IDS + prompt])
     with torch.no_grad():
@@ -97,13 +97,21 @@ def namm_policy() -> NAMMPolicy:
 
 
 RUNS = {
-    "tova": (lambda: policy("tova", budget=0.5), "per_layer_max", "prefill"),
-    "expected_attention": (lambda: policy("expected_attention", budget=0.5), "per_head", "prefill"),
-    "keydiff": (lambda: policy("keydiff", budget=0.5), "per_layer_max", "prefill"),
-    "kvzip": (lambda: policy("kvzip", budget=0.5, options={"chunk_tokens": 40}), "per_head", "post_prefill"),
-    "h2o+adakv": (lambda: policy("h2o", budget=0.5, allocation="adakv"), "per_head", "prefill"),
-    "snapkv+pyramid": (lambda: policy("snapkv", budget=0.5, allocation="pyramid"), "per_layer_max", "post_prefill"),
-    "expected_attention/post": (lambda: policy("expected_attention", budget=0.5), "per_layer_max", "post_prefill"),
+    "tova": (lambda: policy("tova", budget_ratio=0.5), "per_layer_max", "prefill"),
+    "expected_attention": (lambda: policy("expected_attention", budget_ratio=0.5), "per_head", "prefill"),
+    "keydiff": (lambda: policy("keydiff", budget_ratio=0.5), "per_layer_max", "prefill"),
+    "kvzip": (lambda: policy("kvzip", budget_ratio=0.5, options={"chunk_tokens": 40}), "per_head", "post_prefill"),
+    "h2o+adakv": (lambda: policy("h2o", budget_ratio=0.5, allocation="adakv"), "per_head", "prefill"),
+    "snapkv+pyramid": (
+        lambda: policy("snapkv", budget_ratio=0.5, allocation="pyramid"),
+        "per_layer_max",
+        "post_prefill",
+    ),
+    "expected_attention/post": (
+        lambda: policy("expected_attention", budget_ratio=0.5),
+        "per_layer_max",
+        "post_prefill",
+    ),
     "namm/post": (namm_policy, "per_layer_max", "post_prefill"),
 }
 

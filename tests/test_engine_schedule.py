@@ -49,7 +49,7 @@ def counting_host_reads() -> Iterator[list[str]]:
 @pytest.mark.parametrize("policy", ["full", "h2o"])
 def test_decoding_makes_one_host_sync_per_step(llama, policy):
     """Prompts 70 and 50, interval 32: prefill updates at 32 and 64 only; decoding 4 more steps costs 4 reads."""
-    engine = MemoryEngine(llama, build_policy(PolicyConfig(name=policy, budget=0.5)), EngineConfig(32))
+    engine = MemoryEngine(llama, build_policy(PolicyConfig(name=policy, budget_ratio=0.5)), EngineConfig(32))
     prompts = random_prompts([70, 50], llama.config.vocab_size, seed=7)
     counts = {}
     for steps in (5, 9):
@@ -90,7 +90,7 @@ def namm_policy() -> NAMMPolicy:
 
 
 # `random` is left out until it draws per (row, layer, update): today one generator spans the batch
-POLICIES = {name: (lambda name=name: build_policy(PolicyConfig(name=name, budget=0.5))) for name in
+POLICIES = {name: (lambda name=name: build_policy(PolicyConfig(name=name, budget_ratio=0.5))) for name in
             ("full", "streaming", "h2o", "snapkv", "knorm")} | {"namm": namm_policy}  # fmt: skip
 
 

@@ -63,7 +63,7 @@ def test_evicted_cache_logprobs_equal_greedy_decoding_of_the_same_tokens(tiny, i
 def test_rows_are_batch_invariant_and_a_one_token_continuation_needs_no_forward(tiny):
     model = tiny.model
     prompt = random_prompts([50], model.config.vocab_size, seed=7)[0]
-    engine = MemoryEngine(model, build_policy(PolicyConfig(name="h2o", budget=0.5)), EngineConfig(16))
+    engine = MemoryEngine(model, build_policy(PolicyConfig(name="h2o", budget_ratio=0.5)), EngineConfig(16))
     batched = engine.teacher_force([prompt] * 3, [5, 6, 7])
     alone = engine.teacher_force([prompt], [5, 6, 7])[0]
     # a batch's matmuls may differ from one row's in the last bits: the scorer teacher-forces each candidate alone

@@ -38,7 +38,7 @@ def test_ratio_model_matches_the_engine_for_every_budgeted_baseline(mode):
     prompts = [torch.randint(3, 250, (n,), generator=generator).tolist() for n in (300, 265, 390)]
     for name in ("h2o", "streaming", "knorm", "snapkv", "random"):
         for budget in (0.1, 0.37):
-            policy = build_policy(PolicyConfig(name=name, budget=budget))
+            policy = build_policy(PolicyConfig(name=name, budget_ratio=budget))
             engine = MemoryEngine(loaded.model, policy, EngineConfig(update_interval=64, eviction_mode=mode))
             for result in engine.generate(prompts, GenerationSettings(max_new_tokens=6, stop_on_eos=False)):
                 schedule = UpdateSchedule(result.tokens_seen, result.update_positions[-1])

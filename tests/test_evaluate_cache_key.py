@@ -40,7 +40,7 @@ def _store_path(loaded, task, tmp_path, batch_size=2, settings=None):
         batch_size,
         bar=None,
     )
-    contender = Contender("full", PolicyConfig(name="full", budget=None), budgeted=False)
+    contender = Contender("full", PolicyConfig(name="full"), budgeted=False)
     return store_for(context, contender, contender.config, task).path
 
 

@@ -49,7 +49,7 @@ def test_maps_are_written_and_draw_the_kept_tokens(tmp_path, monkeypatch):
             *TINY,
             "compare=[full,streaming]",
             f"baselines.streaming.budget_tokens={BUDGET}",
-            "baselines.streaming.budget=null",
+            "baselines.streaming.budget_ratio=null",
             "eviction_maps=2",
         )
     )

@@ -20,8 +20,9 @@ from tasks.config import TaskConfig
 from tasks.evaluation import pipeline
 from tasks.evaluation.held_out import check_before_loading, hold_out
 from tasks.evaluation.namm_source import NAMMSource
+from tasks.fingerprints import prompt_digest
 from tasks.preparation import ModelInfo, prepare_tasks
-from tasks.provenance import TrainedPrompts, prompt_hash, training_provenance
+from tasks.provenance import TrainedPrompts, training_provenance
 
 MODEL = ModelInfo("byte-model", byte_tokenizer(), max_context=4096, chat_template=False)
 
@@ -47,7 +48,7 @@ def test_the_record_names_each_prompt_by_identity_and_hash(training_record):
     task = passkey(42)
     [train, validation] = training_record["prompts"]
     assert (train["split"], train["seed"], train["indices"]) == ("train", 42, [0, 1, 2])
-    assert validation["indices"] == [3] and validation["prompt_sha"] == [prompt_hash(task.samples[3].prompt_ids)]
+    assert validation["indices"] == [3] and validation["prompt_sha"] == [prompt_digest(task.samples[3].prompt_ids)]
 
 
 def test_the_training_seed_is_refused_before_the_model_loads(training_record):
@@ -83,7 +84,7 @@ def test_a_trained_prompt_is_found_by_its_hash(training_record, caplog):
     with caplog.at_level(logging.WARNING):
         [kept], records = hold_out([task], source, "allow")
     assert len(kept.samples) == 4 and records["namm"].overlap == [
-        {"task": "passkey", "index": 2, "split": "train", "prompt_sha": prompt_hash(task.samples[2].prompt_ids)}
+        {"task": "passkey", "index": 2, "split": "train", "prompt_sha": prompt_digest(task.samples[2].prompt_ids)}
     ]
     assert "IS SCORED ON 1 PROMPT(S) IT WAS TRAINED OR VALIDATED ON" in caplog.text
 

@@ -80,9 +80,9 @@ def test_evaluation_task_settings_apply_to_passkey_only(tmp_path):
 
 
 def test_single_policy_and_its_budget(tmp_path):
-    config = validate_evaluate_config(compose_evaluate(tmp_path, "policy=h2o", "policy.budget=0.3"))
+    config = validate_evaluate_config(compose_evaluate(tmp_path, "policy=h2o", "policy.budget_ratio=0.3"))
     [contender] = plan_contenders(config, [])
-    assert (contender.label, contender.config.budget, contender.budgeted) == ("h2o", 0.3, True)
+    assert (contender.label, contender.config.budget_ratio, contender.budgeted) == ("h2o", 0.3, True)
     assert not wants_matched_budgets(config, [contender], [])
 
 
@@ -146,9 +146,12 @@ def test_task_without_data_says_how_to_get_it(tmp_path, no_model):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["policy=h2o", "policy.budget=1.5"], r"policy \(h2o\): Budget ratio must be in \(0, 1\], got 1.5"),
-        (["policy=streaming", "policy.budget=0"], r"policy \(streaming\): Budget ratio must be in \(0, 1\], got 0"),
-        (["baselines.knorm.budget=-0.2", "compare=[full,knorm]"], r"baselines.knorm \(knorm\): Budget ratio"),
+        (["policy=h2o", "policy.budget_ratio=1.5"], r"policy \(h2o\): Budget ratio must be in \(0, 1\], got 1.5"),
+        (
+            ["policy=streaming", "policy.budget_ratio=0"],
+            r"policy \(streaming\): Budget ratio must be in \(0, 1\], got 0",
+        ),
+        (["baselines.knorm.budget_ratio=-0.2", "compare=[full,knorm]"], r"baselines.knorm \(knorm\): Budget ratio"),
         (["compare=[full,bogus]"], r"unknown policy \['bogus'\]; available: .*h2o"),
         (["compare=[full,h2o]", "match_budget=true"], "match_budget=true .* the NAMM must run too"),
         (["compare=[full,full]"], r"compare names \['full'\] more than once"),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tasks.evaluation.sample_store import SampleStore, prompt_digest
+from tasks.evaluation.sample_store import SampleStore
+from tasks.fingerprints import prompt_digest
 
 DIGESTS = {0: prompt_digest([1, 2, 3]), 1: prompt_digest([4, 5]), 2: prompt_digest([6])}
 

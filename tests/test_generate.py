@@ -41,8 +41,8 @@ def namm_policy(seed=2):
 
 
 POLICIES = {
-    "h2o": lambda: build_policy(PolicyConfig(name="h2o", budget=0.5)),
-    "streaming": lambda: build_policy(PolicyConfig(name="streaming", budget=0.4)),
+    "h2o": lambda: build_policy(PolicyConfig(name="h2o", budget_ratio=0.5)),
+    "streaming": lambda: build_policy(PolicyConfig(name="streaming", budget_ratio=0.4)),
     "namm": namm_policy,
 }
 

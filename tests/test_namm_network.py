@@ -59,7 +59,7 @@ def test_bad_parameter_vector_is_a_clear_error(shape):
         ({"scorer": "lstm"}, "scorer"),
         ({"hidden": 30, "heads": 4}, "multiple of heads"),
         ({"recency_dims": 7}, "recency_dims"),
-        ({"budget_ratio": 0.5, "budget_tokens": 10}, "at most one"),
+        ({"budget_ratio": 0.5, "budget_tokens": 10}, r"namm.budget_ratio=0.5 and namm.budget_tokens=10 are both set"),
         ({"budget_ratio": 1.5}, "Budget ratio"),
     ],
 )

@@ -149,8 +149,8 @@ def test_engine_zero_parameters_evict_nothing(tiny_llama):
 
     prompts = random_prompts([150, 90], tiny_llama.config.vocab_size, seed=1)
     settings = GenerationSettings(max_new_tokens=40, stop_on_eos=False)
-    namm = MemoryEngine(tiny_llama, build_policy(PolicyConfig(name="namm", budget=None)), EngineConfig(32, "per_head"))
-    full = MemoryEngine(tiny_llama, build_policy(PolicyConfig(name="full", budget=None)), EngineConfig(32, "per_head"))
+    namm = MemoryEngine(tiny_llama, build_policy(PolicyConfig(name="namm")), EngineConfig(32, "per_head"))
+    full = MemoryEngine(tiny_llama, build_policy(PolicyConfig(name="full")), EngineConfig(32, "per_head"))
     for kept, reference in zip(namm.generate(prompts, settings), full.generate(prompts, settings)):
         assert kept.retained_ratio == 1.0
         assert len(kept.update_positions) > 0

@@ -48,7 +48,7 @@ def test_streaming_keeps_sinks_and_recent_window():
 
 
 def test_budget_ratio_is_of_tokens_seen():
-    policy = build_policy(PolicyConfig(name="streaming", budget=0.25, options={"sink_tokens": 1}))
+    policy = build_policy(PolicyConfig(name="streaming", budget_ratio=0.25, options={"sink_tokens": 1}))
     assert kept_positions(policy, hand_view()) == [0, 10, 11]  # ceil(0.25 * 12) = 3
 
 
@@ -83,7 +83,7 @@ def test_h2o_splits_its_budget_between_heavy_hitters_and_the_newest_tokens():
     heavy_only = build_policy(PolicyConfig(name="h2o", budget_tokens=4, options={"recent_share": 0.0}))
     assert kept_positions(heavy_only, hand_view(attention)) == [2, 5, 7, 11]
     with pytest.raises(ValueError, match="recent_share"):
-        build_policy(PolicyConfig(name="h2o", budget=0.5, options={"recent_share": 1.5}))
+        build_policy(PolicyConfig(name="h2o", budget_ratio=0.5, options={"recent_share": 1.5}))
 
 
 def window_votes(votes: dict[int, float], window: int) -> torch.Tensor:
@@ -113,7 +113,7 @@ def test_snapkv_average_pooling_pads_the_prefix_with_zeros():
     averaged = build_policy(PolicyConfig(name="snapkv", budget_tokens=3, options={**options, "pooling": "avg"}))
     assert kept_positions(averaged, hand_view(attention)) == [6, 10, 11]
     with pytest.raises(ValueError, match="pooling"):
-        build_policy(PolicyConfig(name="snapkv", options={"pooling": "median"}))
+        build_policy(PolicyConfig(name="snapkv", budget_ratio=0.5, options={"pooling": "median"}))
 
 
 @pytest.mark.parametrize(
@@ -127,13 +127,15 @@ def test_snapkv_average_pooling_pads_the_prefix_with_zeros():
 def test_the_newest_token_is_kept_when_a_ratio_budget_is_smaller_than_the_protected_set(name, options, expected):
     attention = window_votes({3: 1.0}, window=4)
     budget = 0.25 if name != "h2o" else 2 / 12  # ceil(0.25 * 12) = 3 kept; h2o: 2 (recent share 1)
-    policy = build_policy(PolicyConfig(name=name, budget=budget, options=options))
+    policy = build_policy(PolicyConfig(name=name, budget_ratio=budget, options=options))
     assert kept_positions(policy, hand_view(attention)) == expected
 
 
 @pytest.mark.parametrize("name", ["streaming", "h2o", "snapkv", "knorm", "random"])
 def test_a_budget_of_one_keeps_only_the_newest(name):
-    policy = build_policy(PolicyConfig(name=name, budget=1 / 12, options={"window": 1} if name == "snapkv" else {}))
+    policy = build_policy(
+        PolicyConfig(name=name, budget_ratio=1 / 12, options={"window": 1} if name == "snapkv" else {})
+    )
     assert kept_positions(policy, hand_view(window_votes({3: 1.0}, window=4))) == [11]
 
 
@@ -234,6 +236,20 @@ def test_a_zero_token_budget_is_an_error_not_the_default_ratio():
 
 def test_an_option_a_policy_does_not_take_is_an_error():
     with pytest.raises(ValueError, match="policy 'full' does not take the options \\['window'\\]"):
-        build_policy(PolicyConfig(name="full", budget=None, options={"window": 3}))
+        build_policy(PolicyConfig(name="full", options={"window": 3}))
     with pytest.raises(ValueError, match="policy 'h2o' does not take the options \\['windw'\\]"):
         build_policy(PolicyConfig(name="h2o", options={"windw": 3}))
+
+
+def test_a_ratio_and_a_token_count_together_are_an_error_naming_both_keys():
+    with pytest.raises(ValueError, match=r"policy.budget_ratio=0.5 and policy.budget_tokens=4 are both set"):
+        build_policy(PolicyConfig(name="h2o", budget_ratio=0.5, budget_tokens=4))
+    with pytest.raises(ValueError, match=r"policy.budget_ratio=0.5 and policy.budget_tokens=4 are both set"):
+        build_policy(PolicyConfig(name="full", budget_ratio=0.5, budget_tokens=4))  # the rule, budgeted or not
+
+
+def test_a_budgeted_policy_without_a_budget_names_both_keys():
+    with pytest.raises(
+        ValueError, match=r"'snapkv' keeps a budget per KV head: set policy.budget_ratio .* or policy.budget_tokens"
+    ):
+        build_policy(PolicyConfig(name="snapkv"))

@@ -29,7 +29,7 @@ def test_each_policy_yaml_lists_its_dataclass_options_with_their_defaults(name):
     config = yaml.safe_load((CONF / "policy" / f"{name}.yaml").read_text())
     assert config["name"] == name
     assert config["options"] == defaults(cls)
-    assert (config["budget"] is not None) == issubclass(cls, BudgetPolicy)
+    assert (config["budget_ratio"] is not None) == issubclass(cls, BudgetPolicy)
     build_policy(PolicyConfig(**config))  # the defaults are valid
 
 
@@ -69,7 +69,7 @@ def with_keep_oldest(monkeypatch, tmp_path):
     for path in (CONF / "policy").glob("*.yaml"):
         (tmp_path / path.name).write_text(path.read_text())
     (tmp_path / "keep_oldest.yaml").write_text(
-        "name: keep_oldest\nbudget: 0.3\nbudget_tokens: null\noptions:\n  bias: 2.0\n"
+        "name: keep_oldest\nbudget_ratio: 0.3\nbudget_tokens: null\noptions:\n  bias: 2.0\n"
     )
     monkeypatch.setattr("tasks.evaluation.contenders.POLICY_CONFIGS", tmp_path)
 
@@ -83,7 +83,7 @@ def test_a_new_policy_joins_the_comparison_with_its_own_options(with_keep_oldest
 
 def test_a_policys_own_type_error_is_not_reported_as_an_unknown_option(with_keep_oldest):
     with pytest.raises(TypeError, match="keep_oldest bias must be a float, got str"):
-        build_policy(PolicyConfig(name="keep_oldest", options={"bias": "2"}))
+        build_policy(PolicyConfig(name="keep_oldest", budget_ratio=0.5, options={"bias": "2"}))
     with pytest.raises(ValueError, match=r"does not take the options \['bais'\]; its options are \['bias'\]"):
         build_policy(PolicyConfig(name="keep_oldest", options={"bais": 2.0}))
 

@@ -23,6 +23,7 @@ from namm.pretrained import (
     WEIGHTS_FILE,
     PretrainedNAMM,
     PretrainedNAMMError,
+    export_checkpoint,
     layout_record,
 )
 from scripts.export_namm import main as export_main
@@ -289,3 +290,16 @@ def test_evaluate_py_refuses_a_damaged_export_without_a_traceback(exported, tmp_
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert f"{exported / CONFIG_FILE}: field normalization.var[5] is -1.0" in done.stderr
+
+
+def test_the_committed_cpu_memory_checkpoint_and_its_export_load_with_their_budget_keys(tmp_path):
+    """Saved files spell the NAMM's budget `budget_ratio` / `budget_tokens`, the keys every config uses."""
+    checkpoint = Path(__file__).resolve().parents[1] / "results" / "cpu-memory" / "latest.pt"
+    saved = torch.load(checkpoint, weights_only=False)["config"]["namm"]
+    assert (saved["budget_ratio"], saved["budget_tokens"]) == (None, None)
+    loaded = PretrainedNAMM.from_checkpoint(checkpoint)
+    assert loaded.config.budget is None and loaded.config.threshold == saved["threshold"]
+    export_checkpoint(checkpoint, tmp_path / "exported")
+    document = json.loads((tmp_path / "exported" / "config.json").read_text())
+    assert {"budget_ratio", "budget_tokens"} <= set(document["namm"])
+    assert PretrainedNAMM.from_pretrained(tmp_path / "exported").config == loaded.config

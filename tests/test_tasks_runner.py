@@ -3,6 +3,7 @@
 import dataclasses
 import json
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from tasks.config import TaskConfig
 from tasks.generators import full_cache_generator, transformers_generator
 from tasks.preparation import ModelInfo, prepare_tasks
 from tasks.references import ReferenceCache, ReferenceContext, ReferenceScores, fill_references
-from tasks.runner import run_task
+from tasks.runner import pad_token_id, run_task
 
 TOKENIZER = byte_tokenizer()
 MODEL = ModelInfo("byte-model", TOKENIZER, max_context=4096, chat_template=False)
@@ -73,6 +74,12 @@ def test_bad_indices_and_bad_generators_are_errors():
         run_task(task, ScriptedGenerator(lambda p: "x"), TOKENIZER, indices=[5])
     with pytest.raises(RuntimeError, match="1 results for 2 prompts"):
         run_task(task, lambda prompts, settings: [Reply([1])], TOKENIZER)
+
+
+@pytest.mark.parametrize(("pad", "eos", "expected"), [(7, (2, 3), 7), (0, (2,), 0), (None, (2, 3), 2), (None, (), 0)])
+def test_padding_is_the_tokenizers_pad_token_else_the_first_eos_else_zero(pad, eos, expected):
+    assert pad_token_id(SimpleNamespace(pad_token_id=pad), eos) == expected
+    assert prepare("trec").generation_settings(TOKENIZER).pad_token_id == TOKENIZER.pad_token_id is not None
 
 
 def test_samsum_stops_on_newline_through_the_seam():

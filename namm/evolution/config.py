@@ -21,6 +21,7 @@ from namm.errors import ConfigError
 from namm.evolution.distillation import DistillConfig
 from namm.evolution.scoring import Signal
 from namm.evolution.searchers import available_searchers, searcher_class
+from namm.selection import Budget
 
 
 class Objective(Enum):
@@ -216,7 +217,10 @@ def validate_train_config(cfg: DictConfig) -> TrainConfig:
 def check_objective_budget(objective: Objective, namm: dict[str, Any]) -> None:
     """`budget` trains under a hard budget and the other objectives without one, so the recorded objective
     says what the fitness rewarded."""
-    budgeted = namm.get("budget_ratio") is not None or namm.get("budget_tokens") is not None
+    try:
+        budgeted = Budget.from_keys(namm.get("budget_ratio"), namm.get("budget_tokens"), "namm") is not None
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     if objective == Objective.budget and not budgeted:
         raise ConfigError(
             "evo.objective=budget trains under a hard per-KV-head budget: set namm.budget_ratio (e.g. 0.5) "

@@ -45,7 +45,7 @@ class NAMMConfig:
     keep_newest: bool = True  # the newest token is always kept
     protect_first: int = 0  # the first N positions (the attention sink) are always kept; 0: none (reference)
     budget_ratio: float | None = None  # hard top-k per head (fraction of tokens seen), for matched budgets
-    budget_tokens: int | None = None  # hard top-k per head (token count); at most one budget field
+    budget_tokens: int | None = None  # hard top-k per head (token count); at most one of the two (`Budget.from_keys`)
 
     def check_update_interval(self, update_interval: int) -> None:
         """The spectrogram needs whole frames per update: raise ConfigError with the nearest fix."""
@@ -86,11 +86,12 @@ class NAMMConfig:
             )
         if not math.isfinite(self.threshold):
             problems.append(f"threshold must be finite, got {self.threshold}")
-        if self.budget_ratio is not None and self.budget_tokens is not None:
-            problems.append("give at most one of budget_ratio and budget_tokens")
+        try:
+            self.budget  # noqa: B018
+        except ValueError as error:
+            problems.append(str(error).rstrip("."))
         if problems:
             raise ValueError("NAMMConfig: " + "; ".join(problems) + ".")
-        self.budget  # validates the budget values  # noqa: B018
 
     @property
     def bins(self) -> int:
@@ -110,9 +111,7 @@ class NAMMConfig:
     @property
     def budget(self) -> Budget | None:
         """The hard top-k budget, or None for the threshold rule."""
-        if self.budget_ratio is None and self.budget_tokens is None:
-            return None
-        return Budget(ratio=self.budget_ratio, tokens=self.budget_tokens)
+        return Budget.from_keys(self.budget_ratio, self.budget_tokens, "namm")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> NAMMConfig:

@@ -114,6 +114,9 @@ class MemoryPolicy(ABC):
     in `reindex`, which the engine calls after it compacts a layer.
     """
 
+    # Capabilities the engine reads (class attributes, overridden by a policy that differs):
+    #: whether it ever drops a token; the engine skips updates and query recording for one that never does
+    evicts: ClassVar[bool] = True
     #: whether the engine must buffer queries so `LayerView.attention` can be computed
     needs_attention: ClassVar[bool] = False
     #: registry name used in configs and result files

@@ -15,7 +15,6 @@ from namm.policies.registry import register_policy
 @dataclass(eq=False)
 class FullCachePolicy(MemoryPolicy):
     name: ClassVar[str] = "full"
-    #: the engine skips updates (and query recording) entirely for a policy that never evicts
     evicts: ClassVar[bool] = False
 
     def select(self, view: LayerView) -> Selection:

@@ -38,10 +38,15 @@ class PolicyConfig:
     """The `policy` config group: a registered name, a budget for budgeted policies, and extra options."""
 
     name: str = "full"
-    budget: float | None = 0.5  # ratio of tokens seen kept per head, in (0, 1]
-    budget_tokens: int | None = None  # or a fixed count; overrides `budget`
+    budget_ratio: float | None = None  # ratio of tokens seen kept per head, in (0, 1]
+    budget_tokens: int | None = None  # or a fixed count; at most one of the two (`Budget.from_keys`)
     options: dict[str, Any] = field(default_factory=dict)
     allocation: str = "none"  # how a budgeted policy shares its budget: none | adakv | pyramid (namm/allocation.py)
+
+    @property
+    def budget(self) -> Budget | None:
+        """The budget the two keys give (None: neither set); both set is an error naming them."""
+        return Budget.from_keys(self.budget_ratio, self.budget_tokens, "policy")
 
 
 def available_policies() -> list[str]:
@@ -74,12 +79,13 @@ def build_policy(config: PolicyConfig) -> MemoryPolicy:
             f"(defaults in conf/policy/{config.name}.yaml)"
         )
     check_allocation(config.allocation)
+    budget = config.budget
     if issubclass(cls, BudgetPolicy):
-        budget = (
-            Budget(ratio=None, tokens=config.budget_tokens)
-            if config.budget_tokens is not None
-            else Budget(config.budget)
-        )
+        if budget is None:
+            raise ValueError(
+                f"policy {config.name!r} keeps a budget per KV head: set policy.budget_ratio (e.g. 0.5) or "
+                "policy.budget_tokens"
+            )
         return cls(budget=budget, allocation=config.allocation, **options)
     if config.allocation != "none":
         raise ValueError(

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from namm.config_resolvers import register_resolvers
 from namm.errors import ConfigError
 from namm.evolution.config import LoggerConfig, WandbMode
+from namm.pretrained import PARAMS_KINDS
 from namm.typed_config import typed_config
 
 #: `checkpoint=auto`: the newest checkpoint under `train_dir`, else the zero-parameter NAMM
@@ -23,7 +24,6 @@ AUTO_CHECKPOINT = "auto"
 #: `checkpoint=zero`: the zero-parameter NAMM (keeps every token), whatever checkpoints exist
 ZERO_CHECKPOINT = "zero"
 NAMM_POLICY = "namm"
-CHECKPOINT_PARAMS = ("best", "center")
 #: what a matched baseline's retained ratio is matched on (tasks.evaluation.budget_matching.MATCH_TARGETS)
 MATCH_ON = ("prompt_end", "generation_end")
 #: what to do with evaluation prompts a NAMM was trained or validated on (tasks.evaluation.held_out)
@@ -88,15 +88,15 @@ class EvaluateConfig:
     model: Any = None
     task: Any = None
     namm: Any = None  # null: the checkpoint's own NAMM config (the reference BAM for the zero NAMM)
-    policy: Any = None  # one policy's settings (`policy=h2o policy.budget=0.3`)
+    policy: Any = None  # one policy's settings (`policy=h2o policy.budget_ratio=0.3`)
     baselines: Any = None  # every baseline's settings from conf/policy/, used by `compare`
 
     def __post_init__(self) -> None:
         problems = []
         if not self.name.strip():
             problems.append("name must be a non-empty string (it names the output directory)")
-        if self.checkpoint_params not in CHECKPOINT_PARAMS:
-            problems.append(f"checkpoint_params must be one of {CHECKPOINT_PARAMS}, got {self.checkpoint_params!r}")
+        if self.checkpoint_params not in PARAMS_KINDS:
+            problems.append(f"checkpoint_params must be one of {PARAMS_KINDS}, got {self.checkpoint_params!r}")
         if not (math.isfinite(self.budget_tolerance) and 0 < self.budget_tolerance < 1):
             problems.append(f"budget_tolerance is a relative gap in (0, 1), got {self.budget_tolerance}")
         if self.budget_attempts < 1:

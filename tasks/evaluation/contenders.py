@@ -39,7 +39,7 @@ class Contender:
 
     def with_budget(self, ratio: float) -> PolicyConfig:
         """The same policy at another budget ratio (matched budgets)."""
-        return dataclasses.replace(self.config, budget=ratio, budget_tokens=None)
+        return dataclasses.replace(self.config, budget_ratio=ratio, budget_tokens=None)
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, **dataclasses.asdict(self.config)}
@@ -111,8 +111,7 @@ def plan_contenders(
     for name in sorted(names, key=lambda n: (n != "full", n != NAMM_POLICY)):
         if name == NAMM_POLICY:
             contenders += [
-                Contender(label, PolicyConfig(name=name, budget=None), budgeted=False, namm=source)
-                for label, source in namms
+                Contender(label, PolicyConfig(name=name), budgeted=False, namm=source) for label, source in namms
             ]
             continue
         settings, key = _settings_for(name, config)

@@ -7,7 +7,6 @@ before any model is loaded.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from namm.network.parameters import parameter_layout
 from namm.policies.namm_policy import NAMMPolicy
 from namm.pretrained import PretrainedNAMM, is_exported_namm
 from tasks.evaluation.config import AUTO_CHECKPOINT, NAMM_POLICY, ZERO_CHECKPOINT
+from tasks.fingerprints import canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class NAMMSource:
     def fingerprint(self) -> str:
         """Hash of everything that changes the NAMM's decisions (keys its per-sample results)."""
         digest = hashlib.sha256(self.parameters.double().numpy().tobytes())
-        digest.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        digest.update(canonical_json(self.config.to_dict()))
         for name in sorted(self.normalisation):
             digest.update(name.encode() + torch.as_tensor(self.normalisation[name]).double().numpy().tobytes())
         return digest.hexdigest()[:12]

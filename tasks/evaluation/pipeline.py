@@ -188,7 +188,7 @@ def result_row(
     row = task_result(contender.label, task, run.records, run.fresh, settings)
     row.update(
         family=contender.config.name,
-        budget=run.policy.budget if contender.budgeted and run.policy.budget_tokens is None else None,
+        budget=run.policy.budget_ratio if contender.budgeted else None,
         budget_target=run.budget_target,
         budget_attempts=run.attempts,
         within_tolerance=run.within_tolerance,

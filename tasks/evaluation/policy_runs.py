@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -20,7 +18,8 @@ from namm.models import LoadedModel
 from namm.policies import PolicyConfig
 from tasks.evaluation.budget_matching import MatchTarget, UpdateSchedule, relative_gap, solve_budget
 from tasks.evaluation.contenders import Contender, build_contender_policy
-from tasks.evaluation.sample_store import SampleStore, prompt_digest
+from tasks.evaluation.sample_store import SampleStore
+from tasks.fingerprints import prompt_digest, settings_digest
 from tasks.generators import engine_generator
 from tasks.runner import PreparedTask, run_task
 from tasks.spec import Sample
@@ -75,15 +74,22 @@ def store_for(
 ) -> SampleStore:
     """Keyed by everything that changes a sample's output, so changed settings never reuse old records."""
     key = {
-        "policy": asdict(policy),
+        "policy": _policy_key(policy),
         "namm": contender.namm.fingerprint() if contender.namm is not None else None,
         "engine": asdict(context.engine_config),
         "model": context.model_settings,
         "inputs": context.score_inputs,
         "task": task.settings.key(),
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    digest = settings_digest(key, 12, default=str)
     return SampleStore(context.run_dir / SAMPLES_DIR / contender.label / f"{task.spec.name}-{digest}.jsonl")
+
+
+def _policy_key(policy: PolicyConfig) -> dict[str, Any]:
+    """The policy's part of a sample store's key, with the ratio under `budget`, its name before the key was
+    renamed `budget_ratio`, so that stores written before the rename keep their file names and are reused."""
+    values = asdict(policy)
+    return {"budget": values.pop("budget_ratio"), **values}
 
 
 def _record(

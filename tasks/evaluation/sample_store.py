@@ -10,7 +10,6 @@ are written back, and the samples of the bad lines are run again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -60,10 +59,6 @@ def record_problem(line: str) -> str | None:
         return f"field(s) {missing} missing"
     properties = SAMPLE_RECORD_SCHEMA["properties"]
     return next(filter(None, (_value_problem(record[name], properties[name], name) for name in properties)), None)
-
-
-def prompt_digest(prompt_ids: Sequence[int]) -> str:
-    return hashlib.sha256(json.dumps(list(prompt_ids)).encode()).hexdigest()[:16]
 
 
 class SampleStore:

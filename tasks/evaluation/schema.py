@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 SCHEMA_VERSION = 4  # 2: live / storage / overhead memory figures; 3: several NAMMs (`namms`), fronts, intervals;
-# 4: paired comparisons, Wilson intervals, aggregate intervals, end-of-prompt ratios, held-out record, score inputs
+# 4: paired comparisons, Wilson intervals, aggregate intervals, end-of-prompt ratios, held-out record, score inputs;
+# a policy's ratio budget is `budget_ratio` in `policies`, as in the settings
 
 _NUMBER = {"type": "number"}
 _RATIO = {"type": "number", "minimum": 0, "maximum": 1}
@@ -159,7 +160,7 @@ _POLICY = _object(
     {
         "label": _STRING,
         "name": _STRING,
-        "budget": {"type": ["number", "null"]},
+        "budget_ratio": {"type": ["number", "null"]},
         "budget_tokens": {"type": ["integer", "null"]},
         "allocation": _STRING,  # none | adakv | pyramid (namm/allocation.py)
         "options": {"type": "object"},
