@@ -81,7 +81,7 @@ def main() -> None:
     question = DistillConfig().question_tokens
     runs = []
     for index in range(count):
-        runs.append(run_prompt(engine, task.samples[index], loaded.tokenizer, question, pad))
+        runs.append(run_prompt(engine, task.samples[index], task.spec, loaded.tokenizer, question, pad))
         print(f"prompt {index} collected ({time.perf_counter() - started:.0f} s)", flush=True)
     fits = {}
     for target in (DistillTarget.oracle, DistillTarget.h2o):

@@ -15,14 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from namm.engine import EngineConfig
-from namm.errors import ConfigError
 from namm.evolution.scoring import mean_in_order
-from tasks.config import TaskConfig
-from tasks.longbench_data import load_longbench
-from tasks.prompts import Tokenizer
 from tasks.references import engine_generator_record
-from tasks.spec import Sample, TaskSpec
-from tasks.synthetic import SYNTHETIC_TASKS
 
 #: the gold continuation's format, recorded in the reference cache's key (a change recomputes references)
 GOLD_FORMAT = "answers-joined-v1"
@@ -33,43 +27,6 @@ def teacher_forced_generator_record(config: EngineConfig) -> dict[str, Any]:
     in [0, 1] like a task score): stored beside the task-score references under the same key rules, in their
     own file (this record changes the key)."""
     return {**engine_generator_record(config), "name": "engine_teacher_forced", "gold": GOLD_FORMAT}
-
-
-def check_gold_answers(config: TaskConfig) -> None:
-    """Before the model loads: every sample a training run may draw has a gold answer to teacher-force
-    (synthetic tasks always do; LongBench records are read, as `check_task_data` already did)."""
-    for name in config.tasks:
-        if name in SYNTHETIC_TASKS:
-            continue
-        records, _ = load_longbench(name, config.data_dir, config.cache_dir)
-        empty = [
-            i for i, record in enumerate(records[: config.num_samples]) if not any(a.strip() for a in record.answers)
-        ]
-        if empty:
-            raise ConfigError(
-                f"evo.signal=answer_likelihood teacher-forces each prompt's gold answer, but task {name!r} has "
-                f"records without one (lines {empty[:5]}); train on it with evo.signal=task_metric, or drop it "
-                "from task.tasks."
-            )
-
-
-def gold_text(sample: Sample, spec: TaskSpec) -> str:
-    """What a correct answer looks like: every answer joined (tasks that need all of them), else the first."""
-    answers = [answer for answer in sample.answers if answer.strip()]
-    if not answers:
-        raise ValueError(
-            f"task {spec.name!r} sample {sample.index} has no gold answer to teacher-force; use "
-            "evo.signal=task_metric for it."
-        )
-    return spec.answer_joiner.join(answers) if spec.answers_all_required else answers[0]
-
-
-def gold_continuation(sample: Sample, spec: TaskSpec, tokenizer: Tokenizer) -> list[int]:
-    """The gold answer's token ids as the model would write them after the prompt (a space first, unless the
-    prompt already ends in whitespace)."""
-    last = tokenizer.decode(list(sample.prompt_ids[-1:]))
-    text = gold_text(sample, spec)
-    return tokenizer.encode(text if last[-1:].isspace() else " " + text, add_special_tokens=False)
 
 
 def mean_logprob(token_logprobs: Sequence[float]) -> float:

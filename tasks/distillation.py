@@ -19,7 +19,6 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
-from namm.errors import ConfigError
 from namm.evolution.distillation import (
     DistillConfig,
     DistillFit,
@@ -32,36 +31,18 @@ from namm.network.namm import NAMMOutput
 from namm.policies.base import LayerView
 from namm.policies.namm_policy import NAMMPolicy
 from tasks.config import TaskConfig
-from tasks.longbench_data import load_longbench
+from tasks.gold_answers import check_gold_answers, gold_continuation
 from tasks.prompts import Tokenizer
 from tasks.runner import PreparedTask
-from tasks.spec import Sample
-from tasks.synthetic import SYNTHETIC_TASKS
+from tasks.spec import Sample, TaskSpec
 
 log = logging.getLogger(__name__)
 
 
 def check_distill_target(target: DistillTarget, tasks: TaskConfig) -> None:
     """Before the model loads: `oracle` teacher-forces each prompt's gold answer, so every task must have one."""
-    if target != DistillTarget.oracle:
-        return
-    for name in tasks.tasks:
-        if name in SYNTHETIC_TASKS:
-            continue  # every synthetic sample has its answer
-        records, _ = load_longbench(name, tasks.data_dir, tasks.cache_dir)
-        if any(not any(answer.strip() for answer in record.answers) for record in records[: tasks.num_samples]):
-            raise ConfigError(
-                f"evo.distill.target=oracle needs every prompt's gold answer, but task {name!r} has records without "
-                "one; use evo.distill.target=h2o (or recency), or drop the task from task.tasks."
-            )
-
-
-def gold_continuation(sample: Sample, tokenizer: Tokenizer) -> list[int]:
-    """The gold answer as the model would continue the prompt: a space, then every answer comma-joined."""
-    answers = [answer.strip() for answer in sample.answers if answer.strip()]
-    if not answers:
-        raise ValueError(f"sample {sample.index} has no gold answer for the oracle target")
-    return tokenizer.encode(" " + ", ".join(answers), add_special_tokens=False)
+    if target == DistillTarget.oracle:
+        check_gold_answers(tasks, "evo.distill.target=oracle", "use evo.distill.target=h2o (or recency)")
 
 
 def suffix_attention(model: PreTrainedModel, prompt: list[int], continuation: list[int], queries: int) -> torch.Tensor:
@@ -172,7 +153,12 @@ class PromptRun:
 
 
 def run_prompt(
-    engine: MemoryEngine, sample: Sample, tokenizer: Tokenizer, question_tokens: int | None, pad_token_id: int
+    engine: MemoryEngine,
+    sample: Sample,
+    spec: TaskSpec,
+    tokenizer: Tokenizer,
+    question_tokens: int | None,
+    pad_token_id: int,
 ) -> PromptRun:
     """A prompt under the all-keep engine (every target but the oracle), plus the oracle unless
     `question_tokens` is None."""
@@ -184,7 +170,7 @@ def run_prompt(
         engine.policy.observer = None
     oracle = None
     if question_tokens is not None:
-        continuation = gold_continuation(sample, tokenizer)
+        continuation = gold_continuation(sample, spec, tokenizer)
         oracle = suffix_attention(engine.model, list(sample.prompt_ids), continuation, question_tokens)
     return PromptRun(collector, oracle)
 
@@ -199,7 +185,7 @@ def collect_examples(
 ) -> list[RankingExample]:
     """Every update of one prompt under the all-keep engine, with `settings.target`'s per-token target."""
     oracle = settings.question_tokens if settings.target == DistillTarget.oracle else None
-    return run_prompt(engine, task.samples[index], tokenizer, oracle, pad_token_id).examples(settings.target)
+    return run_prompt(engine, task.samples[index], task.spec, tokenizer, oracle, pad_token_id).examples(settings.target)
 
 
 def distillation_prompts(train_pool: dict[str, list[int]], settings: DistillConfig, seed: int) -> dict[str, list[int]]:

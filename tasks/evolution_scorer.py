@@ -41,8 +41,6 @@ from namm.policies.namm_policy import NAMMPolicy
 from namm.row_batches import RowBatches
 from namm.typed_config import typed_config
 from tasks.answer_likelihood import (
-    check_gold_answers,
-    gold_continuation,
     likelihood_score,
     log_likelihood,
     mean_logprob,
@@ -51,6 +49,7 @@ from tasks.answer_likelihood import (
 from tasks.config import TaskConfig, task_config
 from tasks.distillation import check_distill_target, distil, distillation_prompts
 from tasks.generators import engine_generator
+from tasks.gold_answers import check_gold_answers, gold_continuation
 from tasks.preparation import check_prompt_lengths, prepare_tasks
 from tasks.provenance import training_provenance
 from tasks.references import (
@@ -180,7 +179,7 @@ class TaskScorer:
                 DistillTarget(getattr(cfg.evo.distill.target, "value", cfg.evo.distill.target)), config.task
             )
         if config.signal == Signal.answer_likelihood:
-            check_gold_answers(config.task)
+            check_gold_answers(config.task, "evo.signal=answer_likelihood", "train on it with evo.signal=task_metric")
 
     @classmethod
     def solution_length(cls, cfg: DictConfig) -> int:

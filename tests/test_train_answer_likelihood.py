@@ -15,8 +15,9 @@ from test_train_scorer import FIXTURES, tiny_config
 from namm.errors import ConfigError
 from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT
 from tasks import evolution_scorer
-from tasks.answer_likelihood import gold_continuation, gold_text, likelihood_score
+from tasks.answer_likelihood import likelihood_score
 from tasks.evolution_scorer import TaskScorer
+from tasks.gold_answers import gold_continuation, gold_text
 from tasks.synthetic import SYNTHETIC_TASKS
 
 LIKELIHOOD = "evo.signal=answer_likelihood"
