@@ -42,14 +42,31 @@ def validated(overrides: list[str]):
 def test_default_config_is_the_cpu_demo():
     config = validated([])
     assert config.name == "smollm2-135m-passkey"
-    assert config.evo.searcher == "cmaes_separable" and config.evo.popsize == 4 and config.evo.generations == 4
+    assert config.evo.searcher == "cmaes_separable" and config.evo.popsize == 8 and config.evo.generations == 4
+    assert (config.evo.signal.value, config.evo.prompts_per_task, config.evo.validation_prompts) == (
+        "answer_likelihood",
+        3,
+        2,
+    )
     assert (config.evo.objective.value, config.evo.memory_weight, config.evo.init.value) == (
         "memory_penalty",
         0.5,
         "keep_all",
     )
+    assert (config.namm["protect_first"], config.namm["feature_bound"]) == (4, 3)
     assert config.out_dir == str(Path.cwd() / "runs" / "smollm2-135m-passkey" / "seed0")
     assert config.scorer["_target_"] == "tasks.evolution_scorer.TaskScorer"
+
+
+def test_the_demo_leaves_the_reference_namm_and_other_experiments_alone():
+    """The demo's settings live in conf/experiment/demo.yaml: the NAMM group keeps the reference's inputs (golden
+    parity), `~experiment` gives the schema's plain defaults, and another experiment replaces the demo."""
+    plain = validated(["~experiment"])
+    assert (plain.evo.signal.value, plain.evo.popsize, plain.evo.prompts_per_task) == ("task_metric", 4, 2)
+    assert (plain.namm["protect_first"], plain.namm["feature_bound"]) == (0, None)
+    assert plain.name == "smollm2-135m-passkey"
+    stage1, _ = compose_train(["experiment=stage1"])
+    assert (stage1.evo.signal.value, stage1.namm.protect_first, stage1.namm.feature_bound) == ("task_metric", 0, None)
 
 
 @pytest.mark.parametrize("group", ["model", "task", "namm", "evo", "logger"])
@@ -64,7 +81,7 @@ def test_every_option_of_every_group_composes(group):
 
 
 def test_every_experiment_is_tested():
-    assert set(options("experiment")) == {"stage1", "stage2", "stage3", "cpu_memory", "efficacy"}
+    assert set(options("experiment")) == {"demo", "stage1", "stage2", "stage3", "cpu_memory", "efficacy"}
 
 
 def test_the_cpu_memory_experiment_is_what_the_readme_says():

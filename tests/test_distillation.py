@@ -186,7 +186,7 @@ def test_a_scorer_that_cannot_distil_is_named(tmp_path):
 def test_a_distilled_start_is_validated_at_generation_0(tmp_path, monkeypatch):
     monkeypatch.setenv("NAMM_REFERENCE_CACHE", str(tmp_path / "references"))
     overrides = [
-        "model=tiny-llama", "task.context_length=300", "task.num_samples=4", "evo.popsize=2", "evo.generations=1",
+        "~experiment", "model=tiny-llama", "task.context_length=300", "task.num_samples=4", "evo.popsize=2", "evo.generations=1",
         "evo.prompts_per_task=1", "evo.validation_prompts=1", "engine.update_interval=64", "logger.mode=disabled",
         "name=tiny", f"out_dir={tmp_path / 'run'}", "evo.init=distill", "evo.distill.target=h2o",
         "evo.distill.steps=30", "evo.distill.prompts_per_task=1", "evo.distill.retained=0.5",

@@ -40,8 +40,8 @@ def test_default_config_composes_and_compares_every_policy(tmp_path):
     config = validate_evaluate_config(compose_evaluate(tmp_path))
     assert config.model["name"] == "smollm2-135m"
     assert config.task["tasks"] == ["passkey"]
-    # held-out passkey prompts (training uses seed 42), few enough for a CPU run
-    assert (config.task["seed"], config.task["num_samples"], config.task["context_length"]) == (4242, 4, 1024)
+    # held-out passkey prompts (training uses seed 42), enough to tell policies apart, minutes on a CPU
+    assert (config.task["seed"], config.task["num_samples"], config.task["context_length"]) == (4242, 16, 1024)
     trained, zero = load_namm_source(checkpoint, "best", None), zero_namm_source(None)
     contenders = plan_contenders(config, [("namm", trained)])
     assert [c.label for c in contenders] == [

@@ -179,7 +179,8 @@ def trained_run(tmp_path_factory):
     """A real one-generation training run on tiny-llama (update interval 128, saved in its config)."""
     root = tmp_path_factory.mktemp("trained")
     overrides = [
-        "model=tiny-llama", "task.context_length=400", "task.num_samples=6", "evo.popsize=2", "evo.generations=1",
+        "~experiment", "model=tiny-llama", "task.context_length=400", "task.num_samples=6", "evo.popsize=2",
+        "evo.generations=1",
         "evo.validation_prompts=2", "evo.prompts_per_task=1", "logger.mode=disabled", "name=tiny",
         f"out_dir={root / 'run'}", "engine.update_interval=128",
     ]  # fmt: skip

@@ -27,6 +27,7 @@ from tasks.evolution_scorer import TaskScorer, TaskScorerConfig
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "longbench"
 TINY = [
+    "~experiment",  # the schema's plain defaults, not the demo's
     "model=tiny-llama",
     "task.context_length=600",
     "task.num_samples=6",
