@@ -7,7 +7,7 @@ Sections, each reporting its figures or its error (one that fails does not stop 
 - `parity`: the engine's full policy against transformers' own greedy `model.generate()` on a tiny random
   Llama (bfloat16 on CUDA, float32 on CPU), prompts crossing several update boundaries: greedy ids
   identical, largest logit gap.
-- `population_scoring`: candidates through the training scorer (`tasks/evolution_scorer.py`, synthetic
+- `population_scoring`: candidates through the training scorer (`tasks/training/task_scorer.py`, synthetic
   passkey on the tiny Llama), one batch per prompt vs one candidate at a time: seconds, per-sample
   speed-up, whether the scores are identical.
 - `engine_bench` and `namm_bench`: `bench_engine.py` and `bench_namm.py` at Llama-3-8B shapes (random
@@ -45,12 +45,12 @@ from bench_engine import Stopwatch
 
 from namm.atomic_io import atomic_write_json
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
-from namm.evolution.scoring import TRAIN_SPLIT, CandidateScores
+from namm.evolution.scorer_protocol import TRAIN_SPLIT, CandidateScores
 from namm.models import ModelConfig, load_model
 from namm.plain_generation import greedy_generate
 from namm.policies import PolicyConfig, build_policy
-from tasks.config import TaskConfig
-from tasks.evolution_scorer import TaskScorer, TaskScorerConfig
+from tasks.task_config import TaskConfig
+from tasks.training.task_scorer import TaskScorer, TaskScorerConfig
 
 #: the tiny random model of the parity and scoring sections (namm/models/tiny.py; nothing is downloaded)
 TINY_MODEL = "tiny-llama"

@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 
 from namm.engine import GenerationSettings
 from tasks.prompts import Tokenizer
-from tasks.scoring import length_buckets, score_prediction, task_score
-from tasks.settings import TaskSettings
-from tasks.spec import Sample, TaskSpec
+from tasks.task_scores import length_buckets, score_prediction, task_score
+from tasks.task_settings import TaskSettings
+from tasks.task_spec import Sample, TaskSpec
 
 
 class Generated(Protocol):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from test_tasks_support import byte_tokenizer
+from task_fixtures import byte_tokenizer
 
-from tasks.config import TaskConfig
-from tasks.dataset_views import evaluation_samples, prompts_dataset
+from tasks.task_config import TaskConfig
+from tasks.evaluation.dataset_views import evaluation_samples, prompts_dataset
 from tasks.evaluation.sample_store import SampleStore
 from tasks.fingerprints import prompt_digest
 from tasks.preparation import ModelInfo, prepare_tasks

@@ -32,8 +32,8 @@ from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMMOutput
 from namm.policies.base import LayerView
-from tasks.config import TaskConfig
-from tasks.distillation import FeatureCollector, check_distill_target, suffix_attention
+from tasks.task_config import TaskConfig
+from tasks.training.distillation_examples import FeatureCollector, check_distill_target, suffix_attention
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

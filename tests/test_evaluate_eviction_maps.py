@@ -14,7 +14,7 @@ from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
-from tasks.config import TaskConfig
+from tasks.task_config import TaskConfig
 from tasks.evaluation import evaluate, eviction_maps
 from tasks.evaluation.config import validate_evaluate_config
 from tasks.evaluation.eviction_maps import prompt_end_map

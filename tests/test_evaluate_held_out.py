@@ -9,14 +9,14 @@ import logging
 
 import pytest
 from evaluation_helpers import TINY, compose_evaluate, evicting_parameters, write_checkpoint
-from test_tasks_support import FIXTURES, byte_tokenizer
+from task_fixtures import FIXTURES, byte_tokenizer
 
 from namm.errors import ConfigError
 from namm.evolution.checkpoint import load_checkpoint, read_provenance, save_checkpoint, with_provenance
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
 from namm.pretrained import PretrainedNAMM
-from tasks.config import TaskConfig
+from tasks.task_config import TaskConfig
 from tasks.evaluation import pipeline
 from tasks.evaluation.held_out import check_before_loading, hold_out
 from tasks.evaluation.namm_source import NAMMSource

@@ -257,7 +257,7 @@ def test_results_record_the_truncation_applied():
     """results.json's task entry: how many prompts were cut and the longest that ran, not only the budget."""
     from tasks.evaluation.pipeline import prompt_lengths
     from tasks.runner import PreparedTask
-    from tasks.spec import Sample
+    from tasks.task_spec import Sample
 
     samples = (Sample(0, (1,) * 172, ("a",), truncated=True), Sample(1, (1,) * 90, ("b",)))
     task = PreparedTask(spec=None, settings=None, samples=samples)

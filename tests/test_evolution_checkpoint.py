@@ -194,11 +194,11 @@ def test_run_directory_resolves_to_best_then_latest(tmp_path):
 def test_a_run_saved_with_the_former_scorer_node_resumes_under_todays():
     """Before the scorer was one `_target_` class, conf/train.yaml spelled it as three function paths."""
     from namm.evolution.resume import config_differences
-    from tasks.evolution_scorer import TaskScorer
+    from tasks.training.task_scorer import TaskScorer
 
     saved = load_checkpoint(COMMITTED).config
     assert set(saved["scorer"]) == {"_target_", "param_count_target", "check_target"}
-    today = {**saved, "scorer": {"_target_": "tasks.evolution_scorer.TaskScorer"}}
+    today = {**saved, "scorer": {"_target_": "tasks.training.task_scorer.TaskScorer"}}
     assert config_differences(saved, today, TaskScorer.former_targets) == []
     other = {**saved, "scorer": {"_target_": "my.OtherScorer"}}
     assert config_differences(saved, other, ()) == [

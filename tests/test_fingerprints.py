@@ -15,7 +15,7 @@ from namm.models import ModelConfig
 from namm.policies import PolicyConfig
 from tasks.evaluation.policy_runs import store_for
 from tasks.fingerprints import canonical_json, settings_digest
-from tasks.settings import TaskSettings
+from tasks.task_settings import TaskSettings
 
 
 def test_the_digest_is_the_sha256_of_sorted_json_cut_to_length():

@@ -225,7 +225,7 @@ def test_selection_threshold_newest_and_budget():
     positions = positions.masked_fill(~valid, -1)
     scores = torch.tensor([[[0.0, -0.5, 2.0, -1.0, 9.0, -3.0]]])
 
-    from namm.network.selection import keep_mask, ranking_scores
+    from namm.network.keep_rule import keep_mask, ranking_scores
 
     config = NAMMConfig()
     ranked = ranking_scores(scores, positions, valid, config)

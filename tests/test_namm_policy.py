@@ -9,7 +9,7 @@ import torch
 from namm.network import NAMMConfig
 from namm.policies.base import LayerView
 from namm.policies.namm_policy import NAMMPolicy
-from namm.selection import top_k_keep
+from namm.budget import top_k_keep
 
 
 def causal_attention(rows: int, heads: int, queries: int, slots: int, seed: int) -> torch.Tensor:

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_tasks_support import FIXTURES, byte_tokenizer, tiny_llama
+from task_fixtures import FIXTURES, byte_tokenizer, tiny_llama
 
 from namm.engine import GenerationSettings
-from tasks.config import TaskConfig
+from tasks.task_config import TaskConfig
 from tasks.generators import full_cache_generator, transformers_generator
 from tasks.preparation import ModelInfo, prepare_tasks
 from tasks.references import ReferenceCache, ReferenceContext, ReferenceScores, fill_references

@@ -4,10 +4,10 @@ import itertools
 import re
 
 import pytest
-from test_tasks_support import byte_tokenizer
+from task_fixtures import byte_tokenizer
 
 from tasks.prompts import PromptBuilder
-from tasks.scoring import score_prediction
+from tasks.task_scores import score_prediction
 from tasks.synthetic import SYNTHETIC_TASKS, SyntheticParams, generate_samples
 from tasks.synthetic.haystack import NOISE, insert_at_depths, noise_text
 

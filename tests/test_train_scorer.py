@@ -17,12 +17,12 @@ from sweep_helpers import run_multirun
 from namm.engine import EngineConfig
 from namm.evolution.checkpoint import load_checkpoint, read_provenance
 from namm.evolution.config import register_configs
-from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores
+from namm.evolution.scorer_protocol import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores
 from namm.models import ModelConfig
 from namm.network.config import NAMMConfig
-from namm.row_batches import RowBatches
-from tasks.config import TaskConfig
-from tasks.evolution_scorer import TaskScorer, TaskScorerConfig
+from namm.population_batches import PopulationBatches
+from tasks.task_config import TaskConfig
+from tasks.training.task_scorer import TaskScorer, TaskScorerConfig
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "longbench"
@@ -164,7 +164,7 @@ def test_scores_do_not_depend_on_how_the_population_or_the_prompts_are_split(tmp
     )
     assert_identical(whole, split)
 
-    scorer.row_batches = RowBatches(max_rows=2)  # micro-batches of 2, 2 and 1 rows
+    scorer.population_batches = PopulationBatches(max_rows=2)  # micro-batches of 2, 2 and 1 rows
     assert_identical(whole, scorer.score(population, TRAIN_SPLIT, 1))
     if signal == "answer_likelihood":  # one row per forward: no micro-batches to halve
         return
@@ -177,11 +177,11 @@ def test_scores_do_not_depend_on_how_the_population_or_the_prompts_are_split(tmp
         return generate(prompts, *args, **kwargs)
 
     monkeypatch.setattr(scorer.engine, "generate", run_or_oom)
-    scorer.row_batches = RowBatches(max_rows=None)
+    scorer.population_batches = PopulationBatches(max_rows=None)
     with caplog.at_level(logging.WARNING):
         assert_identical(whole, scorer.score(population, TRAIN_SPLIT, 1))
     halved = [r for r in caplog.records if "out of memory at 5 rows per batch; retrying with 2" in r.getMessage()]
-    assert len(halved) == 1 and scorer.row_batches.max_rows == 2
+    assert len(halved) == 1 and scorer.population_batches.max_rows == 2
 
     prompts = scorer.prompts(VALIDATION_SPLIT, 0)
     centre = population[3:4]
@@ -212,12 +212,12 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
     """task=qasper offline with no task.data_dir: one message naming task.data_dir and the hub file."""
     from namm.evolution.config import ConfigError
     from namm.evolution.trainer import train
-    from tasks import evolution_scorer
+    from tasks.training import task_scorer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("NAMM_DATA_CACHE", str(tmp_path / "longbench"))
-    monkeypatch.setattr(evolution_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
+    monkeypatch.setattr(task_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
     cfg = tiny_config(tmp_path, "task=qasper")
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
@@ -228,8 +228,8 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"(?s)task 'qasper' has no data from the hub.*data\.zip.*task\.data_dir="):
         train(cfg)
     with pytest.raises(ConfigError, match="too few samples for 2 validation prompts"):  # the fixture has 2 lines
-        evolution_scorer.TaskScorer.check_config(tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}"))
-    evolution_scorer.TaskScorer.check_config(
+        task_scorer.TaskScorer.check_config(tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}"))
+    task_scorer.TaskScorer.check_config(
         tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}", "evo.validation_prompts=1")
     )
 
@@ -252,19 +252,19 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
 def test_bad_settings_are_config_errors_as_in_evaluate(tmp_path, override, message):
     """The engine and model nodes are read as evaluate.py reads them (one schema each), with the same errors."""
     from namm.errors import ConfigError
-    from tasks import evolution_scorer
+    from tasks.training import task_scorer
 
     with pytest.raises(ConfigError, match=message):
-        evolution_scorer.TaskScorer.check_config(tiny_config(tmp_path, override))
+        task_scorer.TaskScorer.check_config(tiny_config(tmp_path, override))
 
 
 def test_a_longbench_budget_the_model_would_cut_further_fails_before_it_loads(tmp_path, monkeypatch):
     """task.max_prompt_tokens=2000 on a 300-token model: refused with the size prompts would really get."""
     from namm.evolution.config import ConfigError
     from namm.evolution.trainer import train
-    from tasks import evolution_scorer
+    from tasks.training import task_scorer
 
-    monkeypatch.setattr(evolution_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
+    monkeypatch.setattr(task_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
     overrides = ["task=qasper", f"task.data_dir={FIXTURES}", "task.max_prompt_tokens=2000", "model.max_context=300"]
     cfg = tiny_config(tmp_path, *overrides, "evo.validation_prompts=1")
     from hydra.core.hydra_config import HydraConfig

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from namm.config_resolvers import register_resolvers
 from namm.errors import ConfigError
 from namm.evolution.distillation import DistillConfig
-from namm.evolution.scoring import Signal
+from namm.evolution.scorer_protocol import Signal
 from namm.evolution.searchers import available_searchers, searcher_class
-from namm.selection import Budget
+from namm.budget import Budget
 
 
 class Objective(Enum):
@@ -193,7 +193,9 @@ class TrainConfig:
         if self.init_from is not None and self.resume not in ("never", "auto"):
             problems.append("give at most one of init_from (start a new run from a centre) and resume=<path>")
         if not isinstance(self.scorer, dict) or not self.scorer.get("_target_"):
-            problems.append("scorer must hold `_target_`, the scorer class (namm.evolution.scoring.ScorerFactory)")
+            problems.append(
+                "scorer must hold `_target_`, the scorer class (namm.evolution.scorer_protocol.ScorerFactory)"
+            )
         if not self.name.strip():
             problems.append("name must be a non-empty string (it names the run directory)")
         if problems:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from namm.errors import ConfigError
 from namm.evolution.distillation import DistillConfig, DistillFit
 from namm.evolution.fitness import FitnessRule, PopulationFitness, population_fitness
-from namm.evolution.scoring import (
+from namm.evolution.scorer_protocol import (
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
     CandidateScorer,

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from namm.errors import ConfigError
-from namm.selection import Budget
+from namm.budget import Budget
 
 ScorerKind = Literal["bam", "mlp"]
 SquashKind = Literal["tanh", "softsign", "clip"]

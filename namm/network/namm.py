@@ -20,9 +20,9 @@ from namm.network.normalisation import FeatureNormaliser, bound_features
 from namm.network.parameters import ParameterLayout, parameter_layout
 from namm.network.recency import RecencyCode
 from namm.network.scorer import token_scores
-from namm.network.selection import keep_mask, newest_positions, ranking_scores
+from namm.network.keep_rule import keep_mask, newest_positions, ranking_scores
 from namm.network.spectrogram import SpectrogramState, update_spectrogram
-from namm.row_chunks import ChunkedRows
+from namm.attention_row_chunks import ChunkedRows
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
 from namm.network.spectrogram import SpectrogramState
-from namm.selection import per_layer_max_keep_whole_batch
+from namm.budget import per_layer_max_keep_whole_batch
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from namm.policies.base import BudgetPolicy, LayerView, MemoryPolicy, Selection
 from namm.policies.registry import PolicyConfig, available_policies, build_policy, policy_class, register_policy
-from namm.selection import Budget
+from namm.budget import Budget
 
 __all__ = [
     "Budget",

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from namm.allocation import check_allocation
 from namm.policies.base import BudgetPolicy, MemoryPolicy
-from namm.selection import Budget
+from namm.budget import Budget
 
 _POLICIES: dict[str, type[MemoryPolicy]] = {}
 

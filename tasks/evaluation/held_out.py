@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from namm.errors import ConfigError
-from tasks.config import TaskConfig
+from tasks.task_config import TaskConfig
 from tasks.evaluation.namm_source import NAMMSource
 from tasks.provenance import PromptKey, TrainedPrompts
 from tasks.runner import PreparedTask

@@ -22,7 +22,7 @@ from tasks.evaluation.sample_store import SampleStore
 from tasks.fingerprints import prompt_digest, settings_digest
 from tasks.generators import engine_generator
 from tasks.runner import PreparedTask, run_task
-from tasks.spec import Sample
+from tasks.task_spec import Sample
 
 SAMPLES_DIR = "samples"
 log = logging.getLogger(__name__)

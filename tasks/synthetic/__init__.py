@@ -8,7 +8,7 @@ from functools import partial
 
 from tasks.answer_spans import answer_token_spans
 from tasks.prompts import PromptBuilder
-from tasks.spec import Sample, TaskSpec
+from tasks.task_spec import Sample, TaskSpec
 from tasks.synthetic.draft import Draft, Drafter, SyntheticParams
 from tasks.synthetic.kv_retrieval import draft_kv_retrieval
 from tasks.synthetic.niah import NiahLayout

@@ -6,7 +6,7 @@ so no padding). Full-cache references come from the on-disk reference cache, key
 moves a score; training fills the missing ones once before generation 1 (tasks/references.py).
 
 With `evo.signal=answer_likelihood` the training prompts are scored by teacher-forcing the gold answer
-(tasks/answer_likelihood.py) against the full cache's likelihood of it, cached beside the task-score
+(tasks/training/answer_likelihood.py) against the full cache's likelihood of it, cached beside the task-score
 references; validation always decodes and uses the task metric.
 """
 
@@ -23,7 +23,7 @@ import torch
 from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
 from namm.errors import ConfigError
 from namm.evolution.distillation import DistillConfig, DistillFit, DistillTarget
-from namm.evolution.scoring import (
+from namm.evolution.scorer_protocol import (
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
     CandidateScores,
@@ -38,9 +38,9 @@ from namm.network.normalisation import check_statistics
 from namm.network.parameters import keep_all_centre, param_count
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
-from namm.row_batches import RowBatches
+from namm.population_batches import PopulationBatches
 from namm.typed_config import typed_config
-from tasks.answer_likelihood import (
+from tasks.training.answer_likelihood import (
     check_gold_answers,
     gold_continuation,
     likelihood_score,
@@ -48,8 +48,8 @@ from tasks.answer_likelihood import (
     mean_logprob,
     teacher_forced_generator_record,
 )
-from tasks.config import TaskConfig, task_config
-from tasks.distillation import check_distill_target, distil, distillation_prompts
+from tasks.task_config import TaskConfig, task_config
+from tasks.training.distillation_examples import check_distill_target, distil, distillation_prompts
 from tasks.generators import engine_generator
 from tasks.preparation import check_prompt_lengths, prepare_tasks
 from tasks.provenance import training_provenance
@@ -62,7 +62,7 @@ from tasks.references import (
     full_cache_scores,
 )
 from tasks.runner import PreparedTask
-from tasks.scoring import score_prediction
+from tasks.task_scores import score_prediction
 from tasks.task_data import check_task_data
 
 if TYPE_CHECKING:
@@ -160,9 +160,14 @@ class Splits:
 
 class TaskScorer:
     """A `CandidateScorer` over the configured tasks, and its `ScorerFactory` (`scorer._target_` of
-    conf/train.yaml; see namm.evolution.scoring): the candidates are NAMM parameter vectors."""
+    conf/train.yaml; see namm.evolution.scorer_protocol): the candidates are NAMM parameter vectors."""
 
-    former_targets: ClassVar[tuple[str, ...]] = ("tasks.evolution_scorer.build_scorer",)  # runs saved before 2
+    #: earlier spellings of this `_target_`: the three-function scorer node (runs saved before the scorer was one
+    #: class) and this class's path before the training scorer moved to tasks/training/
+    former_targets: ClassVar[tuple[str, ...]] = (
+        "tasks.evolution_scorer.build_scorer",
+        "tasks.evolution_scorer.TaskScorer",
+    )
 
     # -- ScorerFactory: no model is loaded ----------------------------------------------------------
     @classmethod
@@ -217,7 +222,7 @@ class TaskScorer:
             task.spec.name: self.likelihood_cache.load(task.settings) if self.uses_likelihood else ReferenceScores()
             for task in self.tasks
         }
-        self.row_batches = RowBatches(config.max_batch_rows)
+        self.population_batches = PopulationBatches(config.max_batch_rows)
         self.calibrated = not self.policy.namm.config.normalise
 
     # -- CandidateScorer ------------------------------------------------------------------------
@@ -394,7 +399,7 @@ class TaskScorer:
             prompts = [list(sample.prompt_ids)] * (stop - start)
             return self.engine.generate(prompts, settings, row_parameters=parameters[start:stop])
 
-        results = self.row_batches.run(parameters.shape[0], run_rows)
+        results = self.population_batches.run(parameters.shape[0], run_rows)
         run_scores = []
         for result in results:
             prediction = self.loaded.tokenizer.decode(result.token_ids, skip_special_tokens=True)

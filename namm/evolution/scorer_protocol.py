@@ -353,7 +353,7 @@ def scorer_factory(cfg: DictConfig | dict[str, Any]) -> ScorerFactory:
     if missing or not callable(factory):
         raise ConfigError(
             f"scorer._target_={path!r} lacks {missing or ['__call__']}; it must name a scorer class with "
-            f"{list(FACTORY_MEMBERS)} (see namm.evolution.scoring.ScorerFactory)"
+            f"{list(FACTORY_MEMBERS)} (see namm.evolution.scorer_protocol.ScorerFactory)"
         )
     return factory
 
