@@ -28,12 +28,12 @@ from namm.attention import (
     chunked_attention_rows,
     register_memory_attention,
 )
+from namm.budget import per_layer_max_keep_per_row
 from namm.cache import ChunkInfo, MemoryCache, MemoryCacheLayer, StorageSizing
 from namm.memory_meter import MemoryUsage
 from namm.models import check_supported
 from namm.policies.base import BudgetPolicy, LayerView, MemoryPolicy
 from namm.schedule import chunk_ends, chunk_positions
-from namm.budget import per_layer_max_keep_per_row
 
 EVICTION_MODES = ("per_head", "per_layer_max")
 #: prefill: updates every update_interval tokens, prompt included (bounds peak memory); post_prefill: one

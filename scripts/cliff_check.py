@@ -17,9 +17,9 @@ from dataclasses import replace
 import torch
 
 from namm.network import NAMM, NAMMConfig
+from namm.network.keep_rule import keep_mask, ranking_scores
 from namm.network.parameters import parameter_layout
 from namm.network.scorer import token_scores
-from namm.network.keep_rule import keep_mask, ranking_scores
 
 VARIANTS: dict[str, dict] = {
     "reference (raw z-scores)": {},

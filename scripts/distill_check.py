@@ -21,9 +21,9 @@ from namm.evolution.distillation import DistillConfig, DistillTarget, RankingExa
 from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
 from namm.policies.namm_policy import NAMMPolicy
+from tasks.preparation import prepare_tasks
 from tasks.task_config import TaskConfig
 from tasks.training.distillation_examples import collection_engine, run_prompt
-from tasks.preparation import prepare_tasks
 
 RATIOS = (0.75, 0.5, 0.25)
 

@@ -14,11 +14,11 @@ from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
-from tasks.task_config import TaskConfig
 from tasks.evaluation import evaluate, eviction_maps
 from tasks.evaluation.config import validate_evaluate_config
 from tasks.evaluation.eviction_maps import prompt_end_map
 from tasks.preparation import prepare_tasks
+from tasks.task_config import TaskConfig
 
 PROMPT = 400  # TINY: passkey at 400 byte-tokens, updates at 128, 256 and 384
 SINKS, BUDGET = 4, 40

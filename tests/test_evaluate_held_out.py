@@ -16,13 +16,13 @@ from namm.evolution.checkpoint import load_checkpoint, read_provenance, save_che
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
 from namm.pretrained import PretrainedNAMM
-from tasks.task_config import TaskConfig
 from tasks.evaluation import pipeline
 from tasks.evaluation.held_out import check_before_loading, hold_out
 from tasks.evaluation.namm_source import NAMMSource
 from tasks.fingerprints import prompt_digest
 from tasks.preparation import ModelInfo, prepare_tasks
 from tasks.provenance import TrainedPrompts, training_provenance
+from tasks.task_config import TaskConfig
 
 MODEL = ModelInfo("byte-model", byte_tokenizer(), max_context=4096, chat_template=False)
 

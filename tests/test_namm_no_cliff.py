@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from namm.network import NAMM, NAMMConfig
-from namm.network.normalisation import bound_features
-from namm.network.keep_rule import keep_mask, ranking_scores
 from namm.budget import PROTECTED_SCORE
+from namm.network import NAMM, NAMMConfig
+from namm.network.keep_rule import keep_mask, ranking_scores
+from namm.network.normalisation import bound_features
 
 
 def test_bound_features_hand_computed():

@@ -11,8 +11,8 @@ from task_fixtures import FIXTURES
 
 from namm.errors import ConfigError
 from tasks import longbench_data
-from tasks.task_config import TaskConfig
 from tasks.longbench_data import RECORD_FIELDS, load_longbench, longbench_dataset, read_records
+from tasks.task_config import TaskConfig
 from tasks.task_data import check_task_data
 
 

@@ -6,10 +6,10 @@ import json
 import pytest
 from task_fixtures import FIXTURES, byte_tokenizer
 
-from tasks.task_config import TaskConfig
 from tasks.longbench import LONGBENCH_TASKS, PROMPT_TEMPLATES, SUITES
 from tasks.preparation import ModelInfo, prepare_tasks
 from tasks.prompts import PromptBuilder, tokenizer_adds_bos
+from tasks.task_config import TaskConfig
 
 TOKENIZER = byte_tokenizer()
 

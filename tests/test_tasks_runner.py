@@ -10,11 +10,11 @@ import torch
 from task_fixtures import FIXTURES, byte_tokenizer, tiny_llama
 
 from namm.engine import GenerationSettings
-from tasks.task_config import TaskConfig
 from tasks.generators import full_cache_generator, transformers_generator
 from tasks.preparation import ModelInfo, prepare_tasks
 from tasks.references import ReferenceCache, ReferenceContext, ReferenceScores, fill_references
 from tasks.runner import pad_token_id, run_task
+from tasks.task_config import TaskConfig
 
 TOKENIZER = byte_tokenizer()
 MODEL = ModelInfo("byte-model", TOKENIZER, max_context=4096, chat_template=False)

@@ -14,10 +14,10 @@ from test_train_scorer import FIXTURES, tiny_config
 
 from namm.errors import ConfigError
 from namm.evolution.scorer_protocol import TRAIN_SPLIT, VALIDATION_SPLIT
+from tasks.synthetic import SYNTHETIC_TASKS
 from tasks.training import task_scorer
 from tasks.training.answer_likelihood import gold_continuation, gold_text, likelihood_score
 from tasks.training.task_scorer import TaskScorer
-from tasks.synthetic import SYNTHETIC_TASKS
 
 LIKELIHOOD = "evo.signal=answer_likelihood"
 

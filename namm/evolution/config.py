@@ -16,12 +16,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from namm.budget import Budget
 from namm.config_resolvers import register_resolvers
 from namm.errors import ConfigError
 from namm.evolution.distillation import DistillConfig
 from namm.evolution.scorer_protocol import Signal
 from namm.evolution.searchers import available_searchers, searcher_class
-from namm.budget import Budget
 
 
 class Objective(Enum):

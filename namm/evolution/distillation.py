@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from namm.errors import ConfigError
 from namm.network.config import NAMMConfig
+from namm.network.keep_rule import keep_mask, newest_positions, ranking_scores
 from namm.network.parameters import parameter_layout
 from namm.network.scorer import token_scores
-from namm.network.keep_rule import keep_mask, newest_positions, ranking_scores
 
 
 class DistillTarget(Enum):

@@ -6,8 +6,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from namm.errors import ConfigError
 from namm.budget import Budget
+from namm.errors import ConfigError
 
 ScorerKind = Literal["bam", "mlp"]
 SquashKind = Literal["tanh", "softsign", "clip"]

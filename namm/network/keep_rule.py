@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from namm.network.config import NAMMConfig
 from namm.budget import PROTECTED_SCORE, top_k_keep
+from namm.network.config import NAMMConfig
 
 
 def newest_positions(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

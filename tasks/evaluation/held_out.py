@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from namm.errors import ConfigError
-from tasks.task_config import TaskConfig
 from tasks.evaluation.namm_source import NAMMSource
 from tasks.provenance import PromptKey, TrainedPrompts
 from tasks.runner import PreparedTask
 from tasks.synthetic import SYNTHETIC_TASKS
+from tasks.task_config import TaskConfig
 
 log = logging.getLogger(__name__)
 

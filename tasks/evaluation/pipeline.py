@@ -22,7 +22,6 @@ from namm.errors import ConfigError
 from namm.evolution.checkpoint import library_versions
 from namm.models import ModelConfig, check_model_config, load_model, max_context_without_weights
 from namm.typed_config import typed_config
-from tasks.task_config import TaskConfig, task_config
 from tasks.evaluation.budget_matching import MATCH_TARGETS
 from tasks.evaluation.comparisons import TaskScores, all_comparisons
 from tasks.evaluation.config import NAMM_POLICY, EvaluateConfig, validate_evaluate_config
@@ -60,6 +59,7 @@ from tasks.references import (
     engine_generator_record,
 )
 from tasks.runner import PreparedTask
+from tasks.task_config import TaskConfig, task_config
 from tasks.task_data import check_task_data
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,12 @@ from typing import Any
 from namm.engine import EngineConfig
 from namm.errors import ConfigError
 from namm.evolution.scorer_protocol import mean_in_order
-from tasks.task_config import TaskConfig
 from tasks.longbench_data import load_longbench
 from tasks.prompts import Tokenizer
 from tasks.references import engine_generator_record
-from tasks.task_spec import Sample, TaskSpec
 from tasks.synthetic import SYNTHETIC_TASKS
+from tasks.task_config import TaskConfig
+from tasks.task_spec import Sample, TaskSpec
 
 #: the gold continuation's format, recorded in the reference cache's key (a change recomputes references)
 GOLD_FORMAT = "answers-joined-v1"

@@ -31,12 +31,12 @@ from namm.evolution.distillation import (
 from namm.network.namm import NAMMOutput
 from namm.policies.base import LayerView
 from namm.policies.namm_policy import NAMMPolicy
-from tasks.task_config import TaskConfig
 from tasks.longbench_data import load_longbench
 from tasks.prompts import Tokenizer
 from tasks.runner import PreparedTask
-from tasks.task_spec import Sample
 from tasks.synthetic import SYNTHETIC_TASKS
+from tasks.task_config import TaskConfig
+from tasks.task_spec import Sample
 
 log = logging.getLogger(__name__)
 

@@ -40,16 +40,6 @@ from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
 from namm.population_batches import PopulationBatches
 from namm.typed_config import typed_config
-from tasks.training.answer_likelihood import (
-    check_gold_answers,
-    gold_continuation,
-    likelihood_score,
-    log_likelihood,
-    mean_logprob,
-    teacher_forced_generator_record,
-)
-from tasks.task_config import TaskConfig, task_config
-from tasks.training.distillation_examples import check_distill_target, distil, distillation_prompts
 from tasks.generators import engine_generator
 from tasks.preparation import check_prompt_lengths, prepare_tasks
 from tasks.provenance import training_provenance
@@ -62,8 +52,18 @@ from tasks.references import (
     full_cache_scores,
 )
 from tasks.runner import PreparedTask
-from tasks.task_scores import score_prediction
+from tasks.task_config import TaskConfig, task_config
 from tasks.task_data import check_task_data
+from tasks.task_scores import score_prediction
+from tasks.training.answer_likelihood import (
+    check_gold_answers,
+    gold_continuation,
+    likelihood_score,
+    log_likelihood,
+    mean_logprob,
+    teacher_forced_generator_record,
+)
+from tasks.training.distillation_examples import check_distill_target, distil, distillation_prompts
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
