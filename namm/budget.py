@@ -1,4 +1,5 @@
-"""Keep-selection primitives shared by the engine, the policies and the NAMM network (a leaf: torch only).
+"""The token budget and the keep rules that spend it, shared by the engine, the policies and the NAMM network
+(a leaf: torch only).
 
 A budget says how many tokens a head keeps, `top_k_keep` picks them, and the per-layer-max rule tops every
 head up to the layer's largest keep count. That rule comes in two scopes: per row (the engine's, so which

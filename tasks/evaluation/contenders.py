@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
 from namm.engine import EngineConfig, check_policy_engine
 from namm.errors import ConfigError
 from namm.policies import BudgetPolicy, MemoryPolicy, PolicyConfig, available_policies, build_policy, policy_class
@@ -45,7 +48,19 @@ class Contender:
         return {"label": self.label, **dataclasses.asdict(self.config)}
 
 
-POLICY_CONFIGS = Path(__file__).resolve().parents[2] / "conf" / "policy"  # one yaml of defaults per policy
+#: conf/ of the checkout these packages sit in (a run from the checkout, or an editable install)
+CHECKOUT_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def config_dir() -> Path:
+    """The conf/ this run's config was composed from: Hydra's primary config source while `python evaluate.py`
+    runs (right wherever the packages are installed), else, for a config composed outside a Hydra run
+    (tests, notebooks), the checkout's conf/ beside the packages."""
+    if HydraConfig.initialized():
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.provider == "main" and source.schema == "file":
+                return Path(source.path)
+    return CHECKOUT_CONF
 
 
 def default_comparison(schedule: str = "prefill") -> list[str]:
@@ -80,11 +95,12 @@ def _settings_for(name: str, config: EvaluateConfig) -> tuple[PolicyConfig, str]
     baselines = config.baselines or {}
     if name in baselines:
         return _policy_config(baselines[name], f"baselines.{name}"), f"baselines.{name}"
-    defaults = POLICY_CONFIGS / f"{name}.yaml"
+    defaults = config_dir() / "policy" / f"{name}.yaml"
     if not defaults.is_file():
-        raise ConfigError(f"policy {name!r} has no default settings: add conf/policy/{name}.yaml (see CONTRIBUTING.md)")
-    from omegaconf import OmegaConf
-
+        raise ConfigError(
+            f"policy {name!r} has no default settings ({defaults} is missing): add conf/policy/{name}.yaml "
+            f"(see CONTRIBUTING.md), or give them as baselines.{name}"
+        )
     return _policy_config(OmegaConf.to_container(OmegaConf.load(defaults)), str(defaults)), f"baselines.{name}"
 
 
