@@ -198,16 +198,16 @@ def test_auto_takes_the_newest_run_and_its_best_checkpoint(tmp_path):
     os.utime(old, (1, 1))  # seed0 is older
     assert newest_checkpoint(tmp_path / "runs") == new.parent / "best.pt"
     source = resolve_namm_source("auto", tmp_path / "runs", "best", None)
-    assert torch.equal(source.parameters, evicting_parameters(seed=3))
+    assert torch.equal(source.pretrained.namm.parameters, evicting_parameters(seed=3))
     centre = resolve_namm_source("auto", tmp_path / "runs", "center", None)
-    assert torch.equal(centre.parameters, evicting_parameters(seed=3) * 0.5)
+    assert torch.equal(centre.pretrained.namm.parameters, evicting_parameters(seed=3) * 0.5)
 
 
 def test_auto_without_runs_falls_back_to_the_zero_namm_and_says_so(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         source = resolve_namm_source("auto", tmp_path / "none", "best", None)
-    assert source.is_zero and not source.parameters.any()
-    assert source.param_count == 4172 and source.config == NAMMConfig()
+    assert source.is_zero and not source.pretrained.namm.parameters.any()
+    assert source.pretrained.namm.parameters.numel() == 4172 and source.pretrained.config == NAMMConfig()
     assert any(
         "No training checkpoint under" in r.getMessage() and "zero-parameter NAMM" in r.getMessage()
         for r in caplog.records

@@ -185,4 +185,4 @@ def wants_matched_budgets(config: EvaluateConfig, contenders: list[Contender], n
 
 
 def build_contender_policy(contender: Contender, policy_config: PolicyConfig) -> MemoryPolicy:
-    return contender.namm.build_policy() if contender.namm is not None else build_policy(policy_config)
+    return contender.namm.pretrained.policy() if contender.namm is not None else build_policy(policy_config)

@@ -44,7 +44,9 @@ class HeldOutRecord:
 
 
 def trained_prompts(source: NAMMSource) -> TrainedPrompts | None:
-    return None if source.provenance is None else TrainedPrompts.from_record(source.provenance)
+    """The prompts it was trained and validated on (None: untrained, or not recorded by its checkpoint)."""
+    provenance = source.pretrained.training.get("provenance")
+    return None if provenance is None else TrainedPrompts.from_record(provenance)
 
 
 def _status(source: NAMMSource, prompts: TrainedPrompts | None) -> str:
