@@ -204,3 +204,18 @@ def test_a_run_saved_with_the_former_scorer_node_resumes_under_todays():
     assert config_differences(saved, other, ()) == [
         "scorer._target_: 'tasks.evolution_scorer.build_scorer' -> 'my.OtherScorer'"
     ]
+
+
+def test_a_run_saved_before_the_training_scorer_moved_to_tasks_training_resumes():
+    """conf/train.yaml named `tasks.evolution_scorer.TaskScorer` until the scorer moved; such runs resume."""
+    import yaml
+
+    from namm.evolution.resume import config_differences
+    from namm.evolution.scorer_protocol import scorer_factory
+
+    target = yaml.safe_load((COMMITTED.parents[2] / "conf" / "train.yaml").read_text())["scorer"]["_target_"]
+    assert target == "tasks.training.task_scorer.TaskScorer"
+    today = {**load_checkpoint(COMMITTED).config, "scorer": {"_target_": target}}
+    saved = {**today, "scorer": {"_target_": "tasks.evolution_scorer.TaskScorer"}}
+    assert config_differences(saved, today, scorer_factory(today).former_targets) == []
+    assert config_differences(saved, today, ()) != []
