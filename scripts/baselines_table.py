@@ -53,12 +53,14 @@ def read_points(results_dir: Path) -> tuple[list[GridPoint], dict[tuple[str, str
         for row in document["results"]:
             label = row["policy"]
             name = label.split("@")[0]
+            if name != "full" and row["budget"] is None:
+                continue  # a token budget has no place on a ratio front (the grid runs ratios only)
             suffix = "" if allocation[label] == "none" else f"+{allocation[label]}"
             point = GridPoint(
                 task=row["task"],
                 schedule=schedule,
                 policy=name + suffix,
-                ratio=row["budget"] if row["budget"] is not None else 1.0,
+                ratio=1.0 if name == "full" else row["budget"],
                 score=row["score"],
                 interval=tuple(row["score_interval"]),
                 retained=row["prompt_retained_ratio"],
