@@ -22,6 +22,12 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 CONFIGURED = [name for name in available_policies() if name != "namm"]  # the NAMM's settings: conf/namm/
 
 
+@pytest.fixture(autouse=True)
+def outside_a_hydra_run(monkeypatch):
+    """No Hydra run unless a test starts one (other tests leave their composed config in HydraConfig)."""
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+
+
 def defaults(cls: type[MemoryPolicy]) -> dict:
     return {item.name: item.default for item in dataclasses.fields(cls) if item.name in policy_options(cls)}
 
@@ -127,10 +133,7 @@ def test_policy_defaults_come_from_the_conf_the_run_was_composed_from(tmp_path):
     assert config_dir() == CHECKOUT_CONF == CONF and h2o_ratio() == 0.5  # no Hydra run: the checkout's
     with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
         HydraConfig.instance().set_config(compose(config_name=None, return_hydra_config=True))
-    try:
-        assert config_dir() == tmp_path and h2o_ratio() == 0.2
-    finally:
-        HydraConfig.instance().cfg = None
+    assert config_dir() == tmp_path and h2o_ratio() == 0.2
 
 
 def test_missing_policy_defaults_name_the_file_and_the_fix(monkeypatch, tmp_path):
