@@ -17,6 +17,7 @@ import time
 import torch
 
 from namm.engine import EngineConfig, GenerationSettings
+from namm.plain_generation import padding_token_id
 from namm.evolution.distillation import DistillConfig, DistillTarget, RankingExample, example_scores, fit_ranking
 from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
@@ -66,7 +67,7 @@ def main() -> None:
     print(f"prepared {count} prompts", flush=True)
     engine_config = EngineConfig(update_interval=args.update_interval)
     policy = NAMMPolicy(NAMMConfig(**typed))
-    pad = loaded.tokenizer.pad_token_id or 0
+    pad = padding_token_id(loaded.tokenizer)
     started = time.perf_counter()
     if args.stats:  # the frozen statistics of a real run (same model and NAMM): no calibration pass
         stats = torch.load(args.stats, map_location="cpu", weights_only=False)["normalisation_state"]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
+from namm.plain_generation import padding_token_id
 from namm.errors import ConfigError
 from namm.evolution.distillation import DistillConfig, DistillFit, DistillTarget
 from namm.evolution.scorer_protocol import (
@@ -369,7 +370,7 @@ class TaskScorer:
             prompts,
             tokenizer,
             settings,
-            tokenizer.pad_token_id or 0,
+            padding_token_id(tokenizer),
         )
 
     # -- helpers ----------------------------------------------------------------------------------
