@@ -17,10 +17,10 @@ import time
 import torch
 
 from namm.engine import EngineConfig, GenerationSettings
-from namm.plain_generation import padding_token_id
 from namm.evolution.distillation import DistillConfig, DistillTarget, RankingExample, example_scores, fit_ranking
 from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
+from namm.plain_generation import padding_token_id
 from namm.policies.namm_policy import NAMMPolicy
 from tasks.preparation import prepare_tasks
 from tasks.task_config import TaskConfig

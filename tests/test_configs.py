@@ -148,10 +148,6 @@ def test_wrong_types_fail_while_composing(override, message):
         (["evo.searcher=foo"], "evo.searcher='foo' is not a searcher; choose evo=<name> with one of cmaes_full, "),
         (["evo.eval_interval=0"], "evo.eval_interval"),
         (["resume=sometimes"], "resume must be"),
-        (  # the one budget rule (namm.budget.Budget.from_keys), as for a policy
-            ["evo.objective=budget", "namm.budget_ratio=0.5", "namm.budget_tokens=64"],
-            "namm.budget_ratio=0.5 and namm.budget_tokens=64 are both set",
-        ),
     ],
 )
 def test_wrong_values_fail_validation(overrides, message):

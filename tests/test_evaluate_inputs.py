@@ -146,12 +146,38 @@ def test_task_without_data_says_how_to_get_it(tmp_path, no_model):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["policy=h2o", "policy.budget_ratio=1.5"], r"policy \(h2o\): Budget ratio must be in \(0, 1\], got 1.5"),
+        (["policy=h2o", "policy.budget_ratio=1.5"], r"^policy.budget_ratio=1.5 is not a ratio in \(0, 1\]; give"),
+        (["policy=streaming", "policy.budget_ratio=0"], r"^policy.budget_ratio=0.0 is not a ratio in \(0, 1\]"),
         (
-            ["policy=streaming", "policy.budget_ratio=0"],
-            r"policy \(streaming\): Budget ratio must be in \(0, 1\], got 0",
+            ["baselines.knorm.budget_ratio=-0.2", "compare=[full,knorm]"],
+            r"^baselines.knorm.budget_ratio=-0.2 is not a ratio .*\(e.g. baselines.knorm.budget_ratio=0.5\)",
         ),
-        (["baselines.knorm.budget_ratio=-0.2", "compare=[full,knorm]"], r"baselines.knorm \(knorm\): Budget ratio"),
+        # the key the user typed, in the default comparison too, and the fix (a token count spelled out)
+        (
+            ["baselines.h2o.budget_ratio=2"],
+            r"^baselines.h2o.budget_ratio=2.0 is not a ratio .* \(baselines.h2o.budget_ratio=null "
+            r"baselines.h2o.budget_tokens=64\)\.$",
+        ),
+        (["policy=h2o", "policy.budget_ratio=null", "policy.budget_tokens=0"], r"^policy.budget_tokens=0 is not a"),
+        # wrong types: refused with the full key, never a TypeError from a comparison
+        (["policy=h2o", "policy.budget_ratio=half"], r"^policy.budget_ratio: Value 'half' .* converted to Float"),
+        (["policy=h2o", "policy.budget_ratio=true"], r"^policy.budget_ratio: Value 'True' .* converted to Float"),
+        (
+            ["policy=h2o", "policy.budget_ratio=null", "policy.budget_tokens=abc"],
+            r"^policy.budget_tokens: Value 'abc' .* converted to Integer",
+        ),
+        (
+            ["compare=[full,h2o]", "baselines.h2o.budget_ratio=null", "baselines.h2o.budget_tokens=64.5"],
+            r"^baselines.h2o.budget_tokens: Value '64.5' .* converted to Integer",
+        ),
+        (
+            ["checkpoint=zero", "namm=bam", "namm.budget_ratio=half"],
+            r"^namm.budget_ratio: Value 'half' .* converted to Float",
+        ),
+        (
+            ["checkpoint=zero", "namm=bam", "namm.budget_tokens=0"],
+            r"^namm: NAMMConfig: namm.budget_tokens=0 is not a positive",
+        ),
         (["compare=[full,bogus]"], r"unknown policy \['bogus'\]; available: .*h2o"),
         (["compare=[full,h2o]", "match_budget=true"], "match_budget=true .* the NAMM must run too"),
         (["compare=[full,full]"], r"compare names \['full'\] more than once"),

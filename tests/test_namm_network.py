@@ -60,7 +60,7 @@ def test_bad_parameter_vector_is_a_clear_error(shape):
         ({"hidden": 30, "heads": 4}, "multiple of heads"),
         ({"recency_dims": 7}, "recency_dims"),
         ({"budget_ratio": 0.5, "budget_tokens": 10}, r"namm.budget_ratio=0.5 and namm.budget_tokens=10 are both set"),
-        ({"budget_ratio": 1.5}, "Budget ratio"),
+        ({"budget_ratio": 1.5}, r"namm.budget_ratio=1.5 is not a ratio in \(0, 1\]"),
     ],
 )
 def test_config_validation(overrides, message):

@@ -329,23 +329,62 @@ def initial_centre_keep_all(cfg) -> torch.Tensor:
     return TaskScorer.initial_centre(cfg, "keep_all", 0.2)
 
 
-def test_the_objective_and_the_budget_must_agree(tmp_path):
+def composed_run_config(tmp_path, *overrides: str):
+    """The job config train.py hands to `train` (the `hydra` node set aside, as Hydra does)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from namm.evolution.config import ConfigError, validate_train_config
+    cfg = tiny_config(tmp_path, *overrides)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
-    def check(*overrides: str) -> None:
-        cfg = tiny_config(tmp_path, *overrides)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        validate_train_config(cfg)
 
-    check("evo.objective=budget", "namm.budget_ratio=0.5")
-    with pytest.raises(ConfigError, match="evo.objective=budget trains under a hard per-KV-head budget"):
-        check("evo.objective=budget")
-    with pytest.raises(ConfigError, match="use evo.objective=budget instead of memory_penalty"):
-        check("namm.budget_ratio=0.5")
-    with pytest.raises(ConfigError, match="memory_penalty needs evo.memory_weight > 0"):
-        check("evo.memory_weight=0")
+def test_the_objective_and_the_budget_must_agree(tmp_path):
+    from namm.evolution.config import validate_train_config
+    from namm.evolution.scorer_protocol import check_scorer
+
+    cfg = composed_run_config(tmp_path, "evo.objective=budget", "namm.budget_ratio=0.5")
+    validate_train_config(cfg)
+    check_scorer(cfg)  # what train() checks before anything loads
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["evo.objective=budget"],
+            "^evo.objective=budget trains under a hard per-KV-head budget: set namm.budget_ratio",
+        ),
+        (["namm.budget_ratio=0.5"], "use evo.objective=budget instead of memory_penalty, or drop the budget$"),
+        (["evo.memory_weight=0"], "memory_penalty needs evo.memory_weight > 0"),
+        (  # the one budget rule (namm.budget.Budget.from_keys), as for a policy
+            ["evo.objective=budget", "namm.budget_ratio=0.5", "namm.budget_tokens=64"],
+            "namm.budget_ratio=0.5 and namm.budget_tokens=64 are both set",
+        ),
+        # the full key and the fix, never a bare "Budget ratio" or a TypeError traceback
+        (
+            ["evo.objective=budget", "namm.budget_ratio=2"],
+            r"^namm: NAMMConfig: namm.budget_ratio=2.0 is not a ratio in \(0, 1\]; .* \(e.g. namm.budget_ratio=0.5\)",
+        ),
+        (
+            ["evo.objective=budget", "namm.budget_tokens=0"],
+            r"namm.budget_tokens=0 is not a positive token count; e.g. namm.budget_tokens=64",
+        ),
+        (["evo.objective=budget", "namm.budget_ratio=half"], r"^namm.budget_ratio: Value 'half' .* to Float$"),
+        (["evo.objective=budget", "namm.budget_ratio=true"], r"^namm.budget_ratio: Value 'True' .* to Float$"),
+        (["evo.objective=budget", "namm.budget_tokens=abc"], r"^namm.budget_tokens: Value 'abc' .* to Integer$"),
+        (["evo.objective=budget", "namm.budget_tokens=64.5"], r"^namm.budget_tokens: Value '64.5' .* to Integer$"),
+    ],
+)
+def test_bad_budget_settings_fail_before_the_model_loads(tmp_path, monkeypatch, overrides, message):
+    from namm.evolution.config import ConfigError
+    from namm.evolution.trainer import train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr("tasks.training.task_scorer.load_model", refuse)
+    with pytest.raises(ConfigError, match=message):  # train.py prints a ConfigError alone, no traceback
+        train(composed_run_config(tmp_path, *overrides))

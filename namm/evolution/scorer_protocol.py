@@ -39,6 +39,15 @@ class Signal(Enum):
     answer_likelihood = "answer_likelihood"  # teacher-force the gold answer: its likelihood over the full cache's
 
 
+class Objective(Enum):
+    """What a candidate's fitness rewards (`evo.objective`, namm.evolution.fitness); here beside `Signal` because a
+    scorer checks that its candidates fit it (the task scorer: `budget` needs a NAMM budget, the others none)."""
+
+    score = "score"  # mean normalised task score (the reference's objective)
+    budget = "budget"  # the same score, under the hard per-KV-head budget of `namm.budget_ratio`/`budget_tokens`
+    memory_penalty = "memory_penalty"  # mean normalised score - evo.memory_weight x retained ratio
+
+
 @dataclass
 class PromptRecord:
     """One prompt's outcome for every candidate of a batch: the unit all scores are aggregated from."""

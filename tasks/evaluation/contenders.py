@@ -11,9 +11,11 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from namm.budget import Budget
 from namm.engine import EngineConfig, check_policy_engine
 from namm.errors import ConfigError
 from namm.policies import BudgetPolicy, MemoryPolicy, PolicyConfig, available_policies, build_policy, policy_class
+from namm.typed_config import typed_config
 from tasks.evaluation.config import NAMM_POLICY, EvaluateConfig
 from tasks.evaluation.namm_source import NAMMSource
 
@@ -80,12 +82,15 @@ def contender_names(config: EvaluateConfig, schedule: str = "prefill") -> list[s
     return default_comparison(schedule)
 
 
-def _policy_config(values: dict[str, Any], key: str) -> PolicyConfig:
-    known = {item.name for item in dataclasses.fields(PolicyConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{key}: unknown key(s) {unknown}; a policy config has {sorted(known)}.")
-    return PolicyConfig(**values)
+def _policy_config(values: Any, key: str) -> PolicyConfig:
+    """A policy node (`policy`, `baselines.<name>` or a conf/policy yaml) as a `PolicyConfig`: keys and types
+    checked by `typed_config`, the budget by `Budget.from_keys`, each error naming the full key."""
+    config = typed_config(PolicyConfig, values, key)
+    try:
+        Budget.from_keys(config.budget_ratio, config.budget_tokens, key)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    return config
 
 
 def _settings_for(name: str, config: EvaluateConfig) -> tuple[PolicyConfig, str]:
@@ -101,7 +106,7 @@ def _settings_for(name: str, config: EvaluateConfig) -> tuple[PolicyConfig, str]
             f"policy {name!r} has no default settings ({defaults} is missing): add conf/policy/{name}.yaml "
             f"(see CONTRIBUTING.md), or give them as baselines.{name}"
         )
-    return _policy_config(OmegaConf.to_container(OmegaConf.load(defaults)), str(defaults)), f"baselines.{name}"
+    return _policy_config(OmegaConf.load(defaults), str(defaults)), f"baselines.{name}"
 
 
 def plan_contenders(

@@ -21,6 +21,7 @@ from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
 from namm.network.parameters import parameter_layout
 from namm.pretrained import PretrainedNAMM, is_exported_namm
+from namm.typed_config import typed_config
 from tasks.evaluation.config import AUTO_CHECKPOINT, NAMM_POLICY, ZERO_CHECKPOINT
 from tasks.fingerprints import canonical_json
 
@@ -84,10 +85,8 @@ def newest_checkpoint(train_dir: Path) -> Path | None:
 
 
 def _namm_config(values: dict[str, Any] | None, where: str) -> NAMMConfig:
-    try:
-        return NAMMConfig.from_dict(dict(values or {}))
-    except ValueError as error:
-        raise ConfigError(f"{where}: {error}") from error
+    """The `namm` node of the command line, types and values checked, the key named."""
+    return typed_config(NAMMConfig, values, where)
 
 
 def _check_shape(requested: NAMMConfig, saved: NAMMConfig, path: Path) -> None:

@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from namm.budget import Budget
 from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
-from namm.plain_generation import padding_token_id
 from namm.errors import ConfigError
 from namm.evolution.distillation import DistillConfig, DistillFit, DistillTarget
 from namm.evolution.scorer_protocol import (
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
     CandidateScores,
+    Objective,
     PromptId,
     PromptRecord,
     Signal,
@@ -37,6 +38,7 @@ from namm.models import ModelConfig, check_model_config, load_model, max_context
 from namm.network.config import NAMMConfig
 from namm.network.normalisation import check_statistics
 from namm.network.parameters import keep_all_centre, param_count
+from namm.plain_generation import padding_token_id
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
 from namm.population_batches import PopulationBatches
@@ -109,15 +111,13 @@ class TaskScorerConfig:
         raises ConfigError."""
         from omegaconf import OmegaConf  # here: a TaskScorerConfig built directly needs no omegaconf
 
-        try:
-            namm = NAMMConfig.from_dict(OmegaConf.to_container(cfg.namm, resolve=True) if cfg.get("namm") else {})
-        except ValueError as error:
-            raise ConfigError(f"namm: {error}") from error
         evo = OmegaConf.to_container(cfg.evo, resolve=True, enum_to_str=True)
         return cls(
             model=typed_config(ModelConfig, cfg.model, "model"),
             task=task_config(cfg.task),
-            namm=namm,
+            namm=typed_config(
+                NAMMConfig, OmegaConf.to_container(cfg.namm, resolve=True) if cfg.get("namm") else None, "namm"
+            ),
             # resolved here: engine.schedule is `${schedule}`, a key of the run config's root
             engine=typed_config(
                 EngineConfig, OmegaConf.to_container(cfg.engine, resolve=True) if cfg.get("engine") else None, "engine"
@@ -127,6 +127,26 @@ class TaskScorerConfig:
             seed=int(cfg.seed),
             max_batch_rows=cfg.evo.max_batch_rows,
             signal=Signal(evo.get("signal", Signal.task_metric.value)),
+        )
+
+
+def _setting(value: Any) -> Any:
+    """A run config's choice as its plain value: an Enum in the typed config, a str in a plain one."""
+    return getattr(value, "value", value)
+
+
+def check_objective_budget(objective: Objective, budget: Budget | None) -> None:
+    """`budget` trains under a hard NAMM budget and the other objectives without one, so the recorded objective
+    says what the fitness rewarded."""
+    if objective == Objective.budget and budget is None:
+        raise ConfigError(
+            "evo.objective=budget trains under a hard per-KV-head budget: set namm.budget_ratio (e.g. 0.5) "
+            "or namm.budget_tokens"
+        )
+    if objective != Objective.budget and budget is not None:
+        raise ConfigError(
+            f"namm.budget_ratio/budget_tokens set a hard budget, so the retained ratio is fixed: use "
+            f"evo.objective=budget instead of {objective.value}, or drop the budget"
         )
 
 
@@ -181,10 +201,9 @@ class TaskScorer:
         config.namm.check_update_interval(config.engine.update_interval)
         counts = check_task_data(config.task)
         check_split_sizes(counts, config.validation_prompts)
-        if getattr(cfg.evo.init, "value", cfg.evo.init) == "distill":  # an Enum in the typed config, a str otherwise
-            check_distill_target(
-                DistillTarget(getattr(cfg.evo.distill.target, "value", cfg.evo.distill.target)), config.task
-            )
+        check_objective_budget(Objective(_setting(cfg.evo.objective)), config.namm.budget)
+        if _setting(cfg.evo.init) == "distill":
+            check_distill_target(DistillTarget(_setting(cfg.evo.distill.target)), config.task)
         if config.signal == Signal.answer_likelihood:
             check_gold_answers(config.task)
 
