@@ -45,7 +45,7 @@ from bench_engine import Stopwatch
 
 from namm.atomic_io import atomic_write_json
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
-from namm.evolution.scorer_protocol import TRAIN_SPLIT, CandidateScores
+from namm.evolution.scorer_protocol import TRAIN_SPLIT, CandidateScores, Signal
 from namm.models import ModelConfig, load_model
 from namm.plain_generation import greedy_generate, padding_token_id
 from namm.policies import PolicyConfig, build_policy
@@ -225,6 +225,9 @@ def scorer_section(plan: CheckPlan, device: torch.device) -> dict:
         engine=EngineConfig(update_interval=plan.scorer_update_interval),
         prompts_per_task=plan.scorer_prompts,
         validation_prompts=1,
+        seed=0,
+        max_batch_rows=None,
+        signal=Signal.task_metric,
     )
     with private_reference_cache():
         scorer = TaskScorer(config)

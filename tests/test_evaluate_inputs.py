@@ -155,8 +155,10 @@ def test_task_without_data_says_how_to_get_it(tmp_path, no_model):
         # the key the user typed, in the default comparison too, and the fix (a token count spelled out)
         (
             ["baselines.h2o.budget_ratio=2"],
-            r"^baselines.h2o.budget_ratio=2.0 is not a ratio .* \(baselines.h2o.budget_ratio=null "
-            r"baselines.h2o.budget_tokens=64\)\.$",
+            (
+                r"^baselines.h2o.budget_ratio=2.0 is not a ratio .* \(baselines.h2o.budget_ratio=null "
+                r"baselines.h2o.budget_tokens=64\)\.$"
+            ),
         ),
         (["policy=h2o", "policy.budget_ratio=null", "policy.budget_tokens=0"], r"^policy.budget_tokens=0 is not a"),
         # wrong types: refused with the full key, never a TypeError from a comparison

@@ -243,8 +243,10 @@ def test_a_zero_token_budget_is_an_error_not_the_default_ratio():
         (
             2,
             None,
-            "h.budget_ratio=2 is not a ratio in (0, 1]; give the share of the tokens seen each KV head keeps "
-            "(e.g. h.budget_ratio=0.5), or a token count (h.budget_ratio=null h.budget_tokens=64).",
+            (
+                "h.budget_ratio=2 is not a ratio in (0, 1]; give the share of the tokens seen each KV head keeps "
+                "(e.g. h.budget_ratio=0.5), or a token count (h.budget_ratio=null h.budget_tokens=64)."
+            ),
         ),
         (
             "half",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ from sweep_helpers import run_multirun
 from namm.engine import EngineConfig
 from namm.evolution.checkpoint import load_checkpoint, read_provenance
 from namm.evolution.config import register_configs
-from namm.evolution.scorer_protocol import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores
+from namm.evolution.scorer_protocol import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores, Signal
 from namm.models import ModelConfig
 from namm.network.config import NAMMConfig
 from namm.population_batches import PopulationBatches
@@ -287,10 +288,34 @@ def test_the_typed_scorer_config_is_what_the_run_config_says(tmp_path):
         prompts_per_task=1,
         validation_prompts=2,
         seed=0,
+        max_batch_rows=None,
+        signal=Signal.task_metric,
     )
     assert TaskScorerConfig.from_run_config(tiny_config(tmp_path)) == expected
+    liked = TaskScorerConfig.from_run_config(
+        tiny_config(tmp_path, "evo.signal=answer_likelihood", "evo.max_batch_rows=2")
+    )
+    assert (liked.signal, liked.max_batch_rows) == (Signal.answer_likelihood, 2)
     with pytest.raises(ValueError, match="prompts_per_task must be >= 1"):
-        TaskScorerConfig(model=ModelConfig(name="tiny-llama"), task=TaskConfig(), prompts_per_task=0)
+        dataclasses.replace(expected, prompts_per_task=0)
+
+
+def test_the_scorers_evo_settings_have_their_defaults_in_evo_config_only():
+    """EvoConfig states the defaults once; the scorer's config has none of its own to drift from them."""
+    undefaulted = {
+        item.name
+        for item in dataclasses.fields(TaskScorerConfig)
+        if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+    }
+    assert undefaulted == {
+        "model",
+        "task",
+        "prompts_per_task",
+        "validation_prompts",
+        "seed",
+        "max_batch_rows",
+        "signal",
+    }
 
 
 def test_keep_all_centre_keeps_everything_and_its_mirror_evicts(scorer, tmp_path):

@@ -85,20 +85,23 @@ class FullCacheReference:
     answer_likelihood: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TaskScorerConfig:
     """What the scorer reads of a run config, typed. Training builds it from Hydra's config; a script
-    that runs without Hydra or omegaconf (scripts/device_check.py) builds it directly."""
+    that runs without Hydra or omegaconf (scripts/device_check.py) builds it directly.
+
+    The `evo` settings it reads have no defaults here: their defaults are stated once, in `EvoConfig`
+    (namm/evolution/config.py), and a script that builds this directly says what it wants."""
 
     model: ModelConfig
     task: TaskConfig
     namm: NAMMConfig = field(default_factory=NAMMConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    prompts_per_task: int = 2
-    validation_prompts: int = 2
-    seed: int = 0
-    max_batch_rows: int | None = None  # candidate rows per engine batch (None: all); halved on out-of-memory
-    signal: Signal = Signal.task_metric  # how training prompts are scored (validation: the task metric)
+    prompts_per_task: int  # evo.prompts_per_task
+    validation_prompts: int  # evo.validation_prompts
+    seed: int
+    max_batch_rows: int | None  # evo.max_batch_rows: candidate rows per engine batch (None: all); halved on OOM
+    signal: Signal  # evo.signal: how training prompts are scored (validation: the task metric)
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_task", "validation_prompts"):
@@ -111,7 +114,6 @@ class TaskScorerConfig:
         raises ConfigError."""
         from omegaconf import OmegaConf  # here: a TaskScorerConfig built directly needs no omegaconf
 
-        evo = OmegaConf.to_container(cfg.evo, resolve=True, enum_to_str=True)
         return cls(
             model=typed_config(ModelConfig, cfg.model, "model"),
             task=task_config(cfg.task),
@@ -126,7 +128,7 @@ class TaskScorerConfig:
             validation_prompts=int(cfg.evo.validation_prompts),
             seed=int(cfg.seed),
             max_batch_rows=cfg.evo.max_batch_rows,
-            signal=Signal(evo.get("signal", Signal.task_metric.value)),
+            signal=Signal(_setting(cfg.evo.signal)),
         )
 
 
