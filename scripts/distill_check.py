@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 from namm.engine import EngineConfig, GenerationSettings
+from namm.evolution.checkpoint import load_checkpoint
 from namm.evolution.distillation import DistillConfig, DistillTarget, RankingExample, example_scores, fit_ranking
 from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
@@ -70,7 +72,7 @@ def main() -> None:
     pad = padding_token_id(loaded.tokenizer)
     started = time.perf_counter()
     if args.stats:  # the frozen statistics of a real run (same model and NAMM): no calibration pass
-        stats = torch.load(args.stats, map_location="cpu", weights_only=False)["normalisation_state"]
+        stats = load_checkpoint(Path(args.stats)).normalisation_state
         policy.namm.normaliser.set_stats(stats["mean"], stats["var"], float(stats["count"]))
     else:
         with policy.namm.calibration():  # frozen statistics from the fitting prompts, as training calibrates
