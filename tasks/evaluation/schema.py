@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from namm.pretrained import PARAMS_KINDS
+
 SCHEMA_VERSION = 4  # 2: live / storage / overhead memory figures; 3: several NAMMs (`namms`), fronts, intervals;
 # 4: paired comparisons, Wilson intervals, aggregate intervals, end-of-prompt ratios, held-out record, score inputs;
 # a policy's ratio budget is `budget_ratio` in `policies`, as in the settings
@@ -195,7 +197,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
                         "kind": {"enum": ["checkpoint", "exported", "zero"]},
                         "path": {"type": ["string", "null"]},
                         "generation": {"type": ["integer", "null"]},
-                        "params": {"enum": ["best", "center", "exported", "zero"]},
+                        "params": {"enum": [*PARAMS_KINDS, "exported", "zero"]},
                         "param_count": {"type": "integer", "minimum": 1},
                         "sha256": {"type": ["string", "null"]},
                         "fingerprint": _STRING,
