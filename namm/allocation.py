@@ -1,5 +1,5 @@
 """How a score-based policy's budget is shared out: per head as given, across a layer's KV heads (AdaKV) or
-across layers (PyramidKV). A leaf (torch and namm.selection only), like the selection rules it builds on.
+across layers (PyramidKV). A leaf (torch and namm.budget only), like the selection rules it builds on.
 
 Every allocation keeps the same total as the uniform one: per row, (KV heads x budget) tokens per layer, and
 (layers x KV heads x budget) tokens over the model. Each row is allocated on its own, so which rows share a
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from namm.selection import top_k_keep
+from namm.budget import top_k_keep
 
 #: `policy.allocation`: none (every head keeps the budget), adakv (a layer's total shared across its KV heads
 #: by pooled scores), pyramid (per-layer budgets decreasing linearly with depth)

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface
 
+from namm.attention_row_chunks import ChunkedRows
 from namm.attention_variant import AttentionVariant, configured_sliding_window
 from namm.cache import MemoryCache, MemoryCacheLayer, SlotStore
 from namm.models import UnsupportedModelError
-from namm.row_chunks import ChunkedRows
 
 ATTENTION_NAME = "namm_memory"
 MASK_ELEMENTS_PER_BLOCK = 1 << 26  # bounds a masked-attention block: its (heads x queries x slots) mask (64M)

@@ -20,7 +20,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from namm.attention_variant import AttentionVariant
-from namm.memory import MemoryMeter
+from namm.memory_meter import MemoryMeter
 
 
 @dataclass(frozen=True)

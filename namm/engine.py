@@ -28,12 +28,12 @@ from namm.attention import (
     chunked_attention_rows,
     register_memory_attention,
 )
+from namm.budget import per_layer_max_keep_per_row
 from namm.cache import ChunkInfo, MemoryCache, MemoryCacheLayer, StorageSizing
-from namm.memory import MemoryUsage
+from namm.memory_meter import MemoryUsage
 from namm.models import check_supported
 from namm.policies.base import BudgetPolicy, LayerView, MemoryPolicy
 from namm.schedule import chunk_ends, chunk_positions
-from namm.selection import per_layer_max_keep_per_row
 
 EVICTION_MODES = ("per_head", "per_layer_max")
 #: prefill: updates every update_interval tokens, prompt included (bounds peak memory); post_prefill: one
@@ -319,7 +319,6 @@ class EngineRun:
 
         self.policy.reset(self.batch, engine.num_layers, engine.num_kv_heads, self.device)
         self.policy.set_row_parameters(None if row_parameters is None else row_parameters.to(self.device))
-        self.evicts = self.policy.evicts
         self.cache = cache if cache is not None else engine.new_cache(self.width + settings.max_new_tokens)
 
     # -- schedule ---------------------------------------------------------------------------------
@@ -426,7 +425,7 @@ class EngineRun:
             positions=positions,
             real=real,
             all_real=all(count == width for count in advanced),
-            compacted_next=self.evicts and every_row_compacts,
+            compacted_next=self.policy.evicts and every_row_compacts,
         )
         return due
 
@@ -443,14 +442,14 @@ class EngineRun:
         """After the forward: count each row's tokens, and update the rows that reached a boundary."""
         for row, count in enumerate(advanced):
             self.tokens_seen[row] += count
-        if self.evicts and due:
+        if self.policy.evicts and due:
             self.update(due)
 
     def update_prefill_ends(self) -> None:
         """With update_at_prefill_end or schedule=post_prefill: update every row whose prompt tail has not been
         updated yet (after the policy's reconstruction forwards, if it has any); then note what each row keeps (its
         end-of-prompt ratio, free of generated tokens)."""
-        if self.config.compresses_at_prefill_end and self.evicts:
+        if self.config.compresses_at_prefill_end and self.policy.evicts:
             if self.policy.needs_reconstruction:
                 self.reconstruct()
             self.update([row for row in range(self.batch) if self.tokens_seen[row] > self.last_update[row]])

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 
 from namm.cache import MemoryCache
 from namm.engine import EngineConfig, EngineRun, MemoryEngine
-from namm.memory import MemoryUsage
+from namm.memory_meter import MemoryUsage
 from namm.policies.base import MemoryPolicy
 from namm.schedule import chunk_ends, chunk_positions
 

@@ -1,16 +1,36 @@
 """transformers' own greedy generation on a left-padded batch, with no memory management: the independent
 reference the engine is checked against (tests, the GPU device check) and the runner's plain baseline.
 
-Kept to torch and transformers so the device check imports it on the GPU image.
+Kept to torch and transformers so the device check imports it on the GPU image; the padding-token rule lives
+here for the same reason (every caller, tasks and the device check included, picks its padding through it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from transformers import PreTrainedModel
+
+
+class HasPadToken(Protocol):
+    pad_token_id: int | None
+
+
+def padding_token_id(tokenizer: HasPadToken, eos_token_ids: Sequence[int] = ()) -> int:
+    """The id that fills left padding and the rows that finished: the tokenizer's pad token, else the first
+    EOS id, else 0.
+
+    Padded slots are masked out of attention and never decoded, so the choice cannot change a score; the
+    tokenizer's own pad token keeps a padded batch what the tokenizer would build. Models loaded through
+    `namm.models` always have one (a tokenizer without it gets its EOS), so the fallbacks only serve
+    hand-built tokenizers.
+    """
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return next(iter(eos_token_ids), 0)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
     python scripts/bench_engine.py --preset llama3-8b    # GPU: random Llama-3-8B shapes at 8k and 32k
 
 Timings are the best of `--repeats` interleaved rounds after one warm-up of each run, so every variant
-sees the same machine load. Memory (namm.memory), each as a ratio of the full cache's key/value bytes at
+sees the same machine load. Memory (namm.memory_meter), each as a ratio of the full cache's key/value bytes at
 the same length: live KV bytes (kept tokens: what a policy gives back), storage (allocated for keys and
 values) and engine overhead (query buffer, slot metadata, policy state, attention rows, masks), all peaks.
 Besides every baseline at `--budget` (per_layer_max), the NAMM (seeded random parameters, so heads keep

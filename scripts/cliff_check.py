@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
+from namm.evolution.checkpoint import load_checkpoint
 from namm.network import NAMM, NAMMConfig
-from namm.network.parameters import parameter_layout
+from namm.network.keep_rule import keep_mask, ranking_scores
+from namm.network.parameters import keep_all_centre
 from namm.network.scorer import token_scores
-from namm.network.selection import keep_mask, ranking_scores
 
 VARIANTS: dict[str, dict] = {
     "reference (raw z-scores)": {},
@@ -43,14 +45,6 @@ def sink_attention(heads: int, tokens: int, sink_logit: float, seed: int) -> tor
     return torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
 
 
-def keep_all_centre(config: NAMMConfig, margin: float) -> torch.Tensor:
-    layout = parameter_layout(config)
-    centre = torch.zeros(layout.size)
-    (bias,) = [block for block in layout.blocks if block.name == "readout_bias"]
-    centre[bias.offset] = config.threshold + margin
-    return centre
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="results/cpu-memory/latest.pt", help="its normalisation statistics")
@@ -63,9 +57,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    stats = state["normalisation_state"]
-    base = NAMMConfig.from_dict(state["config"]["namm"])
+    record = load_checkpoint(Path(args.checkpoint))
+    stats = record.normalisation_state
+    base = NAMMConfig.from_dict(record.config["namm"])
     attention = sink_attention(args.heads, args.tokens, args.sink_logit, args.seed)
     positions = torch.arange(args.tokens).view(1, 1, -1).expand(1, args.heads, -1)
     sink_share = float(attention[0, :, :, 0].mean())

@@ -7,7 +7,7 @@ Sections, each reporting its figures or its error (one that fails does not stop 
 - `parity`: the engine's full policy against transformers' own greedy `model.generate()` on a tiny random
   Llama (bfloat16 on CUDA, float32 on CPU), prompts crossing several update boundaries: greedy ids
   identical, largest logit gap.
-- `population_scoring`: candidates through the training scorer (`tasks/evolution_scorer.py`, synthetic
+- `population_scoring`: candidates through the training scorer (`tasks/training/task_scorer.py`, synthetic
   passkey on the tiny Llama), one batch per prompt vs one candidate at a time: seconds, per-sample
   speed-up, whether the scores are identical.
 - `engine_bench` and `namm_bench`: `bench_engine.py` and `bench_namm.py` at Llama-3-8B shapes (random
@@ -45,12 +45,12 @@ from bench_engine import Stopwatch
 
 from namm.atomic_io import atomic_write_json
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
-from namm.evolution.scoring import TRAIN_SPLIT, CandidateScores
+from namm.evolution.scorer_protocol import TRAIN_SPLIT, CandidateScores, Signal
 from namm.models import ModelConfig, load_model
-from namm.plain_generation import greedy_generate
+from namm.plain_generation import greedy_generate, padding_token_id
 from namm.policies import PolicyConfig, build_policy
-from tasks.config import TaskConfig
-from tasks.evolution_scorer import TaskScorer, TaskScorerConfig
+from tasks.task_config import TaskConfig
+from tasks.training.task_scorer import TaskScorer, TaskScorerConfig
 
 #: the tiny random model of the parity and scoring sections (namm/models/tiny.py; nothing is downloaded)
 TINY_MODEL = "tiny-llama"
@@ -146,15 +146,18 @@ def release_memory(device: torch.device) -> None:
 
 
 # -- parity --------------------------------------------------------------------------------------------
-def transformers_greedy(model: torch.nn.Module, prompt: list[int], new_tokens: int) -> tuple[list[int], torch.Tensor]:
+def transformers_greedy(
+    model: torch.nn.Module, prompt: list[int], new_tokens: int, pad_token_id: int
+) -> tuple[list[int], torch.Tensor]:
     """transformers' own greedy generation, never stopping early: the independent reference."""
-    output = greedy_generate(model, [prompt], new_tokens, model.generation_config.pad_token_id, return_logits=True)
+    output = greedy_generate(model, [prompt], new_tokens, pad_token_id, return_logits=True)
     return output.tokens[0].tolist(), output.logits[0].float().cpu()
 
 
 def parity_section(plan: CheckPlan, device: torch.device) -> dict:
     """The engine's full policy vs `model.generate()`: ids, and logits up to the first divergence."""
-    model = load_model(ModelConfig(name=TINY_MODEL, dtype=model_dtype(device), device=str(device))).model
+    loaded = load_model(ModelConfig(name=TINY_MODEL, dtype=model_dtype(device), device=str(device)))
+    model = loaded.model
     engine = MemoryEngine(
         model, build_policy(PolicyConfig(name="full")), EngineConfig(update_interval=plan.parity_update_interval)
     )
@@ -163,7 +166,7 @@ def parity_section(plan: CheckPlan, device: torch.device) -> dict:
     for length in plan.parity_lengths:
         prompt = torch.randint(3, 256, (length,), generator=torch.Generator().manual_seed(length)).tolist()
         mine = engine.generate([prompt], settings)[0]
-        ids, logits = transformers_greedy(model, prompt, plan.parity_new_tokens)
+        ids, logits = transformers_greedy(model, prompt, plan.parity_new_tokens, padding_token_id(loaded.tokenizer))
         divergence = next((step for step, (a, b) in enumerate(zip(mine.token_ids, ids)) if a != b), None)
         compared = len(ids) if divergence is None else divergence + 1  # the diverging step saw the same prefix
         prompts.append(
@@ -222,6 +225,9 @@ def scorer_section(plan: CheckPlan, device: torch.device) -> dict:
         engine=EngineConfig(update_interval=plan.scorer_update_interval),
         prompts_per_task=plan.scorer_prompts,
         validation_prompts=1,
+        seed=0,
+        max_batch_rows=None,
+        signal=Signal.task_metric,
     )
     with private_reference_cache():
         scorer = TaskScorer(config)

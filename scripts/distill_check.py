@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 from namm.engine import EngineConfig, GenerationSettings
+from namm.evolution.checkpoint import load_checkpoint
 from namm.evolution.distillation import DistillConfig, DistillTarget, RankingExample, example_scores, fit_ranking
 from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
+from namm.plain_generation import padding_token_id
 from namm.policies.namm_policy import NAMMPolicy
-from tasks.config import TaskConfig
-from tasks.distillation import collection_engine, run_prompt
 from tasks.preparation import prepare_tasks
+from tasks.task_config import TaskConfig
+from tasks.training.distillation_examples import collection_engine, run_prompt
 
 RATIOS = (0.75, 0.5, 0.25)
 
@@ -66,10 +69,10 @@ def main() -> None:
     print(f"prepared {count} prompts", flush=True)
     engine_config = EngineConfig(update_interval=args.update_interval)
     policy = NAMMPolicy(NAMMConfig(**typed))
-    pad = loaded.tokenizer.pad_token_id or 0
+    pad = padding_token_id(loaded.tokenizer)
     started = time.perf_counter()
     if args.stats:  # the frozen statistics of a real run (same model and NAMM): no calibration pass
-        stats = torch.load(args.stats, map_location="cpu", weights_only=False)["normalisation_state"]
+        stats = load_checkpoint(Path(args.stats)).normalisation_state
         policy.namm.normaliser.set_stats(stats["mean"], stats["var"], float(stats["count"]))
     else:
         with policy.namm.calibration():  # frozen statistics from the fitting prompts, as training calibrates

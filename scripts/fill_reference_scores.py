@@ -5,8 +5,8 @@
         --device cuda --dtype bfloat16
 
 Only samples missing from the cache are generated, and the file is saved after every batch, so an interrupted
-run resumes. Scores are keyed by each task's settings record (tasks/settings.py) and by the weights, dtype,
-device type and generator (engine settings included); training (tasks/evolution_scorer.py) reads the same
+run resumes. Scores are keyed by each task's settings record (tasks/task_settings.py) and by the weights, dtype,
+device type and generator (engine settings included); training (tasks/training/task_scorer.py) reads the same
 cache when those match (same model, dtype, device type and engine.update_interval). Generation is the NAMM engine with the full-cache
 policy, or plain transformers greedy decoding with `--generator transformers`.
 """

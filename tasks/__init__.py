@@ -5,12 +5,12 @@ Typical use:
     run = run_task(tasks[0], engine_generator(engine), loaded_model.tokenizer)   # tasks.generators
 """
 
-from tasks.config import TaskConfig, task_config
 from tasks.preparation import ModelInfo, prepare_tasks
 from tasks.references import ReferenceCache, ReferenceScores, default_reference_dir, fill_references
 from tasks.runner import Generator, PreparedTask, TaskRun, run_task
-from tasks.scoring import category_means, length_buckets, longbench_en_mean, task_score
-from tasks.settings import TaskSettings
+from tasks.task_config import TaskConfig, task_config
+from tasks.task_scores import category_means, length_buckets, longbench_en_mean, task_score
+from tasks.task_settings import TaskSettings
 
 __all__ = [
     "Generator",

@@ -6,7 +6,7 @@ scores are only comparable with the exact same prompt.
 
 from __future__ import annotations
 
-from tasks.spec import TaskSpec
+from tasks.task_spec import TaskSpec
 
 _MULTIDOC_QA = (
     "Answer the question based on the given passages. Only give me the answer and do not output any other words."

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from namm.errors import ConfigError
-from tasks.config import TaskConfig
 from tasks.longbench import LONGBENCH_TASKS, PROMPT_TEMPLATES, base_task
 from tasks.longbench_data import load_longbench
 from tasks.prompts import PromptBuilder, Tokenizer, tokenizer_adds_bos
 from tasks.runner import PreparedTask
-from tasks.settings import TaskSettings
-from tasks.spec import Sample, TaskSpec
 from tasks.synthetic import SYNTHETIC_TASKS, SyntheticParams, generate_samples
+from tasks.task_config import TaskConfig
+from tasks.task_settings import TaskSettings
+from tasks.task_spec import Sample, TaskSpec
 
 
 class ModelLike(Protocol):

@@ -26,7 +26,7 @@ from namm.read_back import finite_number, read_json, set_aside
 from tasks.fingerprints import settings_digest
 from tasks.prompts import Tokenizer
 from tasks.runner import Generator, PreparedTask, run_task
-from tasks.settings import TaskSettings
+from tasks.task_settings import TaskSettings
 
 PREFIX = "lb/"
 REFERENCE_FIX = "delete the file (its scores are recomputed) or restore it"

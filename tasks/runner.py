@@ -15,10 +15,11 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from namm.engine import GenerationSettings
+from namm.plain_generation import padding_token_id
 from tasks.prompts import Tokenizer
-from tasks.scoring import length_buckets, score_prediction, task_score
-from tasks.settings import TaskSettings
-from tasks.spec import Sample, TaskSpec
+from tasks.task_scores import length_buckets, score_prediction, task_score
+from tasks.task_settings import TaskSettings
+from tasks.task_spec import Sample, TaskSpec
 
 
 class Generated(Protocol):
@@ -38,28 +39,14 @@ class PreparedTask:
     samples: tuple[Sample, ...]
 
     def generation_settings(self, tokenizer: Tokenizer) -> GenerationSettings:
-        """Decoding settings of this task, with `pad_token_id(tokenizer, ...)` filling the padding."""
+        """Decoding settings of this task, with `namm.plain_generation.padding_token_id` filling the padding."""
         return GenerationSettings(
             max_new_tokens=self.settings.max_new_tokens,
             stop_on_newline=self.settings.stop_on_newline,
             eos_token_ids=self.settings.eos_token_ids,
             newline_token_ids=self.settings.newline_token_ids,
-            pad_token_id=pad_token_id(tokenizer, self.settings.eos_token_ids),
+            pad_token_id=padding_token_id(tokenizer, self.settings.eos_token_ids),
         )
-
-
-def pad_token_id(tokenizer: Tokenizer, eos_token_ids: Sequence[int]) -> int:
-    """The id that fills left padding and the rows that finished: the tokenizer's pad token, else the first
-    EOS id, else 0.
-
-    Padded slots are masked out of attention and never decoded, so the choice cannot change a score; the
-    tokenizer's own pad token keeps a padded batch what the tokenizer would build. Models loaded through
-    `namm.models` always have one (a tokenizer without it gets its EOS), so the fallbacks only serve
-    hand-built tokenizers.
-    """
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return next(iter(eos_token_ids), 0)
 
 
 @dataclass

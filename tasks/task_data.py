@@ -4,9 +4,9 @@ what is missing."""
 from __future__ import annotations
 
 from namm.errors import ConfigError
-from tasks.config import TaskConfig
 from tasks.longbench_data import HUB_ARCHIVE, HUB_REPO, LongBenchLineError, load_longbench
 from tasks.synthetic import SYNTHETIC_TASKS
+from tasks.task_config import TaskConfig
 
 
 class TaskDataError(FileNotFoundError, ConfigError):

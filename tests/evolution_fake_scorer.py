@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from namm.errors import ConfigError
-from namm.evolution.scoring import CandidateScores, PromptRecord
+from namm.evolution.scorer_protocol import CandidateScores, PromptRecord
 
 TASKS = ("alpha", "beta")
 NUM_LAYERS = 3
@@ -29,7 +29,7 @@ PROMPTS_PER_TASK = 2
 
 
 class FakeScorer:
-    """A `ScorerFactory` (the class) and a `CandidateScorer` (its instances), like tasks.evolution_scorer.TaskScorer."""
+    """A `ScorerFactory` (the class) and a `CandidateScorer` (its instances), like tasks.training.task_scorer.TaskScorer."""
 
     former_targets: tuple[str, ...] = ()
 

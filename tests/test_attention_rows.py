@@ -11,7 +11,7 @@ from namm import attention
 from namm.attention import attention_column_sums, attention_rows, chunked_attention_rows, row_chunk_plan
 from namm.attention_variant import AttentionVariant
 from namm.cache import ChunkInfo, MemoryCacheLayer, StorageSizing
-from namm.memory import MemoryMeter
+from namm.memory_meter import MemoryMeter
 
 Q_HEADS, KV_HEADS, HEAD_DIM, WINDOW = 6, 2, 8, 16
 

@@ -55,7 +55,7 @@ def test_default_config_is_the_cpu_demo():
     )
     assert (config.namm["protect_first"], config.namm["feature_bound"]) == (4, 3)
     assert config.out_dir == str(Path.cwd() / "runs" / "smollm2-135m-passkey" / "seed0")
-    assert config.scorer["_target_"] == "tasks.evolution_scorer.TaskScorer"
+    assert config.scorer["_target_"] == "tasks.training.task_scorer.TaskScorer"
 
 
 def test_the_demo_leaves_the_reference_namm_and_other_experiments_alone():
@@ -165,10 +165,6 @@ def test_wrong_types_fail_while_composing(override, message):
         (["evo.searcher=foo"], "evo.searcher='foo' is not a searcher; choose evo=<name> with one of cmaes_full, "),
         (["evo.eval_interval=0"], "evo.eval_interval"),
         (["resume=sometimes"], "resume must be"),
-        (  # the one budget rule (namm.selection.Budget.from_keys), as for a policy
-            ["evo.objective=budget", "namm.budget_ratio=0.5", "namm.budget_tokens=64"],
-            "namm.budget_ratio=0.5 and namm.budget_tokens=64 are both set",
-        ),
     ],
 )
 def test_wrong_values_fail_validation(overrides, message):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from test_tasks_support import byte_tokenizer
+from task_fixtures import byte_tokenizer
 
-from tasks.config import TaskConfig
-from tasks.dataset_views import evaluation_samples, prompts_dataset
+from tasks.evaluation.dataset_views import evaluation_samples, prompts_dataset
 from tasks.evaluation.sample_store import SampleStore
 from tasks.fingerprints import prompt_digest
 from tasks.preparation import ModelInfo, prepare_tasks
+from tasks.task_config import TaskConfig
 
 MODEL = ModelInfo("byte-model", byte_tokenizer(), max_context=4096, chat_template=False)
 

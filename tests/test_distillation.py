@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from evolution_fake_scorer import fake_train_config
+from evolution_fake_scorer import FakeScorer, fake_train_config
 from hydra import compose, initialize_config_dir
 
 from namm.errors import ConfigError
@@ -27,13 +27,15 @@ from namm.evolution.distillation import (
     pair_loss,
     retained_share,
 )
+from namm.evolution.scorer_protocol import DistilsCentre, RecordsPromptProvenance, ReportsFullCacheAccuracy
 from namm.evolution.trainer import train
 from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMMOutput
 from namm.policies.base import LayerView
-from tasks.config import TaskConfig
-from tasks.distillation import FeatureCollector, check_distill_target, suffix_attention
+from tasks.task_config import TaskConfig
+from tasks.training.distillation_examples import FeatureCollector, check_distill_target, suffix_attention
+from tasks.training.task_scorer import TaskScorer
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -175,6 +177,14 @@ def test_oracle_on_a_task_without_gold_answers_is_refused(tmp_path):
         check_distill_target(DistillTarget.oracle, tasks)
     check_distill_target(DistillTarget.h2o, tasks)  # h2o needs no answer
     check_distill_target(DistillTarget.oracle, TaskConfig())  # synthetic tasks always have one
+
+
+def test_the_optional_scorer_methods_are_declared_protocols():
+    """The task scorer offers all three optional methods, the fake scorer none: read through the protocols
+    beside `CandidateScorer`, never by a method name in a string."""
+    optional = (RecordsPromptProvenance, ReportsFullCacheAccuracy, DistilsCentre)
+    assert all(issubclass(TaskScorer, protocol) for protocol in optional)
+    assert not any(issubclass(FakeScorer, protocol) for protocol in optional)
 
 
 def test_a_scorer_that_cannot_distil_is_named(tmp_path):

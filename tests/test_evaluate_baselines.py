@@ -11,7 +11,7 @@ from test_evaluate_run import records_of
 from namm.errors import ConfigError
 from tasks.evaluation import RESULTS_SCHEMA, SAMPLE_RECORD_SCHEMA, evaluate, pipeline
 from tasks.evaluation.schema import validate
-from tasks.evolution_scorer import TaskScorerConfig
+from tasks.training.task_scorer import TaskScorerConfig
 
 BYTES_PER_TOKEN = 2 * 2 * 16 * 4 * 2  # tiny-llama: layers x KV heads x head dim x float32 x (key, value)
 NEW = ["tova", "expected_attention", "keydiff", "kvzip"]

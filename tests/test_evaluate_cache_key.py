@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_tasks_support import byte_tokenizer
+from task_fixtures import byte_tokenizer
 
 from namm.engine import EngineConfig
 from namm.models import ModelConfig, load_model
 from namm.policies import PolicyConfig
-from tasks.config import TaskConfig
 from tasks.evaluation.contenders import Contender
 from tasks.evaluation.policy_runs import EvaluationContext, store_for
 from tasks.evaluation.run_identity import score_inputs, source_digest
 from tasks.preparation import ModelInfo, prepare_tasks
+from tasks.task_config import TaskConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,11 +14,11 @@ from namm.models import ModelConfig, load_model
 from namm.network.config import NAMMConfig
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
-from tasks.config import TaskConfig
 from tasks.evaluation import evaluate, eviction_maps
 from tasks.evaluation.config import validate_evaluate_config
 from tasks.evaluation.eviction_maps import prompt_end_map
 from tasks.preparation import prepare_tasks
+from tasks.task_config import TaskConfig
 
 PROMPT = 400  # TINY: passkey at 400 byte-tokens, updates at 128, 256 and 384
 SINKS, BUDGET = 4, 40
@@ -75,8 +75,8 @@ def test_namm_map_matches_the_engines_kept_counts():
     engine = MemoryEngine(
         loaded.model, NAMMPolicy(NAMMConfig(), evicting_parameters()), EngineConfig(update_interval=128)
     )
-    share = prompt_end_map(engine, task, 0, pad_token_id=2)
-    settings = task.generation_settings(2)
+    share = prompt_end_map(engine, task, 0, loaded.tokenizer)
+    settings = task.generation_settings(loaded.tokenizer)
     result = engine.generate(
         [list(task.samples[0].prompt_ids)], type(settings)(**{**vars(settings), "max_new_tokens": 1})
     )[0]
@@ -86,7 +86,7 @@ def test_namm_map_matches_the_engines_kept_counts():
     assert 0.1 < float(share.mean()) < 0.9  # it does evict
     assert torch.equal(share[:, 384:], torch.ones(2, 16))  # nothing after the last update is evicted yet
     full = MemoryEngine(loaded.model, build_policy(PolicyConfig(name="full")), EngineConfig(update_interval=128))
-    assert torch.equal(prompt_end_map(full, task, 0, pad_token_id=2), torch.ones(2, PROMPT))
+    assert torch.equal(prompt_end_map(full, task, 0, loaded.tokenizer), torch.ones(2, PROMPT))
 
 
 def test_negative_eviction_maps_is_refused(tmp_path):

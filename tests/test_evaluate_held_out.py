@@ -9,20 +9,20 @@ import logging
 
 import pytest
 from evaluation_helpers import TINY, compose_evaluate, evicting_parameters, write_checkpoint
-from test_tasks_support import FIXTURES, byte_tokenizer
+from task_fixtures import FIXTURES, byte_tokenizer
 
 from namm.errors import ConfigError
 from namm.evolution.checkpoint import load_checkpoint, read_provenance, save_checkpoint, with_provenance
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
 from namm.pretrained import PretrainedNAMM
-from tasks.config import TaskConfig
 from tasks.evaluation import pipeline
 from tasks.evaluation.held_out import check_before_loading, hold_out
 from tasks.evaluation.namm_source import NAMMSource
 from tasks.fingerprints import prompt_digest
 from tasks.preparation import ModelInfo, prepare_tasks
 from tasks.provenance import TrainedPrompts, training_provenance
+from tasks.task_config import TaskConfig
 
 MODEL = ModelInfo("byte-model", byte_tokenizer(), max_context=4096, chat_template=False)
 

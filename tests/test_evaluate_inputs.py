@@ -146,12 +146,40 @@ def test_task_without_data_says_how_to_get_it(tmp_path, no_model):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["policy=h2o", "policy.budget_ratio=1.5"], r"policy \(h2o\): Budget ratio must be in \(0, 1\], got 1.5"),
+        (["policy=h2o", "policy.budget_ratio=1.5"], r"^policy.budget_ratio=1.5 is not a ratio in \(0, 1\]; give"),
+        (["policy=streaming", "policy.budget_ratio=0"], r"^policy.budget_ratio=0.0 is not a ratio in \(0, 1\]"),
         (
-            ["policy=streaming", "policy.budget_ratio=0"],
-            r"policy \(streaming\): Budget ratio must be in \(0, 1\], got 0",
+            ["baselines.knorm.budget_ratio=-0.2", "compare=[full,knorm]"],
+            r"^baselines.knorm.budget_ratio=-0.2 is not a ratio .*\(e.g. baselines.knorm.budget_ratio=0.5\)",
         ),
-        (["baselines.knorm.budget_ratio=-0.2", "compare=[full,knorm]"], r"baselines.knorm \(knorm\): Budget ratio"),
+        # the key the user typed, in the default comparison too, and the fix (a token count spelled out)
+        (
+            ["baselines.h2o.budget_ratio=2"],
+            (
+                r"^baselines.h2o.budget_ratio=2.0 is not a ratio .* \(baselines.h2o.budget_ratio=null "
+                r"baselines.h2o.budget_tokens=64\)\.$"
+            ),
+        ),
+        (["policy=h2o", "policy.budget_ratio=null", "policy.budget_tokens=0"], r"^policy.budget_tokens=0 is not a"),
+        # wrong types: refused with the full key, never a TypeError from a comparison
+        (["policy=h2o", "policy.budget_ratio=half"], r"^policy.budget_ratio: Value 'half' .* converted to Float"),
+        (["policy=h2o", "policy.budget_ratio=true"], r"^policy.budget_ratio: Value 'True' .* converted to Float"),
+        (
+            ["policy=h2o", "policy.budget_ratio=null", "policy.budget_tokens=abc"],
+            r"^policy.budget_tokens: Value 'abc' .* converted to Integer",
+        ),
+        (
+            ["compare=[full,h2o]", "baselines.h2o.budget_ratio=null", "baselines.h2o.budget_tokens=64.5"],
+            r"^baselines.h2o.budget_tokens: Value '64.5' .* converted to Integer",
+        ),
+        (
+            ["checkpoint=zero", "namm=bam", "namm.budget_ratio=half"],
+            r"^namm.budget_ratio: Value 'half' .* converted to Float",
+        ),
+        (
+            ["checkpoint=zero", "namm=bam", "namm.budget_tokens=0"],
+            r"^namm: NAMMConfig: namm.budget_tokens=0 is not a positive",
+        ),
         (["compare=[full,bogus]"], r"unknown policy \['bogus'\]; available: .*h2o"),
         (["compare=[full,h2o]", "match_budget=true"], "match_budget=true .* the NAMM must run too"),
         (["compare=[full,full]"], r"compare names \['full'\] more than once"),
@@ -198,16 +226,16 @@ def test_auto_takes_the_newest_run_and_its_best_checkpoint(tmp_path):
     os.utime(old, (1, 1))  # seed0 is older
     assert newest_checkpoint(tmp_path / "runs") == new.parent / "best.pt"
     source = resolve_namm_source("auto", tmp_path / "runs", "best", None)
-    assert torch.equal(source.parameters, evicting_parameters(seed=3))
+    assert torch.equal(source.pretrained.namm.parameters, evicting_parameters(seed=3))
     centre = resolve_namm_source("auto", tmp_path / "runs", "center", None)
-    assert torch.equal(centre.parameters, evicting_parameters(seed=3) * 0.5)
+    assert torch.equal(centre.pretrained.namm.parameters, evicting_parameters(seed=3) * 0.5)
 
 
 def test_auto_without_runs_falls_back_to_the_zero_namm_and_says_so(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         source = resolve_namm_source("auto", tmp_path / "none", "best", None)
-    assert source.is_zero and not source.parameters.any()
-    assert source.param_count == 4172 and source.config == NAMMConfig()
+    assert source.is_zero and not source.pretrained.namm.parameters.any()
+    assert source.pretrained.namm.parameters.numel() == 4172 and source.pretrained.config == NAMMConfig()
     assert any(
         "No training checkpoint under" in r.getMessage() and "zero-parameter NAMM" in r.getMessage()
         for r in caplog.records
@@ -257,7 +285,7 @@ def test_results_record_the_truncation_applied():
     """results.json's task entry: how many prompts were cut and the longest that ran, not only the budget."""
     from tasks.evaluation.pipeline import prompt_lengths
     from tasks.runner import PreparedTask
-    from tasks.spec import Sample
+    from tasks.task_spec import Sample
 
     samples = (Sample(0, (1,) * 172, ("a",), truncated=True), Sample(1, (1,) * 90, ("b",)))
     task = PreparedTask(spec=None, settings=None, samples=samples)

@@ -22,9 +22,9 @@ from tasks.evaluation.intervals import (
 )
 from tasks.evaluation.summary import task_result
 from tasks.longbench import LONGBENCH_TASKS
-from tasks.scoring import scores_are_binary
-from tasks.spec import Sample
 from tasks.synthetic import SYNTHETIC_TASKS
+from tasks.task_scores import scores_are_binary
+from tasks.task_spec import Sample
 
 # the example: the full cache gets 20 of 30 prompts; a policy loses 6 of those and wins none
 FULL = [1.0] * 20 + [0.0] * 10

@@ -3,6 +3,8 @@ the previous good checkpoint, and the files earlier versions wrote."""
 
 import logging
 import struct
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -194,13 +196,48 @@ def test_run_directory_resolves_to_best_then_latest(tmp_path):
 def test_a_run_saved_with_the_former_scorer_node_resumes_under_todays():
     """Before the scorer was one `_target_` class, conf/train.yaml spelled it as three function paths."""
     from namm.evolution.resume import config_differences
-    from tasks.evolution_scorer import TaskScorer
+    from tasks.training.task_scorer import TaskScorer
 
     saved = load_checkpoint(COMMITTED).config
     assert set(saved["scorer"]) == {"_target_", "param_count_target", "check_target"}
-    today = {**saved, "scorer": {"_target_": "tasks.evolution_scorer.TaskScorer"}}
+    today = {**saved, "scorer": {"_target_": "tasks.training.task_scorer.TaskScorer"}}
     assert config_differences(saved, today, TaskScorer.former_targets) == []
     other = {**saved, "scorer": {"_target_": "my.OtherScorer"}}
     assert config_differences(saved, other, ()) == [
         "scorer._target_: 'tasks.evolution_scorer.build_scorer' -> 'my.OtherScorer'"
     ]
+
+
+def test_a_run_saved_before_the_training_scorer_moved_to_tasks_training_resumes():
+    """conf/train.yaml named `tasks.evolution_scorer.TaskScorer` until the scorer moved; such runs resume."""
+    import yaml
+
+    from namm.evolution.resume import config_differences
+    from namm.evolution.scorer_protocol import scorer_factory
+
+    target = yaml.safe_load((COMMITTED.parents[2] / "conf" / "train.yaml").read_text())["scorer"]["_target_"]
+    assert target == "tasks.training.task_scorer.TaskScorer"
+    today = {**load_checkpoint(COMMITTED).config, "scorer": {"_target_": target}}
+    saved = {**today, "scorer": {"_target_": "tasks.evolution_scorer.TaskScorer"}}
+    assert config_differences(saved, today, scorer_factory(today).former_targets) == []
+    assert config_differences(saved, today, ()) != []
+
+
+def test_the_check_scripts_read_checkpoints_through_load_checkpoint(tmp_path):
+    """scripts/cliff_check.py refuses a committed checkpoint whose statistics lost a bit (a plain torch.load
+    would read it, and the table would rest on the wrong statistics)."""
+    committed = Path(__file__).resolve().parents[1] / "results" / "cpu-memory" / "latest.pt"
+    mean = torch.load(committed, map_location="cpu", weights_only=True)["normalisation_state"]["mean"]
+    data = bytearray(committed.read_bytes())
+    offset = data.find(struct.pack("<d", float(mean[0])))
+    assert offset > 0
+    data[offset] ^= 0x01
+    damaged = tmp_path / "latest.pt"
+    damaged.write_bytes(bytes(data))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "cliff_check.py"
+    command = [sys.executable, str(script), "--checkpoint", str(damaged), "--draws", "2", "--tokens", "64"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode != 0 and "CheckpointError" in run.stderr and "checksum" in run.stderr
+    command[3] = str(committed)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0 and "| protect_first=4 |" in run.stdout

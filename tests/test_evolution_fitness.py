@@ -7,7 +7,7 @@ import torch
 
 from namm.evolution.config import Objective
 from namm.evolution.fitness import FitnessRule, candidate_fitness, population_fitness, selection_ranks
-from namm.evolution.scoring import CandidateScores, PromptRecord, ScoringOutcome, score_guarded
+from namm.evolution.scorer_protocol import CandidateScores, PromptRecord, ScoringOutcome, score_guarded
 
 SCORE = FitnessRule(Objective.score, reference_floor=1.0, reference_floor_share=0.0)
 

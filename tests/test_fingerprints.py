@@ -15,7 +15,7 @@ from namm.models import ModelConfig
 from namm.policies import PolicyConfig
 from tasks.evaluation.policy_runs import store_for
 from tasks.fingerprints import canonical_json, settings_digest
-from tasks.settings import TaskSettings
+from tasks.task_settings import TaskSettings
 
 
 def test_the_digest_is_the_sha256_of_sorted_json_cut_to_length():
@@ -36,8 +36,9 @@ def test_the_digest_is_the_sha256_of_sorted_json_cut_to_length():
         PolicyConfig(name="streaming", budget_tokens=64, allocation="pyramid"),
     ],
 )
-def test_a_sample_store_keeps_the_name_it_had_before_the_budget_key_was_renamed(policy, tmp_path):
-    """Stores written while the ratio was `budget` are found again: its key still spells the ratio so."""
+def test_a_sample_stores_name_is_the_digest_of_its_key_with_the_policy_as_its_fields(policy, tmp_path):
+    """The key spells the policy by its dataclass fields (`budget_ratio`, not a former name): the key also
+    holds the source digest, which every code change alters, so no older store could be found again anyway."""
     context = SimpleNamespace(
         model_settings=asdict(ModelConfig(name="tiny-llama")),
         score_inputs={"dtype": "float32", "batch_size": 2},
@@ -48,15 +49,15 @@ def test_a_sample_store_keeps_the_name_it_had_before_the_budget_key_was_renamed(
         "passkey", "tiny-llama", "synthetic", None, True, False, 10, False, False, "m", "difflib", (2,), ()
     )
     task = SimpleNamespace(settings=settings, spec=SimpleNamespace(name="passkey"))
-    old_policy = {
+    fields = {
         "name": policy.name,
-        "budget": policy.budget_ratio,
+        "budget_ratio": policy.budget_ratio,
         "budget_tokens": policy.budget_tokens,
         "options": policy.options,
         "allocation": policy.allocation,
     }
     key = {
-        "policy": old_policy,
+        "policy": fields,
         "namm": None,
         "engine": asdict(context.engine_config),
         "model": context.model_settings,

@@ -25,8 +25,30 @@ def under(modules: set[str], *packages: str) -> set[str]:
     return {module for module in modules if any(module == p or module.startswith(f"{p}.") for p in packages)}
 
 
-def test_selection_is_a_leaf():
-    assert loaded_after("import namm.selection") == {"namm", "namm.selection"}
+def test_budget_is_a_leaf():
+    assert loaded_after("import namm.budget") == {"namm", "namm.budget"}
+
+
+def test_namm_imports_nothing_of_tasks():
+    """The training scorer is reached through the `scorer._target_` string, never an import."""
+    assert not under(loaded_after("import namm.api, namm.evolution.trainer, namm.pretrained"), "tasks")
+
+
+TASK_CORE = sorted(f"tasks.{path.stem}" for path in (ROOT / "tasks").glob("*.py") if path.stem != "__init__") + [
+    "tasks.synthetic"
+]
+
+
+def test_the_task_core_imports_neither_the_evaluation_nor_the_training_scorer():
+    """tasks/ holds the tasks; its two users, tasks/evaluation/ and tasks/training/, sit above it."""
+    loaded = loaded_after("import " + ", ".join(TASK_CORE))
+    assert set(TASK_CORE) <= loaded
+    assert not under(loaded, "tasks.evaluation", "tasks.training")
+
+
+def test_the_evaluation_and_the_training_scorer_do_not_import_each_other():
+    assert not under(loaded_after("import tasks.evaluation, tasks.evaluation.dataset_views"), "tasks.training")
+    assert not under(loaded_after("import tasks.training.task_scorer"), "tasks.evaluation")
 
 
 @pytest.mark.parametrize("code", ["import namm.policies", "import namm.policies; namm.policies.available_policies()"])

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from namm.budget import per_layer_max_keep_per_row
 from namm.network import NAMM, NAMMConfig
 from namm.policies.base import LayerView
 from namm.policies.namm_policy import NAMMPolicy
-from namm.selection import per_layer_max_keep_per_row
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_REQUIRED = bool(os.environ.get("NAMM_GOLDEN_DIR"))  # asked for by name (CI): a missing set fails, never skips

@@ -60,7 +60,7 @@ def test_bad_parameter_vector_is_a_clear_error(shape):
         ({"hidden": 30, "heads": 4}, "multiple of heads"),
         ({"recency_dims": 7}, "recency_dims"),
         ({"budget_ratio": 0.5, "budget_tokens": 10}, r"namm.budget_ratio=0.5 and namm.budget_tokens=10 are both set"),
-        ({"budget_ratio": 1.5}, "Budget ratio"),
+        ({"budget_ratio": 1.5}, r"namm.budget_ratio=1.5 is not a ratio in \(0, 1\]"),
     ],
 )
 def test_config_validation(overrides, message):
@@ -225,7 +225,7 @@ def test_selection_threshold_newest_and_budget():
     positions = positions.masked_fill(~valid, -1)
     scores = torch.tensor([[[0.0, -0.5, 2.0, -1.0, 9.0, -3.0]]])
 
-    from namm.network.selection import keep_mask, ranking_scores
+    from namm.network.keep_rule import keep_mask, ranking_scores
 
     config = NAMMConfig()
     ranked = ranking_scores(scores, positions, valid, config)

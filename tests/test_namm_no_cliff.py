@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
+from namm.budget import PROTECTED_SCORE
 from namm.network import NAMM, NAMMConfig
+from namm.network.keep_rule import keep_mask, ranking_scores
 from namm.network.normalisation import bound_features
-from namm.network.selection import keep_mask, ranking_scores
-from namm.selection import PROTECTED_SCORE
 
 
 def test_bound_features_hand_computed():

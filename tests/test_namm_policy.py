@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from namm.budget import top_k_keep
 from namm.network import NAMMConfig
 from namm.policies.base import LayerView
 from namm.policies.namm_policy import NAMMPolicy
-from namm.selection import top_k_keep
 
 
 def causal_attention(rows: int, heads: int, queries: int, slots: int, seed: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from namm.budget import Budget
 from namm.policies import LayerView, PolicyConfig, available_policies, build_policy
 
 SLOTS = 12
@@ -230,8 +231,41 @@ def test_random_keeps_a_seeded_subset_of_the_budget():
 
 
 def test_a_zero_token_budget_is_an_error_not_the_default_ratio():
-    with pytest.raises(ValueError, match="token count must be positive, got 0"):
+    with pytest.raises(
+        ValueError, match=r"policy.budget_tokens=0 is not a positive token count; e.g. policy.budget_tokens=64"
+    ):
         build_policy(PolicyConfig(name="h2o", budget_tokens=0))
+
+
+@pytest.mark.parametrize(
+    ("ratio", "tokens", "message"),
+    [
+        (
+            2,
+            None,
+            (
+                "h.budget_ratio=2 is not a ratio in (0, 1]; give the share of the tokens seen each KV head keeps "
+                "(e.g. h.budget_ratio=0.5), or a token count (h.budget_ratio=null h.budget_tokens=64)."
+            ),
+        ),
+        (
+            "half",
+            None,
+            "h.budget_ratio='half' is not a number; give a ratio of the tokens seen, e.g. h.budget_ratio=0.5.",
+        ),
+        (True, None, "h.budget_ratio=True is not a number; give a ratio of the tokens seen, e.g. h.budget_ratio=0.5."),
+        (None, "abc", "h.budget_tokens='abc' is not a whole number of tokens; e.g. h.budget_tokens=64."),
+        (None, 64.5, "h.budget_tokens=64.5 is not a whole number of tokens; e.g. h.budget_tokens=64."),
+        (None, True, "h.budget_tokens=True is not a whole number of tokens; e.g. h.budget_tokens=64."),
+        (None, 0, "h.budget_tokens=0 is not a positive token count; e.g. h.budget_tokens=64."),
+    ],
+)
+def test_a_budget_of_the_wrong_type_or_range_names_the_full_key(ratio, tokens, message):
+    """Whatever a config layer let through, the budget rule refuses it with the key as the config spells it."""
+    with pytest.raises(ValueError) as error:
+        Budget.from_keys(ratio, tokens, "h")
+    assert str(error.value) == message
+    assert Budget.from_keys(1, None, "h") == Budget(ratio=1) and Budget.from_keys(None, 3, "h") == Budget(tokens=3)
 
 
 def test_an_option_a_policy_does_not_take_is_an_error():

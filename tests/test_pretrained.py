@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -303,3 +304,18 @@ def test_the_committed_cpu_memory_checkpoint_and_its_export_load_with_their_budg
     document = json.loads((tmp_path / "exported" / "config.json").read_text())
     assert {"budget_ratio", "budget_tokens"} <= set(document["namm"])
     assert PretrainedNAMM.from_pretrained(tmp_path / "exported").config == loaded.config
+
+
+def test_which_parameters_of_a_checkpoint_is_spelled_once():
+    """PARAMS_KINDS names them; every other module (results schema, evaluate config) reads it, so a new kind
+    cannot be accepted in one place and refused by another."""
+    root = Path(__file__).resolve().parents[1]
+    spelled = re.compile(r"""["']best["'],\s*["']center["']""")
+    sources = [*root.glob("*.py"), *root.glob("namm/**/*.py"), *root.glob("tasks/**/*.py"), *root.glob("scripts/*.py")]
+    assert [str(path.relative_to(root)) for path in sources if spelled.search(path.read_text())] == [
+        "namm/pretrained.py"
+    ]
+    from tasks.evaluation.schema import RESULTS_SCHEMA
+
+    namm_record = RESULTS_SCHEMA["properties"]["namms"]["additionalProperties"]["properties"]
+    assert namm_record["params"]["enum"] == ["best", "center", "exported", "zero"]

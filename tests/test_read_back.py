@@ -13,7 +13,7 @@ from namm.errors import CorruptFileError
 from namm.evolution.sweep import read_job_statuses
 from tasks.evaluation.sample_store import SampleStore
 from tasks.references import ReferenceCache, ReferenceContext, ReferenceScores
-from tasks.settings import TaskSettings
+from tasks.task_settings import TaskSettings
 
 SETTINGS = TaskSettings(
     task="passkey",

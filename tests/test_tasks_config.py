@@ -2,11 +2,11 @@
 
 import pytest
 from hydra import compose, initialize_config_dir
-from test_tasks_support import REPO
+from task_fixtures import REPO
 
-from tasks.config import task_config
 from tasks.longbench import LONGBENCH_TASKS, SUITES
 from tasks.synthetic import SYNTHETIC_SUITES, SYNTHETIC_TASKS
+from tasks.task_config import task_config
 
 TASK_DIR = REPO / "conf" / "task"
 CHOICES = sorted(path.stem for path in TASK_DIR.glob("*.yaml"))

@@ -7,12 +7,12 @@ import zipfile
 
 import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
-from test_tasks_support import FIXTURES
+from task_fixtures import FIXTURES
 
 from namm.errors import ConfigError
 from tasks import longbench_data
-from tasks.config import TaskConfig
 from tasks.longbench_data import RECORD_FIELDS, load_longbench, longbench_dataset, read_records
+from tasks.task_config import TaskConfig
 from tasks.task_data import check_task_data
 
 

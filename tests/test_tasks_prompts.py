@@ -4,12 +4,12 @@ import hashlib
 import json
 
 import pytest
-from test_tasks_support import FIXTURES, byte_tokenizer
+from task_fixtures import FIXTURES, byte_tokenizer
 
-from tasks.config import TaskConfig
 from tasks.longbench import LONGBENCH_TASKS, PROMPT_TEMPLATES, SUITES
 from tasks.preparation import ModelInfo, prepare_tasks
 from tasks.prompts import PromptBuilder, tokenizer_adds_bos
+from tasks.task_config import TaskConfig
 
 TOKENIZER = byte_tokenizer()
 

@@ -2,19 +2,22 @@
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from test_tasks_support import FIXTURES, byte_tokenizer, tiny_llama
+from task_fixtures import FIXTURES, byte_tokenizer, tiny_llama
 
 from namm.engine import GenerationSettings
-from tasks.config import TaskConfig
+from namm.plain_generation import padding_token_id
 from tasks.generators import full_cache_generator, transformers_generator
 from tasks.preparation import ModelInfo, prepare_tasks
 from tasks.references import ReferenceCache, ReferenceContext, ReferenceScores, fill_references
-from tasks.runner import pad_token_id, run_task
+from tasks.runner import run_task
+from tasks.task_config import TaskConfig
 
 TOKENIZER = byte_tokenizer()
 MODEL = ModelInfo("byte-model", TOKENIZER, max_context=4096, chat_template=False)
@@ -78,8 +81,18 @@ def test_bad_indices_and_bad_generators_are_errors():
 
 @pytest.mark.parametrize(("pad", "eos", "expected"), [(7, (2, 3), 7), (0, (2,), 0), (None, (2, 3), 2), (None, (), 0)])
 def test_padding_is_the_tokenizers_pad_token_else_the_first_eos_else_zero(pad, eos, expected):
-    assert pad_token_id(SimpleNamespace(pad_token_id=pad), eos) == expected
+    assert padding_token_id(SimpleNamespace(pad_token_id=pad), eos) == expected
     assert prepare("trec").generation_settings(TOKENIZER).pad_token_id == TOKENIZER.pad_token_id is not None
+
+
+def test_no_module_spells_the_padding_fallback_again():
+    """Every padding choice goes through `padding_token_id`: `pad_token_id or 0` (0 where the rule says EOS) or
+    an inline `pad_token_id if ... else` would drift from it."""
+    root = Path(__file__).resolve().parents[1]
+    inline = re.compile(r"pad_token_id (or|if) ")
+    sources = [*root.glob("*.py"), *root.glob("namm/**/*.py"), *root.glob("tasks/**/*.py"), *root.glob("scripts/*.py")]
+    assert len(sources) > 50
+    assert [str(path.relative_to(root)) for path in sources if inline.search(path.read_text())] == []
 
 
 def test_samsum_stops_on_newline_through_the_seam():

@@ -4,12 +4,12 @@ import itertools
 import re
 
 import pytest
-from test_tasks_support import byte_tokenizer
+from task_fixtures import byte_tokenizer
 
 from tasks.prompts import PromptBuilder
-from tasks.scoring import score_prediction
 from tasks.synthetic import SYNTHETIC_TASKS, SyntheticParams, generate_samples
 from tasks.synthetic.haystack import NOISE, insert_at_depths, noise_text
+from tasks.task_scores import score_prediction
 
 TOKENIZER = byte_tokenizer()
 CHAT = PromptBuilder(TOKENIZER, use_chat_template=True, add_bos=False)

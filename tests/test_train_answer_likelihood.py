@@ -13,12 +13,12 @@ from hydra.core.hydra_config import HydraConfig
 from test_train_scorer import FIXTURES, tiny_config
 
 from namm.errors import ConfigError
-from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT
-from tasks import evolution_scorer
-from tasks.answer_likelihood import likelihood_score
-from tasks.evolution_scorer import TaskScorer
-from tasks.gold_answers import gold_continuation, gold_text
+from namm.evolution.scorer_protocol import TRAIN_SPLIT, VALIDATION_SPLIT
 from tasks.synthetic import SYNTHETIC_TASKS
+from tasks.training import task_scorer
+from tasks.training.answer_likelihood import likelihood_score
+from tasks.training.gold_answers import gold_continuation, gold_text
+from tasks.training.task_scorer import TaskScorer
 
 LIKELIHOOD = "evo.signal=answer_likelihood"
 
@@ -43,7 +43,7 @@ def plain_mean_logprob(model, prompt: list[int], continuation: list[int]) -> flo
 
 def test_the_gold_answer_is_written_as_the_model_would_continue():
     sample = SYNTHETIC_TASKS["niah_multivalue"].spec
-    from tasks.spec import Sample
+    from tasks.task_spec import Sample
 
     answers = Sample(index=0, prompt_ids=(1,), answers=("12", "34", "56"))
     assert gold_text(answers, sample) == "12, 34, 56"
@@ -119,7 +119,7 @@ def test_a_task_without_a_gold_answer_fails_before_the_model_loads(tmp_path, mon
     records = [json.loads(line) for line in lines]
     records[1]["answers"] = [" "]
     (data / "qasper.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    monkeypatch.setattr(evolution_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
+    monkeypatch.setattr(task_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
     overrides = ["task=qasper", f"task.data_dir={data}", "evo.validation_prompts=1"]
     with pytest.raises(
         ConfigError, match=r"evo.signal=answer_likelihood .* 'qasper' .*lines \[1\].*evo.signal=task_metric"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -17,12 +18,12 @@ from sweep_helpers import run_multirun
 from namm.engine import EngineConfig
 from namm.evolution.checkpoint import load_checkpoint, read_provenance
 from namm.evolution.config import register_configs
-from namm.evolution.scoring import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores
+from namm.evolution.scorer_protocol import TRAIN_SPLIT, VALIDATION_SPLIT, CandidateScores, Signal
 from namm.models import ModelConfig
 from namm.network.config import NAMMConfig
-from namm.row_batches import RowBatches
-from tasks.config import TaskConfig
-from tasks.evolution_scorer import TaskScorer, TaskScorerConfig
+from namm.population_batches import PopulationBatches
+from tasks.task_config import TaskConfig
+from tasks.training.task_scorer import TaskScorer, TaskScorerConfig
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "longbench"
@@ -165,7 +166,7 @@ def test_scores_do_not_depend_on_how_the_population_or_the_prompts_are_split(tmp
     )
     assert_identical(whole, split)
 
-    scorer.row_batches = RowBatches(max_rows=2)  # micro-batches of 2, 2 and 1 rows
+    scorer.population_batches = PopulationBatches(max_rows=2)  # micro-batches of 2, 2 and 1 rows
     assert_identical(whole, scorer.score(population, TRAIN_SPLIT, 1))
     if signal == "answer_likelihood":  # one row per forward: no micro-batches to halve
         return
@@ -178,11 +179,11 @@ def test_scores_do_not_depend_on_how_the_population_or_the_prompts_are_split(tmp
         return generate(prompts, *args, **kwargs)
 
     monkeypatch.setattr(scorer.engine, "generate", run_or_oom)
-    scorer.row_batches = RowBatches(max_rows=None)
+    scorer.population_batches = PopulationBatches(max_rows=None)
     with caplog.at_level(logging.WARNING):
         assert_identical(whole, scorer.score(population, TRAIN_SPLIT, 1))
     halved = [r for r in caplog.records if "out of memory at 5 rows per batch; retrying with 2" in r.getMessage()]
-    assert len(halved) == 1 and scorer.row_batches.max_rows == 2
+    assert len(halved) == 1 and scorer.population_batches.max_rows == 2
 
     prompts = scorer.prompts(VALIDATION_SPLIT, 0)
     centre = population[3:4]
@@ -213,12 +214,12 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
     """task=qasper offline with no task.data_dir: one message naming task.data_dir and the hub file."""
     from namm.evolution.config import ConfigError
     from namm.evolution.trainer import train
-    from tasks import evolution_scorer
+    from tasks.training import task_scorer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("NAMM_DATA_CACHE", str(tmp_path / "longbench"))
-    monkeypatch.setattr(evolution_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
+    monkeypatch.setattr(task_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
     cfg = tiny_config(tmp_path, "task=qasper")
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
@@ -229,8 +230,8 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"(?s)task 'qasper' has no data from the hub.*data\.zip.*task\.data_dir="):
         train(cfg)
     with pytest.raises(ConfigError, match="too few samples for 2 validation prompts"):  # the fixture has 2 lines
-        evolution_scorer.TaskScorer.check_config(tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}"))
-    evolution_scorer.TaskScorer.check_config(
+        task_scorer.TaskScorer.check_config(tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}"))
+    task_scorer.TaskScorer.check_config(
         tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}", "evo.validation_prompts=1")
     )
 
@@ -253,19 +254,19 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
 def test_bad_settings_are_config_errors_as_in_evaluate(tmp_path, override, message):
     """The engine and model nodes are read as evaluate.py reads them (one schema each), with the same errors."""
     from namm.errors import ConfigError
-    from tasks import evolution_scorer
+    from tasks.training import task_scorer
 
     with pytest.raises(ConfigError, match=message):
-        evolution_scorer.TaskScorer.check_config(tiny_config(tmp_path, override))
+        task_scorer.TaskScorer.check_config(tiny_config(tmp_path, override))
 
 
 def test_a_longbench_budget_the_model_would_cut_further_fails_before_it_loads(tmp_path, monkeypatch):
     """task.max_prompt_tokens=2000 on a 300-token model: refused with the size prompts would really get."""
     from namm.evolution.config import ConfigError
     from namm.evolution.trainer import train
-    from tasks import evolution_scorer
+    from tasks.training import task_scorer
 
-    monkeypatch.setattr(evolution_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
+    monkeypatch.setattr(task_scorer, "load_model", lambda config: pytest.fail("the model was loaded first"))
     overrides = ["task=qasper", f"task.data_dir={FIXTURES}", "task.max_prompt_tokens=2000", "model.max_context=300"]
     cfg = tiny_config(tmp_path, *overrides, "evo.validation_prompts=1")
     from hydra.core.hydra_config import HydraConfig
@@ -288,10 +289,34 @@ def test_the_typed_scorer_config_is_what_the_run_config_says(tmp_path):
         prompts_per_task=1,
         validation_prompts=2,
         seed=0,
+        max_batch_rows=None,
+        signal=Signal.task_metric,
     )
     assert TaskScorerConfig.from_run_config(tiny_config(tmp_path)) == expected
+    liked = TaskScorerConfig.from_run_config(
+        tiny_config(tmp_path, "evo.signal=answer_likelihood", "evo.max_batch_rows=2")
+    )
+    assert (liked.signal, liked.max_batch_rows) == (Signal.answer_likelihood, 2)
     with pytest.raises(ValueError, match="prompts_per_task must be >= 1"):
-        TaskScorerConfig(model=ModelConfig(name="tiny-llama"), task=TaskConfig(), prompts_per_task=0)
+        dataclasses.replace(expected, prompts_per_task=0)
+
+
+def test_the_scorers_evo_settings_have_their_defaults_in_evo_config_only():
+    """EvoConfig states the defaults once; the scorer's config has none of its own to drift from them."""
+    undefaulted = {
+        item.name
+        for item in dataclasses.fields(TaskScorerConfig)
+        if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+    }
+    assert undefaulted == {
+        "model",
+        "task",
+        "prompts_per_task",
+        "validation_prompts",
+        "seed",
+        "max_batch_rows",
+        "signal",
+    }
 
 
 def test_keep_all_centre_keeps_everything_and_its_mirror_evicts(scorer, tmp_path):
@@ -330,23 +355,62 @@ def initial_centre_keep_all(cfg) -> torch.Tensor:
     return TaskScorer.initial_centre(cfg, "keep_all", 0.2)
 
 
-def test_the_objective_and_the_budget_must_agree(tmp_path):
+def composed_run_config(tmp_path, *overrides: str):
+    """The job config train.py hands to `train` (the `hydra` node set aside, as Hydra does)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from namm.evolution.config import ConfigError, validate_train_config
+    cfg = tiny_config(tmp_path, *overrides)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
-    def check(*overrides: str) -> None:
-        cfg = tiny_config(tmp_path, *overrides)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        validate_train_config(cfg)
 
-    check("evo.objective=budget", "namm.budget_ratio=0.5")
-    with pytest.raises(ConfigError, match="evo.objective=budget trains under a hard per-KV-head budget"):
-        check("evo.objective=budget")
-    with pytest.raises(ConfigError, match="use evo.objective=budget instead of memory_penalty"):
-        check("namm.budget_ratio=0.5")
-    with pytest.raises(ConfigError, match="memory_penalty needs evo.memory_weight > 0"):
-        check("evo.memory_weight=0")
+def test_the_objective_and_the_budget_must_agree(tmp_path):
+    from namm.evolution.config import validate_train_config
+    from namm.evolution.scorer_protocol import check_scorer
+
+    cfg = composed_run_config(tmp_path, "evo.objective=budget", "namm.budget_ratio=0.5")
+    validate_train_config(cfg)
+    check_scorer(cfg)  # what train() checks before anything loads
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["evo.objective=budget"],
+            "^evo.objective=budget trains under a hard per-KV-head budget: set namm.budget_ratio",
+        ),
+        (["namm.budget_ratio=0.5"], "use evo.objective=budget instead of memory_penalty, or drop the budget$"),
+        (["evo.memory_weight=0"], "memory_penalty needs evo.memory_weight > 0"),
+        (  # the one budget rule (namm.budget.Budget.from_keys), as for a policy
+            ["evo.objective=budget", "namm.budget_ratio=0.5", "namm.budget_tokens=64"],
+            "namm.budget_ratio=0.5 and namm.budget_tokens=64 are both set",
+        ),
+        # the full key and the fix, never a bare "Budget ratio" or a TypeError traceback
+        (
+            ["evo.objective=budget", "namm.budget_ratio=2"],
+            r"^namm: NAMMConfig: namm.budget_ratio=2.0 is not a ratio in \(0, 1\]; .* \(e.g. namm.budget_ratio=0.5\)",
+        ),
+        (
+            ["evo.objective=budget", "namm.budget_tokens=0"],
+            r"namm.budget_tokens=0 is not a positive token count; e.g. namm.budget_tokens=64",
+        ),
+        (["evo.objective=budget", "namm.budget_ratio=half"], r"^namm.budget_ratio: Value 'half' .* to Float$"),
+        (["evo.objective=budget", "namm.budget_ratio=true"], r"^namm.budget_ratio: Value 'True' .* to Float$"),
+        (["evo.objective=budget", "namm.budget_tokens=abc"], r"^namm.budget_tokens: Value 'abc' .* to Integer$"),
+        (["evo.objective=budget", "namm.budget_tokens=64.5"], r"^namm.budget_tokens: Value '64.5' .* to Integer$"),
+    ],
+)
+def test_bad_budget_settings_fail_before_the_model_loads(tmp_path, monkeypatch, overrides, message):
+    from namm.evolution.config import ConfigError
+    from namm.evolution.trainer import train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr("tasks.training.task_scorer.load_model", refuse)
+    with pytest.raises(ConfigError, match=message):  # train.py prints a ConfigError alone, no traceback
+        train(composed_run_config(tmp_path, *overrides))

@@ -19,17 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from namm.config_resolvers import register_resolvers
 from namm.errors import ConfigError
 from namm.evolution.distillation import DistillConfig
-from namm.evolution.scoring import Signal
+from namm.evolution.scorer_protocol import Objective, Signal
 from namm.evolution.searchers import available_searchers, searcher_class
-from namm.selection import Budget
-
-
-class Objective(Enum):
-    """What a candidate's fitness rewards (namm.evolution.fitness)."""
-
-    score = "score"  # mean normalised task score (the reference's objective)
-    budget = "budget"  # the same score, under the hard per-KV-head budget of `namm.budget_ratio`/`budget_tokens`
-    memory_penalty = "memory_penalty"  # mean normalised score - evo.memory_weight x retained ratio
 
 
 class InitialCentre(Enum):
@@ -193,7 +184,9 @@ class TrainConfig:
         if self.init_from is not None and self.resume not in ("never", "auto"):
             problems.append("give at most one of init_from (start a new run from a centre) and resume=<path>")
         if not isinstance(self.scorer, dict) or not self.scorer.get("_target_"):
-            problems.append("scorer must hold `_target_`, the scorer class (namm.evolution.scoring.ScorerFactory)")
+            problems.append(
+                "scorer must hold `_target_`, the scorer class (namm.evolution.scorer_protocol.ScorerFactory)"
+            )
         if not self.name.strip():
             problems.append("name must be a non-empty string (it names the run directory)")
         if problems:
@@ -208,26 +201,7 @@ def register_configs() -> None:
 
 
 def validate_train_config(cfg: DictConfig) -> TrainConfig:
-    """Run every value check of the schema; raises ConfigError naming the bad key and its fix."""
-    config: TrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    check_objective_budget(config.evo.objective, OmegaConf.to_container(cfg.namm) if cfg.get("namm") else {})
-    return config
-
-
-def check_objective_budget(objective: Objective, namm: dict[str, Any]) -> None:
-    """`budget` trains under a hard budget and the other objectives without one, so the recorded objective
-    says what the fitness rewarded."""
-    try:
-        budgeted = Budget.from_keys(namm.get("budget_ratio"), namm.get("budget_tokens"), "namm") is not None
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
-    if objective == Objective.budget and not budgeted:
-        raise ConfigError(
-            "evo.objective=budget trains under a hard per-KV-head budget: set namm.budget_ratio (e.g. 0.5) "
-            "or namm.budget_tokens"
-        )
-    if objective != Objective.budget and budgeted:
-        raise ConfigError(
-            f"namm.budget_ratio/budget_tokens set a hard budget, so the retained ratio is fixed: use "
-            f"evo.objective=budget instead of {objective.value}, or drop the budget"
-        )
+    """Run every value check of the schema; raises ConfigError naming the bad key and its fix. The groups the
+    scorer reads (`model`, `task`, `namm`, `engine`, and whether `evo.objective` fits the NAMM's budget) are
+    checked by the scorer's own `check_config`, which the trainer runs next."""
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]

@@ -6,7 +6,7 @@ importance target measured under the full cache, and the parameters minimise a p
 each pair weighted by how far apart the two tokens' target ranks are, so the order that decides a retained
 ratio matters more than near-ties). The loss sees only score differences, so the read-out bias is left to
 `bias_for_retained`, which sets it so that a given share of the fitting tokens scores at or above the threshold.
-Nothing here loads a model; `tasks/distillation.py` collects the examples.
+Nothing here loads a model; `tasks/training/distillation_examples.py` collects the examples.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from namm.errors import ConfigError
 from namm.network.config import NAMMConfig
+from namm.network.keep_rule import keep_mask, newest_positions, ranking_scores
 from namm.network.parameters import parameter_layout
 from namm.network.scorer import token_scores
-from namm.network.selection import keep_mask, newest_positions, ranking_scores
 
 
 class DistillTarget(Enum):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from namm.evolution.config import EvoConfig, Objective
-from namm.evolution.scoring import CandidateScores, ScoringOutcome
+from namm.evolution.scorer_protocol import CandidateScores, ScoringOutcome
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from namm.evolution.fitness import (
     normalised_score,
     normalised_task_scores,
 )
-from namm.evolution.scoring import ScoringOutcome
+from namm.evolution.scorer_protocol import ScoringOutcome
 
 TIMING_KEYS = ("speed/seconds_per_generation", "speed/tokens_per_second")  # differ between identical runs
 

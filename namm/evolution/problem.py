@@ -19,11 +19,14 @@ from omegaconf import DictConfig
 from namm.errors import ConfigError
 from namm.evolution.distillation import DistillConfig, DistillFit
 from namm.evolution.fitness import FitnessRule, PopulationFitness, population_fitness
-from namm.evolution.scoring import (
+from namm.evolution.scorer_protocol import (
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
     CandidateScorer,
+    DistilsCentre,
     PromptId,
+    RecordsPromptProvenance,
+    ReportsFullCacheAccuracy,
     ScoringOutcome,
     build_scorer,
     score_guarded,
@@ -122,14 +125,14 @@ class EvolutionProblem(Problem):
 
     def provenance_here(self) -> dict[str, Any] | None:
         """The scorer's record of its training and validation prompts (optional scorer method)."""
-        record = getattr(self.local_scorer(), "prompt_provenance", None)
-        return None if record is None else record()
+        scorer = self.local_scorer()
+        return scorer.prompt_provenance() if isinstance(scorer, RecordsPromptProvenance) else None
 
     def full_cache_accuracy_here(self, generations: list[int]) -> dict[str, dict[str, tuple[float, int]]]:
         """{"training"|"validation": task -> (full-cache mean score in [0, 1], prompts)} from the references
         already computed; empty for a scorer without `full_cache_accuracy` (it is optional)."""
         scorer = self.local_scorer()
-        if not hasattr(scorer, "full_cache_accuracy"):
+        if not isinstance(scorer, ReportsFullCacheAccuracy):
             return {}
         training = sorted({prompt for generation in generations for prompt in scorer.prompts(TRAIN_SPLIT, generation)})
         return {
@@ -211,7 +214,7 @@ class EvolutionProblem(Problem):
 
     def distilled_centre_here(self, settings: DistillConfig) -> DistillFit:
         scorer = self.local_scorer()
-        if not hasattr(scorer, "distilled_centre"):
+        if not isinstance(scorer, DistilsCentre):
             raise ConfigError(
                 f"evo.init=distill needs a scorer with distilled_centre(); {type(scorer).__name__} has none: "
                 "use evo.init=keep_all"

@@ -22,7 +22,7 @@ from namm.evolution.checkpoint import (
     resolve_checkpoint_path,
 )
 from namm.evolution.config import ConfigError, TrainConfig
-from namm.evolution.scoring import scorer_factory
+from namm.evolution.scorer_protocol import scorer_factory
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from namm.evolution.problem import EvolutionProblem
 from namm.evolution.progress import METRICS_FILE, PLOT_FILE, MetricsLog, plot_progress
 from namm.evolution.resume import StartPoint, find_start_point
 from namm.evolution.rng_state import capture_rng_state, restore_rng_state
-from namm.evolution.scoring import check_scorer, scorer_initial_centre, scorer_solution_length
+from namm.evolution.scorer_protocol import check_scorer, scorer_initial_centre, scorer_solution_length
 from namm.evolution.searchers import build_searcher
 from namm.evolution.searchers.base import Searcher
 from namm.evolution.wandb_run import WandbRun

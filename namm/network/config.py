@@ -1,16 +1,20 @@
-"""Every hyper-parameter of a NAMM, as one plain dataclass (mirrored by the Hydra group `conf/namm/`)."""
+"""Every hyper-parameter of a NAMM, as one plain dataclass (mirrored by the Hydra group `conf/namm/`).
+
+A config node from the command line is read with `namm.typed_config.typed_config(NAMMConfig, node, "namm")`
+(types checked, the full key named); `from_dict` reads one saved in a file, without omegaconf, so an exported
+NAMM loads where Hydra is not installed (the GPU image).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
+from namm.budget import Budget
 from namm.errors import ConfigError
-from namm.selection import Budget
 
-ScorerKind = Literal["bam", "mlp"]
-SquashKind = Literal["tanh", "softsign", "clip"]
+SCORERS = ("bam", "mlp")
 SQUASHES = ("tanh", "softsign", "clip")
 
 
@@ -27,7 +31,7 @@ class NAMMConfig:
     # bounded spectrogram features (off: the reference's raw z-scores, golden parity): z -> B * squash(z / B),
     # so one extreme bin (an attention sink at z ~ 40) cannot dominate the score
     feature_bound: float | None = None  # B; None: no transform
-    feature_squash: SquashKind = "tanh"  # tanh | softsign (z / (1 + |z|)) | clip (clamp to [-1, 1])
+    feature_squash: str = "tanh"  # tanh | softsign (z / (1 + |z|)) | clip (clamp to [-1, 1])
     # an extra input after the spectrogram (off: the reference's inputs): each key's cosine dissimilarity to the
     # mean key of its layer and KV head (KeyDiff's rule, needs no query)
     key_novelty: bool = False  # namm/key_novelty.py
@@ -36,7 +40,7 @@ class NAMMConfig:
     max_freq: float = 50000.0
     start_recency_from: int = 0
     # scorer
-    scorer: ScorerKind = "bam"
+    scorer: str = "bam"  # bam | mlp
     hidden: int = 32
     heads: int = 1
     bias: bool = True  # biases of the BAM attention projections (the read-out always has one)
@@ -78,8 +82,8 @@ class NAMMConfig:
             problems.append(f"max_freq must be a finite number > 1, got {self.max_freq}")
         if self.start_recency_from < 0:
             problems.append(f"start_recency_from must be >= 0, got {self.start_recency_from}")
-        if self.scorer not in ("bam", "mlp"):
-            problems.append(f"scorer must be 'bam' or 'mlp', got {self.scorer!r}")
+        if self.scorer not in SCORERS:
+            problems.append(f"scorer must be one of {SCORERS}, got {self.scorer!r}")
         if self.hidden <= 0 or self.heads <= 0 or self.hidden % self.heads:
             problems.append(
                 f"hidden must be a positive multiple of heads (got hidden={self.hidden}, heads={self.heads})"
@@ -115,7 +119,8 @@ class NAMMConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> NAMMConfig:
-        """Build from a plain mapping (e.g. a resolved Hydra node); unknown keys are an error."""
+        """Build from a plain mapping saved in a file (an exported NAMM, a checkpoint's config); unknown keys are
+        an error. Kept free of omegaconf: a command-line node goes through `typed_config` instead."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -14,15 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
+from namm.attention_row_chunks import ChunkedRows
 from namm.key_novelty import key_novelty
 from namm.network.config import NAMMConfig
+from namm.network.keep_rule import keep_mask, newest_positions, ranking_scores
 from namm.network.normalisation import FeatureNormaliser, bound_features
 from namm.network.parameters import ParameterLayout, parameter_layout
 from namm.network.recency import RecencyCode
 from namm.network.scorer import token_scores
-from namm.network.selection import keep_mask, newest_positions, ranking_scores
 from namm.network.spectrogram import SpectrogramState, update_spectrogram
-from namm.row_chunks import ChunkedRows
 
 
 @dataclass

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from namm.attention_row_chunks import ChunkedRows
 from namm.network.config import NAMMConfig
-from namm.row_chunks import ChunkedRows
 
 # Token blocks bound the spectrum's memory: cache-sized on CPU (where memory traffic dominates), large
 # on accelerators (where each block costs kernel launches).

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from namm.budget import per_layer_max_keep_whole_batch
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
 from namm.network.spectrogram import SpectrogramState
-from namm.selection import per_layer_max_keep_whole_batch
 
 
 @dataclass

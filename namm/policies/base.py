@@ -15,8 +15,8 @@ from typing import ClassVar
 import torch
 
 from namm.allocation import adakv_keep, check_allocation, pyramid_budgets
-from namm.row_chunks import ChunkedRows
-from namm.selection import PROTECTED_SCORE, Budget, top_k_keep
+from namm.attention_row_chunks import ChunkedRows
+from namm.budget import PROTECTED_SCORE, Budget, top_k_keep
 
 
 @dataclass

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from namm.allocation import check_allocation
+from namm.budget import Budget
 from namm.policies.base import BudgetPolicy, MemoryPolicy
-from namm.selection import Budget
 
 _POLICIES: dict[str, type[MemoryPolicy]] = {}
 

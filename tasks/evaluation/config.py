@@ -13,6 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
+from namm.budget import Budget
 from namm.config_resolvers import register_resolvers
 from namm.errors import ConfigError
 from namm.evolution.config import LoggerConfig, WandbMode
@@ -116,7 +117,7 @@ class EvaluateConfig:
             duplicates = sorted({name for name in self.compare if self.compare.count(name) > 1})
             if duplicates:
                 problems.append(f"compare names {duplicates} more than once")
-        if not self.front_budgets or any(not (0 < budget <= 1) for budget in self.front_budgets):
+        if not self.front_budgets or not all(map(_is_budget_ratio, self.front_budgets)):
             problems.append(f"front_budgets must be budget ratios in (0, 1], got {list(self.front_budgets)}")
         elif len(set(self.front_budgets)) != len(self.front_budgets):
             problems.append(f"front_budgets repeats a budget: {list(self.front_budgets)}")
@@ -124,6 +125,15 @@ class EvaluateConfig:
             problems.append("checkpoints is empty; give at least one checkpoint, run or sweep directory")
         if problems:
             raise ConfigError("Invalid evaluate config: " + "; ".join(problems) + ".")
+
+
+def _is_budget_ratio(value: float) -> bool:
+    """Whether `value` is a budget ratio by the one rule, `namm.budget.Budget`'s."""
+    try:
+        Budget(ratio=value)
+    except ValueError:
+        return False
+    return True
 
 
 def register_configs() -> None:

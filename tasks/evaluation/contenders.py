@@ -8,9 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from namm.budget import Budget
 from namm.engine import EngineConfig, check_policy_engine
 from namm.errors import ConfigError
 from namm.policies import BudgetPolicy, MemoryPolicy, PolicyConfig, available_policies, build_policy, policy_class
+from namm.typed_config import typed_config
 from tasks.evaluation.config import NAMM_POLICY, EvaluateConfig
 from tasks.evaluation.namm_source import NAMMSource
 
@@ -45,7 +50,19 @@ class Contender:
         return {"label": self.label, **dataclasses.asdict(self.config)}
 
 
-POLICY_CONFIGS = Path(__file__).resolve().parents[2] / "conf" / "policy"  # one yaml of defaults per policy
+#: conf/ of the checkout these packages sit in (a run from the checkout, or an editable install)
+CHECKOUT_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def config_dir() -> Path:
+    """The conf/ this run's config was composed from: Hydra's primary config source while `python evaluate.py`
+    runs (right wherever the packages are installed), else, for a config composed outside a Hydra run
+    (tests, notebooks), the checkout's conf/ beside the packages."""
+    if HydraConfig.initialized():
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.provider == "main" and source.schema == "file":
+                return Path(source.path)
+    return CHECKOUT_CONF
 
 
 def default_comparison(schedule: str = "prefill") -> list[str]:
@@ -65,12 +82,15 @@ def contender_names(config: EvaluateConfig, schedule: str = "prefill") -> list[s
     return default_comparison(schedule)
 
 
-def _policy_config(values: dict[str, Any], key: str) -> PolicyConfig:
-    known = {item.name for item in dataclasses.fields(PolicyConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{key}: unknown key(s) {unknown}; a policy config has {sorted(known)}.")
-    return PolicyConfig(**values)
+def _policy_config(values: Any, key: str) -> PolicyConfig:
+    """A policy node (`policy`, `baselines.<name>` or a conf/policy yaml) as a `PolicyConfig`: keys and types
+    checked by `typed_config`, the budget by `Budget.from_keys`, each error naming the full key."""
+    config = typed_config(PolicyConfig, values, key)
+    try:
+        Budget.from_keys(config.budget_ratio, config.budget_tokens, key)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    return config
 
 
 def _settings_for(name: str, config: EvaluateConfig) -> tuple[PolicyConfig, str]:
@@ -80,12 +100,13 @@ def _settings_for(name: str, config: EvaluateConfig) -> tuple[PolicyConfig, str]
     baselines = config.baselines or {}
     if name in baselines:
         return _policy_config(baselines[name], f"baselines.{name}"), f"baselines.{name}"
-    defaults = POLICY_CONFIGS / f"{name}.yaml"
+    defaults = config_dir() / "policy" / f"{name}.yaml"
     if not defaults.is_file():
-        raise ConfigError(f"policy {name!r} has no default settings: add conf/policy/{name}.yaml (see CONTRIBUTING.md)")
-    from omegaconf import OmegaConf
-
-    return _policy_config(OmegaConf.to_container(OmegaConf.load(defaults)), str(defaults)), f"baselines.{name}"
+        raise ConfigError(
+            f"policy {name!r} has no default settings ({defaults} is missing): add conf/policy/{name}.yaml "
+            f"(see CONTRIBUTING.md), or give them as baselines.{name}"
+        )
+    return _policy_config(OmegaConf.load(defaults), str(defaults)), f"baselines.{name}"
 
 
 def plan_contenders(
@@ -169,4 +190,4 @@ def wants_matched_budgets(config: EvaluateConfig, contenders: list[Contender], n
 
 
 def build_contender_policy(contender: Contender, policy_config: PolicyConfig) -> MemoryPolicy:
-    return contender.namm.build_policy() if contender.namm is not None else build_policy(policy_config)
+    return contender.namm.pretrained.policy() if contender.namm is not None else build_policy(policy_config)

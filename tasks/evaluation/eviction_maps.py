@@ -18,6 +18,7 @@ from namm.engine import MemoryEngine
 from tasks.evaluation.contenders import Contender, build_contender_policy
 from tasks.evaluation.plots import pyplot, save_figure
 from tasks.evaluation.policy_runs import EvaluationContext, PolicyTaskRun
+from tasks.prompts import Tokenizer
 from tasks.runner import PreparedTask
 
 EVICTION_MAPS_DIR = "eviction_maps"
@@ -36,11 +37,11 @@ def kept_share(cache: MemoryCache, row: int, length: int) -> torch.Tensor:
     return torch.stack(shares)
 
 
-def prompt_end_map(engine: MemoryEngine, task: PreparedTask, index: int, pad_token_id: int) -> torch.Tensor:
+def prompt_end_map(engine: MemoryEngine, task: PreparedTask, index: int, tokenizer: Tokenizer) -> torch.Tensor:
     """The kept share (layers, prompt tokens) of sample `index` run alone under `engine`'s policy."""
     sample = task.samples[index]
     captured: list[torch.Tensor] = []
-    settings = task.generation_settings(pad_token_id)
+    settings = task.generation_settings(tokenizer)
     settings = type(settings)(**{**vars(settings), "max_new_tokens": 1})  # the prompt is all that matters
     engine.generate(
         [list(sample.prompt_ids)],
@@ -92,8 +93,6 @@ def write_eviction_maps(
 ) -> list[str]:
     """One PNG per policy for each of the first `count` samples of `task`; returns their paths (relative to the
     run directory)."""
-    tokenizer = context.loaded.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (task.settings.eos_token_ids or (0,))[0]
     written = []
     for contender, run in runs:
         engine = MemoryEngine(
@@ -101,7 +100,7 @@ def write_eviction_maps(
         )
         records = {record["index"]: record for record in run.records}
         for index in range(min(count, len(task.samples))):
-            share = prompt_end_map(engine, task, index, pad)
+            share = prompt_end_map(engine, task, index, context.loaded.tokenizer)
             record: dict[str, Any] = records.get(index, {})
             title = (
                 f"{contender.label} on {task.spec.name}[{index}]: kept at the prompt's end "

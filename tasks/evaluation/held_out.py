@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from namm.errors import ConfigError
-from tasks.config import TaskConfig
 from tasks.evaluation.namm_source import NAMMSource
 from tasks.provenance import PromptKey, TrainedPrompts
 from tasks.runner import PreparedTask
 from tasks.synthetic import SYNTHETIC_TASKS
+from tasks.task_config import TaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class HeldOutRecord:
 
 
 def trained_prompts(source: NAMMSource) -> TrainedPrompts | None:
-    return None if source.provenance is None else TrainedPrompts.from_record(source.provenance)
+    """The prompts it was trained and validated on (None: untrained, or not recorded by its checkpoint)."""
+    provenance = source.pretrained.training.get("provenance")
+    return None if provenance is None else TrainedPrompts.from_record(provenance)
 
 
 def _status(source: NAMMSource, prompts: TrainedPrompts | None) -> str:

@@ -20,8 +20,8 @@ from namm.evolution.sweep import read_job_statuses
 from namm.network.config import NAMMConfig
 from namm.network.namm import NAMM
 from namm.network.parameters import parameter_layout
-from namm.policies.namm_policy import NAMMPolicy
 from namm.pretrained import PretrainedNAMM, is_exported_namm
+from namm.typed_config import typed_config
 from tasks.evaluation.config import AUTO_CHECKPOINT, NAMM_POLICY, ZERO_CHECKPOINT
 from tasks.fingerprints import canonical_json
 
@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class NAMMSource:
-    """The NAMM under evaluation (an exported artefact, however it was read) and its origin."""
+    """The NAMM under evaluation (use `pretrained` for its config, parameters and training record) and where it
+    came from."""
 
-    artefact: PretrainedNAMM
+    pretrained: PretrainedNAMM
     kind: str = "zero"  # checkpoint | exported | zero
     path: Path | None = None  # None: the zero-parameter NAMM
     params_kind: str = "zero"  # best | center (checkpoints) | exported | zero
@@ -42,60 +43,34 @@ class NAMMSource:
         return self.kind == "zero"
 
     @property
-    def parameters(self) -> torch.Tensor:
-        return self.artefact.namm.parameters
-
-    @property
-    def config(self) -> NAMMConfig:
-        return self.artefact.config
-
-    @property
-    def normalisation(self) -> dict[str, torch.Tensor]:
-        return self.artefact.namm.normaliser.state_dict()
-
-    @property
-    def param_count(self) -> int:
-        return int(self.parameters.numel())
-
-    @property
-    def trained_on(self) -> str | None:
-        return self.artefact.trained_on
-
-    @property
-    def provenance(self) -> dict[str, Any] | None:
-        """The prompts it was trained and validated on (None: untrained, or not recorded by its checkpoint)."""
-        return self.artefact.training.get("provenance")
-
-    @property
     def training_engine(self) -> dict[str, Any] | None:
         """The engine schedule the NAMM was evolved with (None for the zero NAMM: the engine defaults)."""
-        return None if self.is_zero else asdict(self.artefact.engine)
+        return None if self.is_zero else asdict(self.pretrained.engine)
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the NAMM's decisions (keys its per-sample results)."""
-        digest = hashlib.sha256(self.parameters.double().numpy().tobytes())
-        digest.update(canonical_json(self.config.to_dict()))
-        for name in sorted(self.normalisation):
-            digest.update(name.encode() + torch.as_tensor(self.normalisation[name]).double().numpy().tobytes())
+        namm = self.pretrained.namm
+        normalisation = namm.normaliser.state_dict()
+        digest = hashlib.sha256(namm.parameters.double().numpy().tobytes())
+        digest.update(canonical_json(namm.config.to_dict()))
+        for name in sorted(normalisation):
+            digest.update(name.encode() + torch.as_tensor(normalisation[name]).double().numpy().tobytes())
         return digest.hexdigest()[:12]
-
-    def build_policy(self) -> NAMMPolicy:
-        return self.artefact.policy()
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready record for results.json."""
-        checkpoint = self.artefact.training.get("checkpoint") or {}
+        training = self.pretrained.training
         return {
             "kind": self.kind,
             "path": None if self.path is None else str(self.path),
-            "generation": self.artefact.training.get("generation"),
+            "generation": training.get("generation"),
             "params": self.params_kind,
-            "param_count": self.param_count,
-            "sha256": checkpoint.get("sha256"),
+            "param_count": int(self.pretrained.namm.parameters.numel()),
+            "sha256": (training.get("checkpoint") or {}).get("sha256"),
             "fingerprint": self.fingerprint(),
-            "trained_on_model": self.trained_on,
-            "normalization": bool(self.normalisation),
-            "namm": self.config.to_dict(),
+            "trained_on_model": self.pretrained.trained_on,
+            "normalization": bool(self.pretrained.namm.normaliser.state_dict()),
+            "namm": self.pretrained.config.to_dict(),
         }
 
 
@@ -110,10 +85,8 @@ def newest_checkpoint(train_dir: Path) -> Path | None:
 
 
 def _namm_config(values: dict[str, Any] | None, where: str) -> NAMMConfig:
-    try:
-        return NAMMConfig.from_dict(dict(values or {}))
-    except ValueError as error:
-        raise ConfigError(f"{where}: {error}") from error
+    """The `namm` node of the command line, types and values checked, the key named."""
+    return typed_config(NAMMConfig, values, where)
 
 
 def _check_shape(requested: NAMMConfig, saved: NAMMConfig, path: Path) -> None:

@@ -22,7 +22,6 @@ from namm.errors import ConfigError
 from namm.evolution.checkpoint import library_versions
 from namm.models import ModelConfig, check_model_config, load_model, max_context_without_weights
 from namm.typed_config import typed_config
-from tasks.config import TaskConfig, task_config
 from tasks.evaluation.budget_matching import MATCH_TARGETS
 from tasks.evaluation.comparisons import TaskScores, all_comparisons
 from tasks.evaluation.config import NAMM_POLICY, EvaluateConfig, validate_evaluate_config
@@ -60,6 +59,7 @@ from tasks.references import (
     engine_generator_record,
 )
 from tasks.runner import PreparedTask
+from tasks.task_config import TaskConfig, task_config
 from tasks.task_data import check_task_data
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def resolve_engine_config(settings: dict[str, Any] | None, namms: list[NAMMSourc
             )
     config = typed_config(EngineConfig, trained | explicit, "engine")
     for namm in namms:
-        namm.config.check_update_interval(config.update_interval)
+        namm.pretrained.config.check_update_interval(config.update_interval)
     return config
 
 
@@ -225,7 +225,7 @@ def build_document(
     first_weight = next(loaded.model.parameters())
     namms = {c.label: c.namm.describe() for c in plan.contenders if c.namm is not None}
     transfer = None
-    foreign = sorted({namm.trained_on for namm in plan.namms if namm.trained_on not in (None, loaded.name)})
+    foreign = sorted({n.pretrained.trained_on for n in plan.namms} - {None, loaded.name})
     if foreign:
         transfer = {"from_model": ", ".join(foreign), "to_model": loaded.name}
     return {
@@ -279,8 +279,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     plan = plan_evaluation(cfg)
     config = plan.config
     for namm in plan.namms:
-        if namm.trained_on and namm.trained_on != plan.model.name:
-            log.info("zero-shot transfer: a NAMM evolved on %s, evaluated on %s", namm.trained_on, plan.model.name)
+        trained_on = namm.pretrained.trained_on
+        if trained_on and trained_on != plan.model.name:
+            log.info("zero-shot transfer: a NAMM evolved on %s, evaluated on %s", trained_on, plan.model.name)
     run_dir = Path(config.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 

@@ -22,7 +22,7 @@ from tasks.evaluation.sample_store import SampleStore
 from tasks.fingerprints import prompt_digest, settings_digest
 from tasks.generators import engine_generator
 from tasks.runner import PreparedTask, run_task
-from tasks.spec import Sample
+from tasks.task_spec import Sample
 
 SAMPLES_DIR = "samples"
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def store_for(
 ) -> SampleStore:
     """Keyed by everything that changes a sample's output, so changed settings never reuse old records."""
     key = {
-        "policy": _policy_key(policy),
+        "policy": asdict(policy),
         "namm": contender.namm.fingerprint() if contender.namm is not None else None,
         "engine": asdict(context.engine_config),
         "model": context.model_settings,
@@ -83,13 +83,6 @@ def store_for(
     }
     digest = settings_digest(key, 12, default=str)
     return SampleStore(context.run_dir / SAMPLES_DIR / contender.label / f"{task.spec.name}-{digest}.jsonl")
-
-
-def _policy_key(policy: PolicyConfig) -> dict[str, Any]:
-    """The policy's part of a sample store's key, with the ratio under `budget`, its name before the key was
-    renamed `budget_ratio`, so that stores written before the rename keep their file names and are reused."""
-    values = asdict(policy)
-    return {"budget": values.pop("budget_ratio"), **values}
 
 
 def _record(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from namm.pretrained import PARAMS_KINDS
+
 SCHEMA_VERSION = 4  # 2: live / storage / overhead memory figures; 3: several NAMMs (`namms`), fronts, intervals;
 # 4: paired comparisons, Wilson intervals, aggregate intervals, end-of-prompt ratios, held-out record, score inputs;
 # a policy's ratio budget is `budget_ratio` in `policies`, as in the settings
@@ -45,7 +47,7 @@ SAMPLE_RECORD_SCHEMA: dict[str, Any] = _object(
         "generated_tokens": _COUNT,
         "tokens_seen": _COUNT,  # prompt + generated - 1 (tokens that went through the model)
         "last_update": _COUNT,  # tokens seen at the last eviction (0: none)
-        # memory (namm.memory): live = kept tokens x bytes per token, summed over layers and KV heads
+        # memory (namm.memory_meter): live = kept tokens x bytes per token, summed over layers and KV heads
         "peak_live_kv_bytes": _COUNT,  # this sample's largest live KV bytes
         "final_live_kv_bytes": _COUNT,  # at the end of its generation
         "batch_peak_storage_bytes": _COUNT,  # key/value storage allocated for the batch it ran in
@@ -142,7 +144,7 @@ _AGGREGATE = _object(
         "relative_to_full_interval": _OPTIONAL_INTERVAL,  # paired stratified bootstrap
         "category_means": {"type": "object", "additionalProperties": _NUMBER},  # over the tasks present
         "longbench_en_mean": _OPTIONAL_NUMBER,  # the 16 English + code tasks, when all ran
-        "longbench_leaderboard": {"type": ["object", "null"]},  # tasks.scoring.category_means, all 21 tasks
+        "longbench_leaderboard": {"type": ["object", "null"]},  # tasks.task_scores.category_means, all 21 tasks
         "prompt_retained_ratio": _RATIO,  # end of the prompt
         "retained_ratio": _RATIO,  # end of generation
         "tokens_per_second": _OPTIONAL_NUMBER,  # samples run now only
@@ -195,7 +197,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
                         "kind": {"enum": ["checkpoint", "exported", "zero"]},
                         "path": {"type": ["string", "null"]},
                         "generation": {"type": ["integer", "null"]},
-                        "params": {"enum": ["best", "center", "exported", "zero"]},
+                        "params": {"enum": [*PARAMS_KINDS, "exported", "zero"]},
                         "param_count": {"type": "integer", "minimum": 1},
                         "sha256": {"type": ["string", "null"]},
                         "fingerprint": _STRING,
@@ -239,7 +241,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
             ),
             "held_out": {"type": "object", "additionalProperties": _HELD_OUT},  # NAMM label -> its prompts check
             "weak_full_tasks": {"type": "array", "items": _STRING},  # full cache below statistics.weak_full_score
-            # tasks.settings.TaskSettings of every task: truncation budget (max_prompt_tokens), chat template,
+            # tasks.task_settings.TaskSettings of every task: truncation budget (max_prompt_tokens), chat template,
             # metric and code-sim backend, stop tokens, synthetic parameters; and the truncation applied:
             # num_samples, truncated_samples (prompts cut) and longest_prompt_tokens (the longest that ran)
             "tasks": {"type": "object", "additionalProperties": {"type": "object"}},

@@ -22,7 +22,7 @@ from tasks.evaluation.intervals import (
 )
 from tasks.longbench import SUITES
 from tasks.runner import PreparedTask
-from tasks.scoring import category_means, length_buckets, longbench_en_mean, scores_are_binary, task_score
+from tasks.task_scores import category_means, length_buckets, longbench_en_mean, scores_are_binary, task_score
 
 WEIGHTING = "tasks weighted equally (score, retained ratios and live KV bytes alike)"
 
@@ -129,7 +129,7 @@ def policy_aggregate(
 ) -> dict[str, Any]:
     """One policy's averages over the tasks it ran, tasks weighted equally: mean score with its stratified
     bootstrap interval, relative to full as a ratio of means (with its paired interval), category means,
-    the LongBench suite averages (tasks.scoring) when their tasks are all present, memory and speed."""
+    the LongBench suite averages (tasks.task_scores) when their tasks are all present, memory and speed."""
     task_scores_ = {r["task"]: r["score"] for r in results}
     by_category: dict[str, list[float]] = {}
     for r in results:

@@ -8,13 +8,13 @@ from functools import partial
 
 from tasks.answer_spans import answer_token_spans
 from tasks.prompts import PromptBuilder
-from tasks.spec import Sample, TaskSpec
 from tasks.synthetic.draft import Draft, Drafter, SyntheticParams
 from tasks.synthetic.kv_retrieval import draft_kv_retrieval
 from tasks.synthetic.niah import NiahLayout
 from tasks.synthetic.passkey import draft_passkey
 from tasks.synthetic.sizing import fit_to_length
 from tasks.synthetic.variable_tracking import draft_variable_tracking
+from tasks.task_spec import Sample, TaskSpec
 
 __all__ = ["SYNTHETIC_SUITES", "SYNTHETIC_TASKS", "SyntheticParams", "SyntheticTask", "generate_samples"]
 

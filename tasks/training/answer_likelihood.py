@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from namm.engine import EngineConfig
-from namm.evolution.scoring import mean_in_order
+from namm.evolution.scorer_protocol import mean_in_order
 from tasks.references import engine_generator_record
 
 #: the gold continuation's format, recorded in the reference cache's key (a change recomputes references)

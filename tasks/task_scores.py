@@ -8,7 +8,7 @@ from statistics import mean
 
 from tasks.longbench import CATEGORIES, LONGBENCH_TASKS, SUITES
 from tasks.metrics import BINARY_METRICS, METRICS, CodeSimBackend
-from tasks.spec import Sample, TaskSpec
+from tasks.task_spec import Sample, TaskSpec
 
 
 def postprocess(prediction: str, spec: TaskSpec) -> str:

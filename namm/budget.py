@@ -1,4 +1,5 @@
-"""Keep-selection primitives shared by the engine, the policies and the NAMM network (a leaf: torch only).
+"""The token budget and the keep rules that spend it, shared by the engine, the policies and the NAMM network
+(a leaf: torch only).
 
 A budget says how many tokens a head keeps, `top_k_keep` picks them, and the per-layer-max rule tops every
 head up to the layer's largest keep count. That rule comes in two scopes: per row (the engine's, so which
@@ -31,15 +32,16 @@ class Budget:
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.tokens is None):
             raise ValueError("Budget: give exactly one of `ratio` (0 < ratio <= 1) or `tokens` (> 0).")
-        if self.ratio is not None and (math.isnan(self.ratio) or not 0.0 < self.ratio <= 1.0):
-            raise ValueError(f"Budget ratio must be in (0, 1], got {self.ratio}; e.g. budget_ratio=0.5.")
-        if self.tokens is not None and self.tokens <= 0:
-            raise ValueError(f"Budget token count must be positive, got {self.tokens}.")
+        problem = _value_problem(self.ratio, self.tokens, "budget_ratio", "budget_tokens")
+        if problem:
+            raise ValueError(problem)
 
     @classmethod
-    def from_keys(cls, budget_ratio: float | None, budget_tokens: int | None, owner: str) -> Budget | None:
+    def from_keys(cls, budget_ratio: object, budget_tokens: object, owner: str) -> Budget | None:
         """The budget a config's `<owner>.budget_ratio` / `<owner>.budget_tokens` give: None when neither is
-        set, an error naming both keys when both are (a count silently winning over a ratio would hide a typo)."""
+        set, an error naming both keys when both are (a count silently winning over a ratio would hide a typo),
+        and an error naming the full key (`baselines.h2o.budget_ratio`) and the fix for a value of the wrong
+        type or out of range, whatever the config layer let through."""
         if budget_ratio is not None and budget_tokens is not None:
             raise ValueError(
                 f"{owner}.budget_ratio={budget_ratio} and {owner}.budget_tokens={budget_tokens} are both set; give "
@@ -48,13 +50,35 @@ class Budget:
             )
         if budget_ratio is None and budget_tokens is None:
             return None
-        return cls(ratio=budget_ratio, tokens=budget_tokens)
+        problem = _value_problem(budget_ratio, budget_tokens, f"{owner}.budget_ratio", f"{owner}.budget_tokens")
+        if problem:
+            raise ValueError(problem)
+        return cls(ratio=budget_ratio, tokens=budget_tokens)  # type: ignore[arg-type]  # checked just above
 
     def keep_counts(self, tokens_seen: torch.Tensor) -> torch.Tensor:
         """(R,) int64 number of tokens each row may keep per head."""
         if self.tokens is not None:
             return torch.full_like(tokens_seen, self.tokens)
         return torch.ceil(tokens_seen.double() * self.ratio).long().clamp(min=1)
+
+
+def _value_problem(ratio: object, tokens: object, ratio_key: str, tokens_key: str) -> str | None:
+    """Why a ratio or token count is not a budget (None: it is one), naming the key as the config spells it.
+    A bool is refused although Python counts it as a number: `true` is a typo, not a ratio of 1."""
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float):
+            return f"{ratio_key}={ratio!r} is not a number; give a ratio of the tokens seen, e.g. {ratio_key}=0.5."
+        if math.isnan(ratio) or not 0.0 < ratio <= 1.0:
+            return (
+                f"{ratio_key}={ratio} is not a ratio in (0, 1]; give the share of the tokens seen each KV head keeps "
+                f"(e.g. {ratio_key}=0.5), or a token count ({ratio_key}=null {tokens_key}=64)."
+            )
+    if tokens is not None:
+        if isinstance(tokens, bool) or not isinstance(tokens, int):
+            return f"{tokens_key}={tokens!r} is not a whole number of tokens; e.g. {tokens_key}=64."
+        if tokens <= 0:
+            return f"{tokens_key}={tokens} is not a positive token count; e.g. {tokens_key}=64."
+    return None
 
 
 def top_k_keep(scores: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,15 @@ import math
 import pytest
 
 from tasks.longbench import LONGBENCH_TASKS, SUITES
-from tasks.scoring import category_means, length_buckets, longbench_en_mean, postprocess, score_prediction, task_score
-from tasks.spec import Sample
+from tasks.task_scores import (
+    category_means,
+    length_buckets,
+    longbench_en_mean,
+    postprocess,
+    score_prediction,
+    task_score,
+)
+from tasks.task_spec import Sample
 
 TREC_CLASSES = ("City", "Individual", "Other location", "Date")
 

@@ -6,7 +6,7 @@ so no padding). Full-cache references come from the on-disk reference cache, key
 moves a score; training fills the missing ones once before generation 1 (tasks/references.py).
 
 With `evo.signal=answer_likelihood` the training prompts are scored by teacher-forcing the gold answer
-(tasks/answer_likelihood.py) against the full cache's likelihood of it, cached beside the task-score
+(tasks/training/answer_likelihood.py) against the full cache's likelihood of it, cached beside the task-score
 references; validation always decodes and uses the task metric.
 """
 
@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from namm.budget import Budget
 from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
 from namm.errors import ConfigError
 from namm.evolution.distillation import DistillConfig, DistillFit, DistillTarget
-from namm.evolution.scoring import (
+from namm.evolution.scorer_protocol import (
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
     CandidateScores,
+    Objective,
     PromptId,
     PromptRecord,
     Signal,
@@ -36,20 +38,12 @@ from namm.models import ModelConfig, check_model_config, load_model, max_context
 from namm.network.config import NAMMConfig
 from namm.network.normalisation import check_statistics
 from namm.network.parameters import keep_all_centre, param_count
+from namm.plain_generation import padding_token_id
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
-from namm.row_batches import RowBatches
+from namm.population_batches import PopulationBatches
 from namm.typed_config import typed_config
-from tasks.answer_likelihood import (
-    likelihood_score,
-    log_likelihood,
-    mean_logprob,
-    teacher_forced_generator_record,
-)
-from tasks.config import TaskConfig, task_config
-from tasks.distillation import check_distill_target, distil, distillation_prompts
 from tasks.generators import engine_generator
-from tasks.gold_answers import check_gold_answers, gold_continuation
 from tasks.preparation import check_prompt_lengths, prepare_tasks
 from tasks.provenance import training_provenance
 from tasks.references import (
@@ -61,8 +55,17 @@ from tasks.references import (
     full_cache_scores,
 )
 from tasks.runner import PreparedTask
-from tasks.scoring import score_prediction
+from tasks.task_config import TaskConfig, task_config
 from tasks.task_data import check_task_data
+from tasks.task_scores import score_prediction
+from tasks.training.answer_likelihood import (
+    likelihood_score,
+    log_likelihood,
+    mean_logprob,
+    teacher_forced_generator_record,
+)
+from tasks.training.distillation_examples import check_distill_target, distil, distillation_prompts
+from tasks.training.gold_answers import check_gold_answers, gold_continuation
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -81,20 +84,23 @@ class FullCacheReference:
     answer_likelihood: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TaskScorerConfig:
     """What the scorer reads of a run config, typed. Training builds it from Hydra's config; a script
-    that runs without Hydra or omegaconf (scripts/device_check.py) builds it directly."""
+    that runs without Hydra or omegaconf (scripts/device_check.py) builds it directly.
+
+    The `evo` settings it reads have no defaults here: their defaults are stated once, in `EvoConfig`
+    (namm/evolution/config.py), and a script that builds this directly says what it wants."""
 
     model: ModelConfig
     task: TaskConfig
     namm: NAMMConfig = field(default_factory=NAMMConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    prompts_per_task: int = 2
-    validation_prompts: int = 2
-    seed: int = 0
-    max_batch_rows: int | None = None  # candidate rows per engine batch (None: all); halved on out-of-memory
-    signal: Signal = Signal.task_metric  # how training prompts are scored (validation: the task metric)
+    prompts_per_task: int  # evo.prompts_per_task
+    validation_prompts: int  # evo.validation_prompts
+    seed: int
+    max_batch_rows: int | None  # evo.max_batch_rows: candidate rows per engine batch (None: all); halved on OOM
+    signal: Signal  # evo.signal: how training prompts are scored (validation: the task metric)
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_task", "validation_prompts"):
@@ -107,15 +113,12 @@ class TaskScorerConfig:
         raises ConfigError."""
         from omegaconf import OmegaConf  # here: a TaskScorerConfig built directly needs no omegaconf
 
-        try:
-            namm = NAMMConfig.from_dict(OmegaConf.to_container(cfg.namm, resolve=True) if cfg.get("namm") else {})
-        except ValueError as error:
-            raise ConfigError(f"namm: {error}") from error
-        evo = OmegaConf.to_container(cfg.evo, resolve=True, enum_to_str=True)
         return cls(
             model=typed_config(ModelConfig, cfg.model, "model"),
             task=task_config(cfg.task),
-            namm=namm,
+            namm=typed_config(
+                NAMMConfig, OmegaConf.to_container(cfg.namm, resolve=True) if cfg.get("namm") else None, "namm"
+            ),
             # resolved here: engine.schedule is `${schedule}`, a key of the run config's root
             engine=typed_config(
                 EngineConfig, OmegaConf.to_container(cfg.engine, resolve=True) if cfg.get("engine") else None, "engine"
@@ -124,7 +127,27 @@ class TaskScorerConfig:
             validation_prompts=int(cfg.evo.validation_prompts),
             seed=int(cfg.seed),
             max_batch_rows=cfg.evo.max_batch_rows,
-            signal=Signal(evo.get("signal", Signal.task_metric.value)),
+            signal=Signal(_setting(cfg.evo.signal)),
+        )
+
+
+def _setting(value: Any) -> Any:
+    """A run config's choice as its plain value: an Enum in the typed config, a str in a plain one."""
+    return getattr(value, "value", value)
+
+
+def check_objective_budget(objective: Objective, budget: Budget | None) -> None:
+    """`budget` trains under a hard NAMM budget and the other objectives without one, so the recorded objective
+    says what the fitness rewarded."""
+    if objective == Objective.budget and budget is None:
+        raise ConfigError(
+            "evo.objective=budget trains under a hard per-KV-head budget: set namm.budget_ratio (e.g. 0.5) "
+            "or namm.budget_tokens"
+        )
+    if objective != Objective.budget and budget is not None:
+        raise ConfigError(
+            f"namm.budget_ratio/budget_tokens set a hard budget, so the retained ratio is fixed: use "
+            f"evo.objective=budget instead of {objective.value}, or drop the budget"
         )
 
 
@@ -159,9 +182,14 @@ class Splits:
 
 class TaskScorer:
     """A `CandidateScorer` over the configured tasks, and its `ScorerFactory` (`scorer._target_` of
-    conf/train.yaml; see namm.evolution.scoring): the candidates are NAMM parameter vectors."""
+    conf/train.yaml; see namm.evolution.scorer_protocol): the candidates are NAMM parameter vectors."""
 
-    former_targets: ClassVar[tuple[str, ...]] = ("tasks.evolution_scorer.build_scorer",)  # runs saved before 2
+    #: earlier spellings of this `_target_`: the three-function scorer node (runs saved before the scorer was one
+    #: class) and this class's path before the training scorer moved to tasks/training/
+    former_targets: ClassVar[tuple[str, ...]] = (
+        "tasks.evolution_scorer.build_scorer",
+        "tasks.evolution_scorer.TaskScorer",
+    )
 
     # -- ScorerFactory: no model is loaded ----------------------------------------------------------
     @classmethod
@@ -174,10 +202,9 @@ class TaskScorer:
         config.namm.check_update_interval(config.engine.update_interval)
         counts = check_task_data(config.task)
         check_split_sizes(counts, config.validation_prompts)
-        if getattr(cfg.evo.init, "value", cfg.evo.init) == "distill":  # an Enum in the typed config, a str otherwise
-            check_distill_target(
-                DistillTarget(getattr(cfg.evo.distill.target, "value", cfg.evo.distill.target)), config.task
-            )
+        check_objective_budget(Objective(_setting(cfg.evo.objective)), config.namm.budget)
+        if _setting(cfg.evo.init) == "distill":
+            check_distill_target(DistillTarget(_setting(cfg.evo.distill.target)), config.task)
         if config.signal == Signal.answer_likelihood:
             check_gold_answers(config.task, "evo.signal=answer_likelihood", "train on it with evo.signal=task_metric")
 
@@ -216,7 +243,7 @@ class TaskScorer:
             task.spec.name: self.likelihood_cache.load(task.settings) if self.uses_likelihood else ReferenceScores()
             for task in self.tasks
         }
-        self.row_batches = RowBatches(config.max_batch_rows)
+        self.population_batches = PopulationBatches(config.max_batch_rows)
         self.calibrated = not self.policy.namm.config.normalise
 
     # -- CandidateScorer ------------------------------------------------------------------------
@@ -363,7 +390,7 @@ class TaskScorer:
             prompts,
             tokenizer,
             settings,
-            tokenizer.pad_token_id or 0,
+            padding_token_id(tokenizer),
         )
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -393,7 +420,7 @@ class TaskScorer:
             prompts = [list(sample.prompt_ids)] * (stop - start)
             return self.engine.generate(prompts, settings, row_parameters=parameters[start:stop])
 
-        results = self.row_batches.run(parameters.shape[0], run_rows)
+        results = self.population_batches.run(parameters.shape[0], run_rows)
         run_scores = []
         for result in results:
             prediction = self.loaded.tokenizer.decode(result.token_ids, skip_special_tokens=True)

@@ -14,7 +14,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -22,6 +22,8 @@ from namm.errors import ConfigError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+    from namm.evolution.distillation import DistillConfig, DistillFit
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,15 @@ class Signal(Enum):
 
     task_metric = "task_metric"  # decode greedily and score the answer with the task's metric (0/1 on retrieval)
     answer_likelihood = "answer_likelihood"  # teacher-force the gold answer: its likelihood over the full cache's
+
+
+class Objective(Enum):
+    """What a candidate's fitness rewards (`evo.objective`, namm.evolution.fitness); here beside `Signal` because a
+    scorer checks that its candidates fit it (the task scorer: `budget` needs a NAMM budget, the others none)."""
+
+    score = "score"  # mean normalised task score (the reference's objective)
+    budget = "budget"  # the same score, under the hard per-KV-head budget of `namm.budget_ratio`/`budget_tokens`
+    memory_penalty = "memory_penalty"  # mean normalised score - evo.memory_weight x retained ratio
 
 
 @dataclass
@@ -235,9 +246,38 @@ def _members(protocol: type) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for name in names if not name.startswith("_")))
 
 
-#: a scorer may also have `prompt_provenance() -> dict`: the prompts it trains and validates on, written into
-#: every checkpoint (`TrainingCheckpoint.provenance`) so an evaluation can check it holds them out; and
-#: `full_cache_accuracy(prompts) -> {task: (mean score in [0, 1], prompts)}`, logged once at the start
+# -- what a scorer may also offer: one protocol per optional method, checked with isinstance (a scorer without
+# one still trains; the trainer skips what it would have recorded, or refuses the setting that needs it)
+
+
+@runtime_checkable
+class RecordsPromptProvenance(Protocol):
+    """A scorer that names the prompts it trains and validates on."""
+
+    def prompt_provenance(self) -> dict[str, Any]:
+        """Written into every checkpoint (`TrainingCheckpoint.provenance`), so an evaluation can check that it
+        holds those prompts out."""
+        ...
+
+
+@runtime_checkable
+class ReportsFullCacheAccuracy(Protocol):
+    """A scorer that knows how well the full cache does on its prompts (logged once when training starts)."""
+
+    def full_cache_accuracy(self, prompts: list[PromptId]) -> dict[str, tuple[float, int]]:
+        """task -> (the full cache's mean score in [0, 1], prompts), from the references already computed."""
+        ...
+
+
+@runtime_checkable
+class DistilsCentre(Protocol):
+    """A scorer that can fit a starting centre before the search (`evo.init=distill`; refused without one)."""
+
+    def distilled_centre(self, settings: DistillConfig) -> DistillFit:
+        """The start fitted on training prompts to rank tokens like `settings.target`."""
+        ...
+
+
 SCORER_METHODS = _members(CandidateScorer)
 FACTORY_MEMBERS = _members(ScorerFactory)
 
@@ -353,7 +393,7 @@ def scorer_factory(cfg: DictConfig | dict[str, Any]) -> ScorerFactory:
     if missing or not callable(factory):
         raise ConfigError(
             f"scorer._target_={path!r} lacks {missing or ['__call__']}; it must name a scorer class with "
-            f"{list(FACTORY_MEMBERS)} (see namm.evolution.scoring.ScorerFactory)"
+            f"{list(FACTORY_MEMBERS)} (see namm.evolution.scorer_protocol.ScorerFactory)"
         )
     return factory
 

@@ -30,11 +30,11 @@ from namm.evolution.distillation import (
 from namm.network.namm import NAMMOutput
 from namm.policies.base import LayerView
 from namm.policies.namm_policy import NAMMPolicy
-from tasks.config import TaskConfig
-from tasks.gold_answers import check_gold_answers, gold_continuation
 from tasks.prompts import Tokenizer
 from tasks.runner import PreparedTask
-from tasks.spec import Sample, TaskSpec
+from tasks.task_config import TaskConfig
+from tasks.task_spec import Sample, TaskSpec
+from tasks.training.gold_answers import check_gold_answers, gold_continuation
 
 log = logging.getLogger(__name__)
 

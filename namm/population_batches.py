@@ -1,4 +1,5 @@
-"""Run many batch rows in micro-batches that fit the device, halving the size when memory runs out.
+"""A population's rows (one candidate each) run in micro-batches that fit the device, halving the size when
+memory runs out.
 
 A population of 32 candidates on a 32k prompt is ~137 GB of KV cache for Llama-3-8B near full retention:
 it has to be split. Rows are independent (the engine gives each row the result it would get alone), so
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 Result = TypeVar("Result")
 
 
-class RowBatches:
+class PopulationBatches:
     """Splits `rows` into consecutive micro-batches of at most `max_rows` (None: all at once).
 
     On an out-of-memory error the micro-batch size is halved and the failed batch retried; the smaller

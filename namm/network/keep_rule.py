@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from namm.budget import PROTECTED_SCORE, top_k_keep
 from namm.network.config import NAMMConfig
-from namm.selection import PROTECTED_SCORE, top_k_keep
 
 
 def newest_positions(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

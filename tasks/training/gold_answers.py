@@ -8,11 +8,11 @@ same data, before the model loads.
 from __future__ import annotations
 
 from namm.errors import ConfigError
-from tasks.config import TaskConfig
 from tasks.longbench_data import load_longbench
 from tasks.prompts import Tokenizer
-from tasks.spec import Sample, TaskSpec
 from tasks.synthetic import SYNTHETIC_TASKS
+from tasks.task_config import TaskConfig
+from tasks.task_spec import Sample, TaskSpec
 
 
 def check_gold_answers(config: TaskConfig, needed_by: str, fix: str) -> None:
