@@ -57,7 +57,9 @@ def test_a_post_prefill_policy_and_adakv_without_per_head_storage_are_refused(ll
     with pytest.raises(ValueError, match="kvzip.*post-prefill only.*set schedule=post_prefill"):
         MemoryEngine(llama, policy("kvzip", budget_ratio=0.5), EngineConfig(32))
     with pytest.raises(ValueError, match="allocation=adakv.*set engine.eviction_mode=per_head"):
-        MemoryEngine(llama, policy("h2o", budget_ratio=0.5, allocation="adakv"), EngineConfig(32, schedule="post_prefill"))
+        MemoryEngine(
+            llama, policy("h2o", budget_ratio=0.5, allocation="adakv"), EngineConfig(32, schedule="post_prefill")
+        )
     with pytest.raises(ValueError, match="schedule must be one of"):
         EngineConfig(schedule="during")
     MemoryEngine(llama, policy("h2o", budget_ratio=0.5, allocation="adakv"), EngineConfig(32, "per_head"))
