@@ -115,6 +115,24 @@ def task_table(task: str, points: list[GridPoint], full: dict[tuple[str, str], G
     return "\n".join(lines)
 
 
+MARKERS = "osv^DPX*hd"
+
+
+def policy_styles(policies: list[str]) -> dict[str, dict[str, str]]:
+    """One colour and marker per policy, the same in every panel (a panel without kvzip must not shift the
+    others' colours), and lines that overlap (several policies at 0) stay told apart by their markers."""
+    names = sorted(set(policies))
+    palette = [f"C{index % 10}" for index in range(len(names))]
+    return {
+        name: {
+            "color": palette[index],
+            "marker": MARKERS[index % len(MARKERS)],
+            "linestyle": "--" if "+" in name else "-",
+        }
+        for index, name in enumerate(names)
+    }
+
+
 def plot_front(task: str, points: list[GridPoint], full: dict[tuple[str, str], GridPoint], path: Path) -> None:
     """Score against measured retained ratio, one panel per schedule, one line per baseline."""
     import matplotlib
@@ -124,19 +142,20 @@ def plot_front(task: str, points: list[GridPoint], full: dict[tuple[str, str], G
 
     mine = [p for p in points if p.task == task]
     schedules = [s for s in SCHEDULES if any(p.schedule == s for p in mine)]
+    styles = policy_styles([p.policy for p in mine])
     figure, axes = plt.subplots(1, len(schedules), figsize=(6 * len(schedules), 4.5), squeeze=False)
     for axis, schedule in zip(axes[0], schedules):
-        for policy in sorted({p.policy for p in mine}):
+        for policy, style in styles.items():
             line = sorted((p for p in mine if p.policy == policy and p.schedule == schedule), key=lambda p: p.ratio)
             if line:
-                style = "--" if "+" in policy else "-"
-                axis.plot([p.retained for p in line], [p.score for p in line], style, marker="o", label=policy)
+                axis.plot([p.retained for p in line], [p.score for p in line], label=policy, **style)
         if (task, schedule) in full:
             axis.axhline(full[(task, schedule)].score, color="black", linewidth=1, label="full cache")
         axis.set(title=f"{task}, schedule={schedule}", xlabel="retained ratio (prompt end)", ylabel="score")
         axis.set_ylim(-3, 103)
         axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    for axis in axes[0]:
+        axis.legend(fontsize=7, loc="upper left")
     figure.tight_layout()
     atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
     plt.close(figure)

@@ -76,3 +76,14 @@ def test_no_finished_run_is_an_error_that_names_the_script(tmp_path: Path) -> No
     )
     assert run.returncode != 0
     assert "scripts/baselines_experiment.sh" in run.stderr
+
+
+def test_a_policy_keeps_its_colour_in_every_panel() -> None:
+    # the post-prefill panel has kvzip and the prefill one does not: colours come from the union, so the
+    # prefill panel's snapkv is drawn in the same colour as the post-prefill panel's
+    from scripts.baselines_table import policy_styles
+
+    prefill = policy_styles(["random", "snapkv", "tova", "kvzip", "h2o+adakv"])
+    assert prefill["snapkv"] == policy_styles(["snapkv", "kvzip", "random", "tova", "h2o+adakv"])["snapkv"]
+    assert len({(s["color"], s["marker"]) for s in prefill.values()}) == len(prefill)
+    assert prefill["h2o+adakv"]["linestyle"] == "--" and prefill["tova"]["linestyle"] == "-"

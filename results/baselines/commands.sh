@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The order the baselines grid ran in (session of 2026-12-07, from a worktree pinned at one commit so every
+# prompt is scored by the same code; output in results/baselines/run.log). Most informative slice first:
+# varied prose at 0.25 in both schedules (where key novelty is known to fall), then 0.5, then AdaKV.
+# Each line resumes the samples the lines before it scored (the sample stores are keyed by the settings).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RATIOS="0.25" ALLOCATIONS=none bash scripts/baselines_experiment.sh niah_prose
+RATIOS="0.25 0.5" ALLOCATIONS=none bash scripts/baselines_experiment.sh niah_prose
+RATIOS="0.25 0.5" ALLOCATIONS=adakv bash scripts/baselines_experiment.sh niah_prose
+RATIOS="0.1 0.25 0.5 0.75" ALLOCATIONS=none bash scripts/baselines_experiment.sh niah_prose
+RATIOS="0.25 0.5" ALLOCATIONS=none bash scripts/baselines_experiment.sh niah_single passkey
