@@ -92,17 +92,18 @@ def test_the_cpu_memory_experiment_is_what_the_readme_says():
     assert cfg.engine["update_at_prefill_end"] is True and cfg.model["name"] == "smollm2-135m"
 
 
-def test_the_efficacy_experiment_trains_on_a_graded_signal_with_a_population_that_can_move():
+def test_the_efficacy_experiment_learns_a_ranking_at_the_baselines_budget_and_layout():
     cfg = validate_train_config(compose_train(["experiment=efficacy"])[0])
-    assert cfg.name == "efficacy" and cfg.task["tasks"] == ["niah_single", "niah_prose"]
-    assert (cfg.evo.signal.value, cfg.evo.objective.value, cfg.evo.memory_weight) == (
+    assert cfg.name == "efficacy" and cfg.task["tasks"] == ["niah_prose"]
+    assert (cfg.evo.signal.value, cfg.evo.objective.value, cfg.evo.init.value) == (
         "answer_likelihood",
-        "memory_penalty",
-        0.5,
+        "budget",
+        "distill",
     )
-    assert cfg.evo.memory_weight_curriculum == [[1, 0.1], [6, 0.25], [12, 0.5]]
-    assert (cfg.evo.popsize, cfg.evo.prompts_per_task, cfg.evo.validation_prompts) == (16, 4, 8)
-    assert cfg.engine["update_at_prefill_end"] is True and cfg.model["name"] == "smollm2-135m"
+    assert cfg.evo.distill.target.value == "oracle" and cfg.evo.sigma_relative == 0.1
+    assert (cfg.namm["budget_ratio"], cfg.namm["key_novelty"], cfg.namm["protect_first"]) == (0.5, True, 4)
+    assert (cfg.evo.popsize, cfg.evo.prompts_per_task, cfg.evo.validation_prompts) == (16, 8, 8)
+    assert cfg.engine["eviction_mode"] == "per_head" and cfg.engine["update_at_prefill_end"] is False
 
 
 @pytest.mark.parametrize("experiment", ["stage1", "stage2", "stage3"])

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Issue 21's headline evaluation as it ran: the efficacy NAMM after 3 generations (checkpoint.pt, the search's
+# centre: results/efficacy/train.sh) on 30 held-out niah_prose
+# prompts (task.seed=4243: never drawn in training, which uses seed 42), in the schedule it was trained for
+# (prefill: evict every 512 tokens, per-KV-head storage, the baselines grid's layout), against the full cache and
+# the baselines that are strongest there (results/baselines/table.md), each matched to the NAMM's retained ratio;
+# eviction maps of the first 2 prompts. Rerunning resumes from the sample stores.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python evaluate.py checkpoint=results/efficacy/checkpoint.pt checkpoint_params=center task=niah_prose task.context_length=2048 task.seed=4243 \
+  task.num_samples="${SAMPLES:-30}" schedule=prefill engine.eviction_mode=per_head engine.update_at_prefill_end=false \
+  "compare=[full,namm,keydiff,tova,streaming,h2o]" match_budget=true batch_size=4 eviction_maps=2 \
+  progress=false name=efficacy-niah_prose out_dir="$PWD/results/efficacy/niah_prose-prefill" "$@"
+# The distilled start (the checkpoint's best_params: generation 3's validation only tied it), same prompts:
+# did three generations change anything?
+python evaluate.py checkpoint=results/efficacy/checkpoint.pt checkpoint_params=best task=niah_prose task.context_length=2048 task.seed=4243 \
+  task.num_samples="${SAMPLES:-30}" schedule=prefill engine.eviction_mode=per_head engine.update_at_prefill_end=false \
+  "compare=[full,namm]" batch_size=4 progress=false name=efficacy-start-niah_prose \
+  out_dir="$PWD/results/efficacy/niah_prose-prefill-start" "$@"
