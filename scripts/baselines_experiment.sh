@@ -9,8 +9,8 @@
 # Usage: bash scripts/baselines_experiment.sh [task ...]   (default: niah_prose niah_single passkey; every run
 # resumes). SAMPLES=30 prompts per task; RATIOS="0.1 0.25 0.5 0.75"; SCHEDULES="prefill post_prefill";
 # ALLOCATIONS="none adakv"; EXTRA="key=value ..." adds evaluate.py overrides.
-# Cost: 140 policy runs x SAMPLES prompts per task; at ~5.5 s per prompt and policy at 2k on 2 quiet cores
-# (kvzip about twice: a second prefill), ~6-7 hours per 2k task on 2 cores (docs/policies.md).
+# Cost: 140 policy runs x SAMPLES prompts per task; measured ~13 s per prompt and policy at 2k on one thread
+# (kvzip three to four times that), about 15 hours per 2k task (docs/policies.md#the-baselines-experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SAMPLES="${SAMPLES:-30}"

@@ -115,22 +115,24 @@ def task_table(task: str, points: list[GridPoint], full: dict[tuple[str, str], G
     return "\n".join(lines)
 
 
-MARKERS = "osv^DPX*hd"
+MARKERS = "osv^DPX*hd<"  # 11 markers beside 10 colours: (colour, marker) pairs repeat only after 110 policies
 
 
 def policy_styles(policies: list[str]) -> dict[str, dict[str, str]]:
-    """One colour and marker per policy, the same in every panel (a panel without kvzip must not shift the
-    others' colours), and lines that overlap (several policies at 0) stay told apart by their markers."""
-    names = sorted(set(policies))
-    palette = [f"C{index % 10}" for index in range(len(names))]
-    return {
-        name: {
-            "color": palette[index],
-            "marker": MARKERS[index % len(MARKERS)],
+    """One style per policy, the same in every panel (a panel without kvzip must not shift the others'
+    colours): a colour and marker per base policy, told apart where lines overlap (several at 0), and a dashed
+    line for its budget-allocated variant (`h2o+adakv`), so a policy and its allocation share a colour."""
+    bases = sorted({name.split("+")[0] for name in policies})
+    index = {base: position for position, base in enumerate(bases)}
+    styles = {}
+    for name in sorted(set(policies)):
+        position = index[name.split("+")[0]]
+        styles[name] = {
+            "color": f"C{position % 10}",
+            "marker": MARKERS[position % len(MARKERS)],
             "linestyle": "--" if "+" in name else "-",
         }
-        for index, name in enumerate(names)
-    }
+    return styles
 
 
 def plot_front(task: str, points: list[GridPoint], full: dict[tuple[str, str], GridPoint], path: Path) -> None:

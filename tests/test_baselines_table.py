@@ -78,12 +78,15 @@ def test_no_finished_run_is_an_error_that_names_the_script(tmp_path: Path) -> No
     assert "scripts/baselines_experiment.sh" in run.stderr
 
 
-def test_a_policy_keeps_its_colour_in_every_panel() -> None:
-    # the post-prefill panel has kvzip and the prefill one does not: colours come from the union, so the
-    # prefill panel's snapkv is drawn in the same colour as the post-prefill panel's
+def test_every_policy_of_the_grid_has_its_own_style_and_shares_its_colour_with_its_allocation() -> None:
+    # the grid's 9 baselines with and without adakv: 18 lines, none drawn like another, and h2o+adakv is h2o's
+    # colour dashed; a style depends on the policy alone, so two panels drawing one policy draw it alike
     from scripts.baselines_table import policy_styles
 
-    prefill = policy_styles(["random", "snapkv", "tova", "kvzip", "h2o+adakv"])
-    assert prefill["snapkv"] == policy_styles(["snapkv", "kvzip", "random", "tova", "h2o+adakv"])["snapkv"]
-    assert len({(s["color"], s["marker"]) for s in prefill.values()}) == len(prefill)
-    assert prefill["h2o+adakv"]["linestyle"] == "--" and prefill["tova"]["linestyle"] == "-"
+    baselines = ["streaming", "h2o", "snapkv", "knorm", "random", "tova", "expected_attention", "keydiff", "kvzip"]
+    styles = policy_styles(baselines + [f"{name}+adakv" for name in baselines])
+    drawn = {(style["color"], style["marker"], style["linestyle"]) for style in styles.values()}
+    assert len(drawn) == 18
+    assert len({(styles[name]["color"], styles[name]["marker"]) for name in baselines}) == 9
+    assert styles["h2o+adakv"]["color"] == styles["h2o"]["color"]
+    assert (styles["h2o+adakv"]["linestyle"], styles["h2o"]["linestyle"]) == ("--", "-")

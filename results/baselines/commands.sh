@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The order the baselines grid ran in (session of 2026-12-07, from a worktree pinned at one commit so every
+# The order the baselines grid runs in (session of 2026-12-07; run.log: lines 1-2 finished, line 3 was stopped
+# when the session ended, lines 4-5 have not run; from a worktree pinned at one commit so every
 # prompt is scored by the same code; output in results/baselines/run.log). Most informative slice first:
 # varied prose at 0.25 in both schedules (where key novelty is known to fall), then 0.5, then AdaKV.
 # Each line resumes the samples the lines before it scored (the sample stores are keyed by the settings).

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 21's headline evaluation as it ran: the efficacy NAMM after 3 generations (checkpoint.pt, the search's
+# Issue 21's headline evaluation as it ran (two commands: evaluate.log is the first's output, timed;
+# evaluate-start.log the second's): the efficacy NAMM after 3 generations (checkpoint.pt, the search's
 # centre: results/efficacy/train.sh) on 30 held-out niah_prose
 # prompts (task.seed=4243: never drawn in training, which uses seed 42), in the schedule it was trained for
 # (prefill: evict every 512 tokens, per-KV-head storage, the baselines grid's layout), against the full cache and
