@@ -8,19 +8,20 @@
 # retained ratio; eviction maps of the first 2 prompts. Rerunning resumes from the sample stores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-python evaluate.py checkpoint=results/efficacy/checkpoint.pt checkpoint_params=center task=niah_prose task.context_length=2048 task.seed=4243 \
-  task.num_samples="${SAMPLES:-30}" schedule=prefill engine.eviction_mode=per_head engine.update_at_prefill_end=false \
-  "compare=[full,namm,keydiff,tova,streaming,h2o]" match_budget=true batch_size=4 eviction_maps=2 \
-  progress=false name=efficacy-niah_prose out_dir="$PWD/results/efficacy/niah_prose-prefill" "$@"
+# Every command scores the checkpoint on the same held-out prompts in the grid's layout; they differ in which
+# parameters (centre or best), which schedule, which policies beside it and where the results go.
+namm_on_held_out_prose() {
+  python evaluate.py checkpoint=results/efficacy/checkpoint.pt task=niah_prose task.context_length=2048 \
+    task.seed=4243 task.num_samples="${SAMPLES:-30}" engine.eviction_mode=per_head engine.update_at_prefill_end=false \
+    batch_size=4 progress=false "$@"
+}
+namm_on_held_out_prose checkpoint_params=center schedule=prefill "compare=[full,namm,keydiff,tova,streaming,h2o]" \
+  match_budget=true eviction_maps=2 name=efficacy-niah_prose out_dir="$PWD/results/efficacy/niah_prose-prefill" "$@"
 # The distilled start (the checkpoint's best_params: generation 3's validation only tied it), same prompts:
 # did three generations change anything?
-python evaluate.py checkpoint=results/efficacy/checkpoint.pt checkpoint_params=best task=niah_prose task.context_length=2048 task.seed=4243 \
-  task.num_samples="${SAMPLES:-30}" schedule=prefill engine.eviction_mode=per_head engine.update_at_prefill_end=false \
-  "compare=[full,namm]" batch_size=4 progress=false name=efficacy-start-niah_prose \
+namm_on_held_out_prose checkpoint_params=best schedule=prefill "compare=[full,namm]" name=efficacy-start-niah_prose \
   out_dir="$PWD/results/efficacy/niah_prose-prefill-start" "$@"
 # The same NAMM after prefill (schedule=post_prefill: one compression once the prompt is in; peak memory is the
 # full prompt's cache), beside the two strongest post-prefill baselines of the grid, matched to its ratio.
-python evaluate.py checkpoint=results/efficacy/checkpoint.pt checkpoint_params=center task=niah_prose task.context_length=2048 task.seed=4243 \
-  task.num_samples="${SAMPLES:-30}" schedule=post_prefill engine.eviction_mode=per_head engine.update_at_prefill_end=false \
-  "compare=[full,namm,keydiff,tova]" match_budget=true batch_size=4 progress=false name=efficacy-post-niah_prose \
-  out_dir="$PWD/results/efficacy/niah_prose-post_prefill" "$@"
+namm_on_held_out_prose checkpoint_params=center schedule=post_prefill "compare=[full,namm,keydiff,tova]" \
+  match_budget=true name=efficacy-post-niah_prose out_dir="$PWD/results/efficacy/niah_prose-post_prefill" "$@"
