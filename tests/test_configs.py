@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,15 @@ def test_the_efficacy_experiment_learns_a_ranking_at_the_baselines_budget_and_la
     assert (cfg.namm["budget_ratio"], cfg.namm["key_novelty"], cfg.namm["protect_first"]) == (0.5, True, 4)
     assert (cfg.evo.popsize, cfg.evo.prompts_per_task, cfg.evo.validation_prompts) == (16, 8, 8)
     assert cfg.engine["eviction_mode"] == "per_head" and cfg.engine["update_at_prefill_end"] is False
+
+
+def test_the_keydiff_efficacy_experiment_is_the_first_with_a_keydiff_start():
+    first = validate_train_config(compose_train(["experiment=efficacy"])[0])
+    second = validate_train_config(compose_train(["experiment=efficacy_keydiff"])[0])
+    assert second.name == "efficacy-keydiff" and second.evo.distill.target.value == "keydiff"
+    assert second.evo.generations == 3 and second.namm["key_novelty"] is True
+    assert (second.task, second.engine, second.namm) == (first.task, first.engine, first.namm)
+    assert replace(second.evo, generations=first.evo.generations, distill=first.evo.distill) == first.evo
 
 
 @pytest.mark.parametrize("experiment", ["stage1", "stage2", "stage3"])

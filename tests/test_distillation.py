@@ -85,6 +85,21 @@ def test_h2o_and_recency_targets_hand_computed():
     assert collector.examples(DistillTarget.oracle, oracle)[0].target.tolist() == [[[0, 1, 2, 3]], [[6, 7, 8, 9]]]
 
 
+def test_keydiff_target_is_one_minus_the_cosine_to_the_heads_mean_key_hand_computed():
+    """Keys (1, 0), (1, 0), (0, 2) and an invalid slot: the mean unit key is (2, 1) / 3, whose direction is
+    (2, 1) / sqrt(5); the two (1, 0) keys have cosine 2 / sqrt(5) to it, the (0, 2) key 1 / sqrt(5)."""
+    view, output = view_and_output(0, [0.0] * 4, 0.0)
+    view.keys = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]).view(1, 1, 4, 2)
+    view.valid = torch.tensor([True, True, True, False]).view(1, 1, 4)
+    view.positions = torch.tensor([0, 1, 2, -1]).view(1, 1, 4)
+    collector = FeatureCollector()
+    collector(view, output)
+    (example,) = collector.examples(DistillTarget.keydiff, None)
+    root5 = math.sqrt(5.0)
+    expected = [1 - 2 / root5, 1 - 2 / root5, 1 - 1 / root5, 0.0]
+    assert example.target[0, 0].tolist() == pytest.approx(expected, abs=1e-6)
+
+
 def test_normalised_ranks_and_pair_loss_hand_computed():
     target = torch.tensor([[[3.0, 1.0, 2.0, 9.0]]])
     ranked = torch.tensor([[[True, True, True, False]]])

@@ -31,6 +31,7 @@ class DistillTarget(Enum):
     oracle = "oracle"  # attention the question's last tokens and the gold answer pay to each token (teacher-forced)
     h2o = "h2o"  # attention each token received from every query so far (Heavy-Hitter Oracle's score)
     recency = "recency"  # newer tokens first
+    keydiff = "keydiff"  # each key's novelty, 1 - cosine to its head's mean key (KeyDiff's score; no query needed)
 
 
 @dataclass

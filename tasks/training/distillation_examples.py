@@ -1,8 +1,8 @@
 """`evo.init=distill` on real prompts: the all-keep run's features and the full cache's per-token targets.
 
 Each training prompt runs once through the engine with an all-keep NAMM (the run's config and frozen
-normalisation statistics, no budget) whose observer records, at every update and layer, the scorer's input and
-the attention each cached token has received so far (the `h2o` target). The `oracle` target is measured apart,
+normalisation statistics, no budget) whose observer records, at every update and layer, the scorer's input, the
+attention each cached token has received so far (the `h2o` target) and each key's novelty (the `keydiff` target). The `oracle` target is measured apart,
 with plain transformers: the prompt goes into a cache, then its last `question_tokens` tokens and the gold
 answer are fed again (teacher-forced) with eager attention, and each prompt token's target is the attention
 those queries pay it (summed over queries, averaged over the query heads of each KV head).
@@ -27,6 +27,7 @@ from namm.evolution.distillation import (
     fit_ranking,
     readout_bias_index,
 )
+from namm.key_novelty import key_novelty
 from namm.network.namm import NAMMOutput
 from namm.policies.base import LayerView
 from namm.policies.namm_policy import NAMMPolicy
@@ -78,10 +79,12 @@ class _UpdateRecord:
     positions: torch.Tensor  # (H, S)
     valid: torch.Tensor  # (H, S)
     received: torch.Tensor  # (H, S) attention received from every query so far
+    novelty: torch.Tensor  # (H, S) KeyDiff's score of each live key among the cached ones
 
 
 class FeatureCollector:
-    """The all-keep NAMM's observer: per update and layer, the scorer's input and the attention received so far."""
+    """The all-keep NAMM's observer: per update and layer, the scorer's input, the attention received so far and
+    each key's novelty."""
 
     def __init__(self) -> None:
         self.records: list[_UpdateRecord] = []
@@ -97,8 +100,9 @@ class FeatureCollector:
             total = torch.cat([total, total.new_zeros(heads, width - total.shape[1])], dim=1)
         total.scatter_add_(1, index, view.attention_received()[0] * valid)
         self.received[view.layer_idx] = total
+        novelty = key_novelty(view.keys[:1], view.valid[:1])[0] * valid
         self.records.append(
-            _UpdateRecord(view.layer_idx, output.features[0], positions, valid, total.gather(1, index) * valid)
+            _UpdateRecord(view.layer_idx, output.features[0], positions, valid, total.gather(1, index) * valid, novelty)
         )
 
     def examples(self, target: DistillTarget, oracle: torch.Tensor | None) -> list[RankingExample]:
@@ -117,6 +121,8 @@ class FeatureCollector:
                 values = torch.stack([r.received for r in records]).cpu()
             elif target == DistillTarget.recency:
                 values = positions.float()
+            elif target == DistillTarget.keydiff:
+                values = torch.stack([r.novelty for r in records]).cpu()
             else:
                 values = oracle.gather(2, positions.clamp(min=0)) * valid
             examples.append(

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Issue 21's second efficacy evaluation: `bash evaluate.sh start` then `bash evaluate.sh centre` (each one's output
+# is the log named beside it). The NAMM of results/efficacy-keydiff/train.sh on the same 30 held-out niah_prose
+# prompts as the first run and the baselines grid (task.seed=4243; training draws with seed 42), in the schedule
+# it was trained for (prefill: evict every 512 tokens, per-KV-head storage), against the full cache and the
+# strongest baselines there, each matched to the NAMM's retained ratio; eviction maps of the first 2 prompts.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+namm_on_held_out_prose() {
+  python evaluate.py task=niah_prose task.context_length=2048 task.seed=4243 task.num_samples="${SAMPLES:-30}" \
+    engine.eviction_mode=per_head engine.update_at_prefill_end=false schedule=prefill match_budget=true \
+    eviction_maps=2 batch_size=4 progress=false "$@"
+}
+# evaluate-start.log: the distilled start (start.pt: best.pt as generation 0's validation wrote it) beside
+# KeyDiff, the policy it was fitted to copy.
+start() {
+  namm_on_held_out_prose checkpoint=results/efficacy-keydiff/start.pt checkpoint_params=best \
+    "compare=[full,namm,keydiff]" name=efficacy-keydiff-start out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill-start"
+}
+# evaluate.log: the search's centre after the last generation, beside the baselines.
+centre() {
+  namm_on_held_out_prose checkpoint=results/efficacy-keydiff/checkpoint.pt checkpoint_params=center \
+    "compare=[full,namm,keydiff,tova,streaming,h2o]" name=efficacy-keydiff \
+    out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill"
+}
+for command in ${@:-start centre}; do "$command"; done
