@@ -3,10 +3,12 @@
 Fits a start to each target on some niah_single prompts, then, on held-out prompts, counts how many of the gold
 answer's (the needle value's) tokens each ranking keeps at the last update of the prompt when every layer and KV
 head keeps its top 75%, 50% or 25% of the cached tokens: the fitted NAMMs against the targets themselves (the
-oracle, H2O's accumulated attention, recency). All-keep history: each update is judged on the features of a run
-that evicted nothing, as the fit sees them.
+oracle, H2O's accumulated attention, KeyDiff's key novelty, recency). All-keep history: each update is judged on
+the features of a run that evicted nothing, as the fit sees them.
 
     python scripts/distill_check.py --context-length 1024 --fit-prompts 4 --heldout 8
+    python scripts/distill_check.py --task niah_prose --context-length 2048 --targets keydiff,oracle \
+        --stats results/efficacy-keydiff/start.pt --namm key_novelty=true,protect_first=4,feature_bound=3
 """
 
 from __future__ import annotations
@@ -58,10 +60,12 @@ def main() -> None:
     parser.add_argument("--update-interval", type=int, default=512)
     parser.add_argument("--stats", default="results/cpu-memory/latest.pt", help="frozen statistics ('': calibrate)")
     parser.add_argument("--namm", default="", help="NAMMConfig overrides as key=value,key=value (e.g. feature_bound=5)")
+    parser.add_argument("--targets", default="oracle,h2o", help="the targets fitted, comma-separated")
     args = parser.parse_args()
 
     overrides = dict(item.split("=") for item in args.namm.split(",") if item)
-    typed = {k: (float(v) if "." in v else int(v)) if v.replace(".", "").isdigit() else v for k, v in overrides.items()}
+    typed = {k: _typed(v) for k, v in overrides.items()}
+    targets = [DistillTarget(name) for name in args.targets.split(",")]
     loaded = load_model(ModelConfig(name=args.model))
     count = args.fit_prompts + args.heldout
     config = TaskConfig(name=args.task, tasks=[args.task], context_length=args.context_length, num_samples=count)
@@ -87,7 +91,7 @@ def main() -> None:
         runs.append(run_prompt(engine, task.samples[index], task.spec, loaded.tokenizer, question, pad))
         print(f"prompt {index} collected ({time.perf_counter() - started:.0f} s)", flush=True)
     fits = {}
-    for target in (DistillTarget.oracle, DistillTarget.h2o):
+    for target in targets:
         settings = DistillConfig(target=target, steps=args.steps)
         examples = [example for run in runs[: args.fit_prompts] for example in run.examples(target)]
         fits[target] = fit_ranking(examples, policy.namm.config, settings)
@@ -100,17 +104,11 @@ def main() -> None:
     rankings: dict[str, list[list[float]]] = {}
     for index in range(args.fit_prompts, count):
         sample = task.samples[index]
-        oracle_last = runs[index].examples(DistillTarget.oracle)[-1]
-        h2o_last = runs[index].examples(DistillTarget.h2o)[-1]
-        sources = {
-            "oracle (target)": oracle_last.target,
-            "h2o (target)": h2o_last.target,
-            "recency": oracle_last.positions.float(),
-            "NAMM fitted to oracle": example_scores(
-                fits[DistillTarget.oracle].parameters, oracle_last, policy.namm.config
-            ),
-            "NAMM fitted to h2o": example_scores(fits[DistillTarget.h2o].parameters, oracle_last, policy.namm.config),
-        }
+        last = {target: runs[index].examples(target)[-1] for target in DistillTarget}
+        oracle_last = last[DistillTarget.oracle]
+        sources = {f"{target.value} (target)": example.target for target, example in last.items()}
+        for target, fit in fits.items():
+            sources[f"NAMM fitted to {target.value}"] = example_scores(fit.parameters, oracle_last, policy.namm.config)
         for name, ranking in sources.items():
             shares = [answer_kept(ranking.detach(), oracle_last, sample.answer_spans or (), r) for r in RATIOS]
             if shares[0] is not None:
@@ -125,6 +123,19 @@ def main() -> None:
     for name, rows in rankings.items():
         means = [sum(row[i] for row in rows) / len(rows) for i in range(len(RATIOS))]
         print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+
+
+def _typed(value: str) -> bool | int | float | str:
+    """A command-line NAMMConfig value: true/false, a number, else the string."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value
 
 
 if __name__ == "__main__":

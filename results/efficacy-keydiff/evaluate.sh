@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 21's second efficacy evaluation: `bash evaluate.sh start` then `bash evaluate.sh centre` (each one's output
-# is the log named beside it). The NAMM of results/efficacy-keydiff/train.sh on the same 30 held-out niah_prose
+# Issue 21's second efficacy evaluation: `bash evaluate.sh start`, `bash evaluate.sh centre`, then
+# `bash evaluate.sh quarter` (each one's output is the log named beside it). The NAMM of results/efficacy-keydiff/train.sh on the same 30 held-out niah_prose
 # prompts as the first run and the baselines grid (task.seed=4243; training draws with seed 42), in the schedule
 # it was trained for (prefill: evict every 512 tokens, per-KV-head storage), against the full cache and the
 # strongest baselines there, each matched to the NAMM's retained ratio; eviction maps of the first 2 prompts.
@@ -23,4 +23,12 @@ centre() {
     "compare=[full,namm,keydiff,tova,streaming,h2o]" name=efficacy-keydiff \
     out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill"
 }
-for command in ${@:-start centre}; do "$command"; done
+# evaluate-0.25.log: the same centre at a quarter of the memory (its checkpoint's NAMM settings, budget 0.25), the
+# ratio where every prefill-time baseline loses the needle (results/baselines), beside the three strongest there.
+quarter() {
+  namm_on_held_out_prose checkpoint=results/efficacy-keydiff/checkpoint.pt checkpoint_params=center namm=bam \
+    namm.key_novelty=true namm.protect_first=4 namm.feature_bound=3 namm.budget_ratio=0.25 \
+    "compare=[full,namm,keydiff,tova,streaming]" name=efficacy-keydiff-0.25 \
+    out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill-0.25"
+}
+for command in ${@:-start centre quarter}; do "$command"; done
