@@ -189,9 +189,18 @@ def test_oracle_on_a_task_without_gold_answers_is_refused(tmp_path):
     (tmp_path / "qasper.jsonl").write_text(json.dumps({**record, "all_classes": None, "_id": "x"}) + "\n")
     tasks = TaskConfig(name="qasper", tasks=["qasper"], data_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="evo.distill.target=oracle .* use evo.distill.target=h2o"):
-        check_distill_target(DistillTarget.oracle, tasks)
-    check_distill_target(DistillTarget.h2o, tasks)  # h2o needs no answer
-    check_distill_target(DistillTarget.oracle, TaskConfig())  # synthetic tasks always have one
+        check_distill_target(DistillTarget.oracle, tasks, NAMMConfig())
+    check_distill_target(DistillTarget.h2o, tasks, NAMMConfig())  # h2o needs no answer
+    check_distill_target(DistillTarget.keydiff, tasks, NAMMConfig(key_novelty=True))  # nor does keydiff
+    check_distill_target(DistillTarget.oracle, TaskConfig(), NAMMConfig())  # synthetic tasks always have one
+
+
+def test_keydiff_without_the_key_novelty_input_is_said(caplog):
+    with caplog.at_level("WARNING"):
+        check_distill_target(DistillTarget.keydiff, TaskConfig(), NAMMConfig(key_novelty=True))
+        assert not caplog.records
+        check_distill_target(DistillTarget.keydiff, TaskConfig(), NAMMConfig())
+    assert "namm.key_novelty=true" in caplog.text
 
 
 def test_the_optional_scorer_methods_are_declared_protocols():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 21's second efficacy evaluation: `bash evaluate.sh start`, `bash evaluate.sh centre`, then
-# `bash evaluate.sh quarter` (each one's output is the log named beside it). The NAMM of results/efficacy-keydiff/train.sh on the same 30 held-out niah_prose
+# Issue 21's second efficacy evaluation, run one at a time as `time bash evaluate.sh start`, then `centre`, then
+# `quarter` (each one's output is the log named beside it). The NAMM of results/efficacy-keydiff/train.sh on the same 30 held-out niah_prose
 # prompts as the first run and the baselines grid (task.seed=4243; training draws with seed 42), in the schedule
 # it was trained for (prefill: evict every 512 tokens, per-KV-head storage), against the full cache and the
 # strongest baselines there, each matched to the NAMM's retained ratio; eviction maps of the first 2 prompts.
@@ -11,6 +11,12 @@ namm_on_held_out_prose() {
     engine.eviction_mode=per_head engine.update_at_prefill_end=false schedule=prefill match_budget=true \
     eviction_maps=2 batch_size=4 progress=false "$@"
 }
+# The full cache's answers do not depend on the NAMM, and its sample store has the same key in every command: the
+# centre's and the quarter's runs read the start's back ("- (reused)" in their logs).
+reuse_full_cache_store() {
+  mkdir -p "$1/samples/full"
+  cp results/efficacy-keydiff/niah_prose-prefill-start/samples/full/*.jsonl "$1/samples/full/"
+}
 # evaluate-start.log: the distilled start (start.pt: best.pt as generation 0's validation wrote it) beside
 # KeyDiff, the policy it was fitted to copy.
 start() {
@@ -19,6 +25,7 @@ start() {
 }
 # evaluate.log: the search's centre after the last generation, beside the baselines.
 centre() {
+  reuse_full_cache_store results/efficacy-keydiff/niah_prose-prefill
   namm_on_held_out_prose checkpoint=results/efficacy-keydiff/checkpoint.pt checkpoint_params=center \
     "compare=[full,namm,keydiff,tova,streaming,h2o]" name=efficacy-keydiff \
     out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill"
@@ -26,6 +33,7 @@ centre() {
 # evaluate-0.25.log: the same centre at a quarter of the memory (its checkpoint's NAMM settings, budget 0.25), the
 # ratio where every prefill-time baseline loses the needle (results/baselines), beside the three strongest there.
 quarter() {
+  reuse_full_cache_store results/efficacy-keydiff/niah_prose-prefill-0.25
   namm_on_held_out_prose checkpoint=results/efficacy-keydiff/checkpoint.pt checkpoint_params=center namm=bam \
     namm.key_novelty=true namm.protect_first=4 namm.feature_bound=3 namm.budget_ratio=0.25 \
     "compare=[full,namm,keydiff,tova,streaming]" name=efficacy-keydiff-0.25 \

@@ -28,6 +28,7 @@ from namm.evolution.distillation import (
     readout_bias_index,
 )
 from namm.key_novelty import key_novelty
+from namm.network.config import NAMMConfig
 from namm.network.namm import NAMMOutput
 from namm.policies.base import LayerView
 from namm.policies.namm_policy import NAMMPolicy
@@ -40,10 +41,17 @@ from tasks.training.gold_answers import check_gold_answers, gold_continuation
 log = logging.getLogger(__name__)
 
 
-def check_distill_target(target: DistillTarget, tasks: TaskConfig) -> None:
-    """Before the model loads: `oracle` teacher-forces each prompt's gold answer, so every task must have one."""
+def check_distill_target(target: DistillTarget, tasks: TaskConfig, namm: NAMMConfig) -> None:
+    """Before the model loads: `oracle` teacher-forces each prompt's gold answer, so every task must have one;
+    `keydiff` without the key-novelty input fits a score the scorer cannot see (allowed, but said)."""
     if target == DistillTarget.oracle:
-        check_gold_answers(tasks, "evo.distill.target=oracle", "use evo.distill.target=h2o (or recency)")
+        check_gold_answers(tasks, "evo.distill.target=oracle", "use evo.distill.target=h2o (or keydiff, or recency)")
+    if target == DistillTarget.keydiff and not namm.key_novelty:
+        log.warning(
+            "evo.distill.target=keydiff fits KeyDiff's key novelty, but this NAMM does not see it "
+            "(namm.key_novelty=false), so the start can only approximate it from attention; set "
+            "namm.key_novelty=true to let the fit copy the score"
+        )
 
 
 def suffix_attention(model: PreTrainedModel, prompt: list[int], continuation: list[int], queries: int) -> torch.Tensor:
