@@ -82,7 +82,15 @@ def test_every_option_of_every_group_composes(group):
 
 
 def test_every_experiment_is_tested():
-    assert set(options("experiment")) == {"demo", "stage1", "stage2", "stage3", "cpu_memory", "efficacy", "efficacy_keydiff"}
+    assert set(options("experiment")) == {
+        "demo",
+        "stage1",
+        "stage2",
+        "stage3",
+        "cpu_memory",
+        "efficacy",
+        "efficacy_keydiff",
+    }
 
 
 def test_the_cpu_memory_experiment_is_what_the_readme_says():

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 21's second efficacy evaluation, run one at a time as `time bash evaluate.sh start`, then `centre`, then
-# `quarter` (each one's output is the log named beside it). The NAMM of results/efficacy-keydiff/train.sh on the same 30 held-out niah_prose
-# prompts as the first run and the baselines grid (task.seed=4243; training draws with seed 42), in the schedule
-# it was trained for (prefill: evict every 512 tokens, per-KV-head storage), against the full cache and the
-# strongest baselines there, each matched to the NAMM's retained ratio; eviction maps of the first 2 prompts.
+# `quarter` (each one's output is the log named beside it). The NAMM of results/efficacy-keydiff/train.sh on the
+# same 30 held-out niah_prose prompts as the first run and the baselines grid (task.seed=4243; training draws
+# with seed 42), in the schedule it was trained for (prefill: evict every 512 tokens, per-KV-head storage),
+# against the full cache and the strongest baselines there, each matched to the NAMM's retained ratio; eviction
+# maps of the first 2 prompts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 namm_on_held_out_prose() {
@@ -21,7 +22,8 @@ reuse_full_cache_store() {
 # KeyDiff, the policy it was fitted to copy.
 start() {
   namm_on_held_out_prose checkpoint=results/efficacy-keydiff/start.pt checkpoint_params=best \
-    "compare=[full,namm,keydiff]" name=efficacy-keydiff-start out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill-start"
+    "compare=[full,namm,keydiff]" name=efficacy-keydiff-start \
+    out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill-start"
 }
 # evaluate.log: the search's centre after the last generation, beside the baselines.
 centre() {

@@ -2,10 +2,11 @@
 
 Each training prompt runs once through the engine with an all-keep NAMM (the run's config and frozen
 normalisation statistics, no budget) whose observer records, at every update and layer, the scorer's input, the
-attention each cached token has received so far (the `h2o` target) and each key's novelty (the `keydiff` target). The `oracle` target is measured apart,
-with plain transformers: the prompt goes into a cache, then its last `question_tokens` tokens and the gold
-answer are fed again (teacher-forced) with eager attention, and each prompt token's target is the attention
-those queries pay it (summed over queries, averaged over the query heads of each KV head).
+attention each cached token has received so far (the `h2o` target) and each key's novelty (the `keydiff` target).
+The `oracle` target is measured apart, with plain transformers: the prompt goes into a cache, then its last
+`question_tokens` tokens and the gold answer are fed again (teacher-forced) with eager attention, and each prompt
+token's target is the attention those queries pay it (summed over queries, averaged over the query heads of each
+KV head).
 """
 
 from __future__ import annotations
