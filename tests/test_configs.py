@@ -52,9 +52,10 @@ def test_default_config_is_the_cpu_demo():
     assert (config.evo.objective.value, config.evo.memory_weight, config.evo.init.value) == (
         "memory_penalty",
         0.5,
-        "keep_all",
+        "distill",
     )
-    assert (config.namm["protect_first"], config.namm["feature_bound"]) == (4, 3)
+    assert (config.evo.distill.target.value, config.evo.distill.exact) == ("keydiff", True)
+    assert (config.namm["protect_first"], config.namm["feature_bound"], config.namm["key_novelty"]) == (4, 3, True)
     assert config.out_dir == str(Path.cwd() / "runs" / "smollm2-135m-passkey" / "seed0")
     assert config.scorer["_target_"] == "tasks.training.task_scorer.TaskScorer"
 
@@ -64,7 +65,8 @@ def test_the_demo_leaves_the_reference_namm_and_other_experiments_alone():
     parity), `~experiment` gives the schema's plain defaults, and another experiment replaces the demo."""
     plain = validated(["~experiment"])
     assert (plain.evo.signal.value, plain.evo.popsize, plain.evo.prompts_per_task) == ("task_metric", 4, 2)
-    assert (plain.namm["protect_first"], plain.namm["feature_bound"]) == (0, None)
+    assert (plain.namm["protect_first"], plain.namm["feature_bound"], plain.namm["key_novelty"]) == (0, None, False)
+    assert plain.evo.init.value == "keep_all"
     assert plain.name == "smollm2-135m-passkey"
     stage1, _ = compose_train(["experiment=stage1"])
     assert (stage1.evo.signal.value, stage1.namm.protect_first, stage1.namm.feature_bound) == ("task_metric", 0, None)

@@ -22,9 +22,11 @@ from namm.evolution.distillation import (
     PairSample,
     RankingExample,
     bias_for_retained,
+    example_scores,
     fit_ranking,
     normalised_ranks,
     pair_loss,
+    readout_bias_index,
     retained_share,
 )
 from namm.evolution.scorer_protocol import DistilsCentre, RecordsPromptProvenance, ReportsFullCacheAccuracy
@@ -171,6 +173,40 @@ def test_the_fit_is_seeded():
     )
 
 
+@pytest.mark.parametrize("scorer", ["bam", "mlp"])
+def test_the_exact_keydiff_start_scores_each_token_by_its_novelty_over_its_spread(scorer):
+    """evo.distill.exact: score = novelty / sd(novelty over the ranked tokens) + bias, with the bias at the cut that
+    keeps the requested share; every other input (random here) weighs nothing."""
+    config = NAMMConfig(key_novelty=True, scorer=scorer)
+    generator = torch.Generator().manual_seed(5)
+    examples = []
+    for _ in range(2):
+        features = torch.randn(2, 2, 40, config.feature_dim, generator=generator)
+        features[..., -1] = 2 * torch.rand(2, 2, 40, generator=generator)  # novelty is in [0, 2]
+        positions = torch.arange(40).expand(2, 2, 40).clone()
+        valid = torch.ones(2, 2, 40, dtype=torch.bool)
+        examples.append(RankingExample(features, positions, valid, features[..., -1].clone()))
+    settings = DistillConfig(target=DistillTarget.keydiff, exact=True, retained=0.5)
+    fit = fit_ranking(examples, config, settings)
+    ranked_novelty = torch.cat([e.features[..., -1][:, :, :39].flatten() for e in examples])  # newest is not ranked
+    scale = 1.0 / ranked_novelty.std()
+    cut = ranked_novelty.sort().values[math.floor(0.5 * len(ranked_novelty))]
+    assert float(fit.parameters[readout_bias_index(config)]) == pytest.approx(config.threshold - float(cut * scale))
+    for example in examples:
+        expected = example.features[..., -1] * scale + config.threshold - cut * scale
+        torch.testing.assert_close(example_scores(fit.parameters, example, config), expected, atol=1e-5, rtol=1e-5)
+    assert fit.loss_after < fit.loss_before == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(fit.retained_ratio - 0.5) < 0.03
+
+
+def test_exact_needs_the_keydiff_target_and_the_key_novelty_input():
+    with pytest.raises(ConfigError, match="evo.distill.exact=true .* needs evo.distill.target=keydiff"):
+        DistillConfig(target=DistillTarget.h2o, exact=True)
+    with pytest.raises(ConfigError, match="set namm.key_novelty=true"):
+        check_distill_target(DistillTarget.keydiff, TaskConfig(), NAMMConfig(), exact=True)
+    check_distill_target(DistillTarget.keydiff, TaskConfig(), NAMMConfig(key_novelty=True), exact=True)
+
+
 # -- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("retained", [0.0, 1.5, float("nan")])
 def test_a_retained_share_outside_zero_one_fails_before_the_scorer_is_built(tmp_path, retained):
@@ -217,13 +253,21 @@ def test_a_scorer_that_cannot_distil_is_named(tmp_path):
 
 
 # -- end to end on a tiny model -------------------------------------------------------------------
-def test_a_distilled_start_is_validated_at_generation_0(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "start",
+    [
+        ["evo.distill.target=h2o", "evo.distill.steps=30"],
+        ["evo.distill.target=keydiff", "evo.distill.exact=true", "namm.key_novelty=true"],  # closed form, no fit
+    ],
+    ids=["h2o-fitted", "keydiff-exact"],
+)
+def test_a_distilled_start_is_validated_at_generation_0(tmp_path, monkeypatch, start):
     monkeypatch.setenv("NAMM_REFERENCE_CACHE", str(tmp_path / "references"))
     overrides = [
         "~experiment", "model=tiny-llama", "task.context_length=300", "task.num_samples=4", "evo.popsize=2", "evo.generations=1",
         "evo.prompts_per_task=1", "evo.validation_prompts=1", "engine.update_interval=64", "logger.mode=disabled",
-        "name=tiny", f"out_dir={tmp_path / 'run'}", "evo.init=distill", "evo.distill.target=h2o",
-        "evo.distill.steps=30", "evo.distill.prompts_per_task=1", "evo.distill.retained=0.5",
+        "name=tiny", f"out_dir={tmp_path / 'run'}", "evo.init=distill", "evo.distill.prompts_per_task=1",
+        "evo.distill.retained=0.5", *start,
     ]  # fmt: skip
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base=None):

@@ -46,6 +46,7 @@ class DistillConfig:
     pairs_per_head: int = 256  # token pairs sampled per layer and KV head at each step
     question_tokens: int = 64  # oracle: the prompt's last tokens counted as the question (besides the answer)
     seed: int = 0
+    exact: bool = False  # target keydiff with namm.key_novelty: the score is the novelty input itself, no fit
 
     def __post_init__(self) -> None:
         problems = []
@@ -57,6 +58,11 @@ class DistillConfig:
         for name in ("prompts_per_task", "steps", "pairs_per_head", "question_tokens"):
             if getattr(self, name) < 1:
                 problems.append(f"evo.distill.{name} must be >= 1, got {getattr(self, name)}")
+        if self.exact and self.target != DistillTarget.keydiff:
+            problems.append(
+                f"evo.distill.exact=true writes KeyDiff's score in closed form, so it needs evo.distill.target=keydiff "
+                f"(got {self.target.value}); drop evo.distill.exact for a fitted start"
+            )
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             problems.append(f"evo.distill.learning_rate must be a finite number > 0, got {self.learning_rate}")
         if problems:
@@ -176,11 +182,30 @@ def retained_share(parameters: torch.Tensor, examples: list[RankingExample], con
     return kept / total
 
 
+def key_novelty_parameters(examples: list[RankingExample], config: NAMMConfig) -> torch.Tensor:
+    """The vector whose score is the key-novelty input alone (the last feature), divided by its standard deviation
+    over the examples' ranked tokens, every other weight zero: KeyDiff's ranking exactly, in closed form. Unit
+    spread puts it on the scale of the bounded z-scores beside it, so the search's draws mix those in around it."""
+    if not config.key_novelty:
+        raise ValueError("the closed-form KeyDiff start needs the key-novelty input (namm.key_novelty=true)")
+    novelty = torch.cat([e.features[..., -1][e.ranked_tokens] for e in examples])
+    scale = 1.0 / float(novelty.std()) if novelty.numel() > 1 and float(novelty.std()) > 0 else 1.0
+    layout = parameter_layout(config)
+    weights = layout.unflatten(torch.zeros(layout.size))
+    if config.scorer == "bam":  # out_weight zero: residual = x, score = readout . x + bias
+        weights["readout_weight"][0, -1, 0] = scale
+    else:  # relu(novelty x scale) is itself: novelty is never negative
+        weights["hidden_weight"][0, -1, 0] = scale
+        weights["readout_weight"][0, 0, 0] = 1.0
+    return layout.flatten(weights)[0]
+
+
 def fit_ranking(
     examples: list[RankingExample], config: NAMMConfig, settings: DistillConfig, start: torch.Tensor | None = None
 ) -> DistillFit:
     """Fit a parameter vector (from `start`, default zeros: the all-keep shape) to rank every example's tokens
-    like its target, then set the read-out bias for `settings.retained`. Deterministic for a seed."""
+    like its target (or, with `settings.exact`, write KeyDiff's score in closed form), then set the read-out bias
+    for `settings.retained`. Deterministic for a seed."""
     if not examples:
         raise ValueError("distillation needs at least one collected update to fit")
     config = replace(config, budget_ratio=None, budget_tokens=None)  # the threshold rule sets the retained share
@@ -188,18 +213,21 @@ def fit_ranking(
     evaluation = [sample_pairs(e, settings.pairs_per_head, generator) for e in examples]
     theta = (torch.zeros(parameter_layout(config).size) if start is None else start.detach().clone()).float()
     loss_before = ranking_loss(theta, examples, evaluation, config)
-    theta.requires_grad_(True)
-    optimiser = torch.optim.Adam([theta], lr=settings.learning_rate)
-    with torch.inference_mode(False), torch.enable_grad():
-        for step in range(settings.steps):
-            example = examples[step % len(examples)]
-            loss = pair_loss(
-                example_scores(theta, example, config), sample_pairs(example, settings.pairs_per_head, generator)
-            )
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    fitted = theta.detach()
+    if settings.exact:
+        fitted = key_novelty_parameters(examples, config)
+    else:
+        theta.requires_grad_(True)
+        optimiser = torch.optim.Adam([theta], lr=settings.learning_rate)
+        with torch.inference_mode(False), torch.enable_grad():
+            for step in range(settings.steps):
+                example = examples[step % len(examples)]
+                loss = pair_loss(
+                    example_scores(theta, example, config), sample_pairs(example, settings.pairs_per_head, generator)
+                )
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+        fitted = theta.detach()
     loss_after = ranking_loss(fitted, examples, evaluation, config)
     fitted = bias_for_retained(fitted, examples, config, settings.retained)
     return DistillFit(fitted, loss_before, loss_after, retained_share(fitted, examples, config))

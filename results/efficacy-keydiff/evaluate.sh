@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Issue 21's second efficacy evaluation, run one at a time as `time bash evaluate.sh start`, then `centre`, then
-# `quarter` (each one's output is the log named beside it). The NAMM of results/efficacy-keydiff/train.sh on the
-# same 30 held-out niah_prose prompts as the first run and the baselines grid (task.seed=4243; training draws
-# with seed 42), in the schedule it was trained for (prefill: evict every 512 tokens, per-KV-head storage),
-# against the full cache and the strongest baselines there, each matched to the NAMM's retained ratio; eviction
-# maps of the first 2 prompts.
+# Issue 21's second efficacy evaluation, run one at a time as `time bash evaluate.sh start`, then `centre`,
+# `quarter`, `post_prefill`, `multivalue` and `double_length` (each one's output is the log named beside it). The
+# NAMM of results/efficacy-keydiff/train.sh on 30 held-out prompts (task.seed=4243; training draws with seed 42;
+# niah_prose's are the first run's and the baselines grid's) in the grid's layout (per-KV-head storage, evict every
+# 512 tokens), against the full cache and the strongest baselines, each matched to the NAMM's retained ratio;
+# eviction maps of the first 2 prompts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-namm_on_held_out_prose() {
-  python evaluate.py task=niah_prose task.context_length=2048 task.seed=4243 task.num_samples="${SAMPLES:-30}" \
-    engine.eviction_mode=per_head engine.update_at_prefill_end=false schedule=prefill match_budget=true \
+# namm_held_out TASK LENGTH SCHEDULE [override ...]
+namm_held_out() {
+  local task="$1" length="$2" schedule="$3"
+  shift 3
+  python evaluate.py task="$task" task.context_length="$length" task.seed=4243 task.num_samples="${SAMPLES:-30}" \
+    engine.eviction_mode=per_head engine.update_at_prefill_end=false schedule="$schedule" match_budget=true \
     eviction_maps=2 batch_size=4 progress=false "$@"
 }
+namm_on_held_out_prose() { namm_held_out niah_prose 2048 prefill "$@"; }
 # The full cache's answers do not depend on the NAMM, and its sample store has the same key in every command: the
 # centre's and the quarter's runs read the start's back ("- (reused)" in their logs).
 reuse_full_cache_store() {
@@ -41,4 +45,25 @@ quarter() {
     "compare=[full,namm,keydiff,tova,streaming]" name=efficacy-keydiff-0.25 \
     out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill-0.25"
 }
-for command in ${@:-start centre quarter}; do "$command"; done
+# evaluate-post_prefill.log: the centre in the other schedule (one compression once the whole prompt, question
+# included, is in; peak memory is the full prompt's cache), beside the two strongest post-prefill baselines of the
+# grid (KeyDiff 83, TOVA 80 at 0.5).
+post_prefill() {
+  namm_held_out niah_prose 2048 post_prefill checkpoint=results/efficacy-keydiff/checkpoint.pt \
+    checkpoint_params=center "compare=[full,namm,keydiff,tova]" name=efficacy-keydiff-post \
+    out_dir="$PWD/results/efficacy-keydiff/niah_prose-post_prefill"
+}
+# evaluate-multivalue.log: a task it was not trained on (niah_multivalue: four values of one key, all to be
+# recalled), same length and schedule.
+multivalue() {
+  namm_held_out niah_multivalue 2048 prefill checkpoint=results/efficacy-keydiff/checkpoint.pt \
+    checkpoint_params=center "compare=[full,namm,keydiff,tova,streaming]" name=efficacy-keydiff-multivalue \
+    out_dir="$PWD/results/efficacy-keydiff/niah_multivalue-prefill"
+}
+# evaluate-4k.log: twice the training length (niah_prose at ~4k tokens), same schedule and budget.
+double_length() {
+  namm_held_out niah_prose 4096 prefill checkpoint=results/efficacy-keydiff/checkpoint.pt \
+    checkpoint_params=center "compare=[full,namm,keydiff,tova,streaming]" name=efficacy-keydiff-4k \
+    out_dir="$PWD/results/efficacy-keydiff/niah_prose-4k-prefill"
+}
+for command in ${@:-start centre quarter post_prefill multivalue double_length}; do "$command"; done

@@ -20,6 +20,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
+from namm.errors import ConfigError
 from namm.evolution.distillation import (
     DistillConfig,
     DistillFit,
@@ -42,12 +43,18 @@ from tasks.training.gold_answers import check_gold_answers, gold_continuation
 log = logging.getLogger(__name__)
 
 
-def check_distill_target(target: DistillTarget, tasks: TaskConfig, namm: NAMMConfig) -> None:
+def check_distill_target(target: DistillTarget, tasks: TaskConfig, namm: NAMMConfig, exact: bool = False) -> None:
     """Before the model loads: `oracle` teacher-forces each prompt's gold answer, so every task must have one;
-    `keydiff` without the key-novelty input fits a score the scorer cannot see (allowed, but said)."""
+    `keydiff` without the key-novelty input fits a score the scorer cannot see (allowed, but said), and cannot
+    be written in closed form (`exact`, refused)."""
     if target == DistillTarget.oracle:
         check_gold_answers(tasks, "evo.distill.target=oracle", "use evo.distill.target=h2o (or keydiff, or recency)")
     if target == DistillTarget.keydiff and not namm.key_novelty:
+        if exact:
+            raise ConfigError(
+                "evo.distill.exact=true makes the start's score the NAMM's key-novelty input, which this NAMM does "
+                "not have: set namm.key_novelty=true (or drop evo.distill.exact to fit an approximation)"
+            )
         log.warning(
             "evo.distill.target=keydiff fits KeyDiff's key novelty, but this NAMM does not see it "
             "(namm.key_novelty=false), so the start can only approximate it from attention; set "
