@@ -54,7 +54,7 @@ def test_default_config_is_the_cpu_demo():
         0.5,
         "distill",
     )
-    assert (config.evo.distill.target.value, config.evo.distill.exact) == ("keydiff", True)
+    assert config.evo.distill.target.value == "keydiff_exact"
     assert (config.namm["protect_first"], config.namm["feature_bound"], config.namm["key_novelty"]) == (4, 3, True)
     assert config.out_dir == str(Path.cwd() / "runs" / "smollm2-135m-passkey" / "seed0")
     assert config.scorer["_target_"] == "tasks.training.task_scorer.TaskScorer"

@@ -175,7 +175,7 @@ def test_the_fit_is_seeded():
 
 @pytest.mark.parametrize("scorer", ["bam", "mlp"])
 def test_the_exact_keydiff_start_scores_each_token_by_its_novelty_over_its_spread(scorer):
-    """evo.distill.exact: score = novelty / sd(novelty over the ranked tokens) + bias, with the bias at the cut that
+    """evo.distill.target=keydiff_exact: score = novelty / sd(novelty over the ranked tokens) + bias, with the bias at the cut that
     keeps the requested share; every other input (random here) weighs nothing."""
     config = NAMMConfig(key_novelty=True, scorer=scorer)
     generator = torch.Generator().manual_seed(5)
@@ -186,7 +186,7 @@ def test_the_exact_keydiff_start_scores_each_token_by_its_novelty_over_its_sprea
         positions = torch.arange(40).expand(2, 2, 40).clone()
         valid = torch.ones(2, 2, 40, dtype=torch.bool)
         examples.append(RankingExample(features, positions, valid, features[..., -1].clone()))
-    settings = DistillConfig(target=DistillTarget.keydiff, exact=True, retained=0.5)
+    settings = DistillConfig(target=DistillTarget.keydiff_exact, retained=0.5)
     fit = fit_ranking(examples, config, settings)
     ranked_novelty = torch.cat([e.features[..., -1][:, :, :39].flatten() for e in examples])  # newest is not ranked
     scale = 1.0 / ranked_novelty.std()
@@ -199,12 +199,16 @@ def test_the_exact_keydiff_start_scores_each_token_by_its_novelty_over_its_sprea
     assert abs(fit.retained_ratio - 0.5) < 0.03
 
 
-def test_exact_needs_the_keydiff_target_and_the_key_novelty_input():
-    with pytest.raises(ConfigError, match="evo.distill.exact=true .* needs evo.distill.target=keydiff"):
-        DistillConfig(target=DistillTarget.h2o, exact=True)
-    with pytest.raises(ConfigError, match="set namm.key_novelty=true"):
-        check_distill_target(DistillTarget.keydiff, TaskConfig(), NAMMConfig(), exact=True)
-    check_distill_target(DistillTarget.keydiff, TaskConfig(), NAMMConfig(key_novelty=True), exact=True)
+def test_keydiff_exact_needs_the_key_novelty_input_and_says_so_before_the_model_loads(tmp_path):
+    with pytest.raises(ConfigError, match="target=keydiff_exact .* set namm.key_novelty=true"):
+        check_distill_target(DistillTarget.keydiff_exact, TaskConfig(), NAMMConfig())
+    check_distill_target(DistillTarget.keydiff_exact, TaskConfig(), NAMMConfig(key_novelty=True))
+    register_configs()
+    with initialize_config_dir(config_dir=CONF, version_base=None):  # the demo's start without its input
+        cfg = compose("train", overrides=["model=tiny-llama", "namm.key_novelty=false", f"out_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="target=keydiff_exact .* set namm.key_novelty=true"):
+        TaskScorer.check_config(cfg)
+    assert not any(tmp_path.iterdir())
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -257,7 +261,7 @@ def test_a_scorer_that_cannot_distil_is_named(tmp_path):
     "start",
     [
         ["evo.distill.target=h2o", "evo.distill.steps=30"],
-        ["evo.distill.target=keydiff", "evo.distill.exact=true", "namm.key_novelty=true"],  # closed form, no fit
+        ["evo.distill.target=keydiff_exact", "namm.key_novelty=true"],  # closed form, no fit
     ],
     ids=["h2o-fitted", "keydiff-exact"],
 )

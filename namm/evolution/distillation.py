@@ -6,7 +6,8 @@ importance target measured under the full cache, and the parameters minimise a p
 each pair weighted by how far apart the two tokens' target ranks are, so the order that decides a retained
 ratio matters more than near-ties). The loss sees only score differences, so the read-out bias is left to
 `bias_for_retained`, which sets it so that a given share of the fitting tokens scores at or above the threshold.
-Nothing here loads a model; `tasks/training/distillation_examples.py` collects the examples.
+One target needs no fit: `keydiff_exact` writes KeyDiff's score in closed form on the NAMM's key-novelty input
+(`key_novelty_parameters`). Nothing here loads a model; `tasks/training/distillation_examples.py` collects the examples.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class DistillTarget(Enum):
     h2o = "h2o"  # attention each token received from every query so far (Heavy-Hitter Oracle's score)
     recency = "recency"  # newer tokens first
     keydiff = "keydiff"  # each key's novelty, 1 - cosine to its head's mean key (KeyDiff's score; no query needed)
+    keydiff_exact = "keydiff_exact"  # the same score written in closed form on the key-novelty input: no fit
 
 
 @dataclass
@@ -46,7 +48,6 @@ class DistillConfig:
     pairs_per_head: int = 256  # token pairs sampled per layer and KV head at each step
     question_tokens: int = 64  # oracle: the prompt's last tokens counted as the question (besides the answer)
     seed: int = 0
-    exact: bool = False  # target keydiff with namm.key_novelty: the score is the novelty input itself, no fit
 
     def __post_init__(self) -> None:
         problems = []
@@ -58,11 +59,6 @@ class DistillConfig:
         for name in ("prompts_per_task", "steps", "pairs_per_head", "question_tokens"):
             if getattr(self, name) < 1:
                 problems.append(f"evo.distill.{name} must be >= 1, got {getattr(self, name)}")
-        if self.exact and self.target != DistillTarget.keydiff:
-            problems.append(
-                f"evo.distill.exact=true writes KeyDiff's score in closed form, so it needs evo.distill.target=keydiff "
-                f"(got {self.target.value}); drop evo.distill.exact for a fitted start"
-            )
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             problems.append(f"evo.distill.learning_rate must be a finite number > 0, got {self.learning_rate}")
         if problems:
@@ -183,13 +179,14 @@ def retained_share(parameters: torch.Tensor, examples: list[RankingExample], con
 
 
 def key_novelty_parameters(examples: list[RankingExample], config: NAMMConfig) -> torch.Tensor:
-    """The vector whose score is the key-novelty input alone (the last feature), divided by its standard deviation
+    """The vector whose score is the key-novelty input alone (the last feature: namm.py appends it), divided by its standard deviation
     over the examples' ranked tokens, every other weight zero: KeyDiff's ranking exactly, in closed form. Unit
     spread puts it on the scale of the bounded z-scores beside it, so the search's draws mix those in around it."""
     if not config.key_novelty:
         raise ValueError("the closed-form KeyDiff start needs the key-novelty input (namm.key_novelty=true)")
     novelty = torch.cat([e.features[..., -1][e.ranked_tokens] for e in examples])
-    scale = 1.0 / float(novelty.std()) if novelty.numel() > 1 and float(novelty.std()) > 0 else 1.0
+    spread = float(novelty.std()) if novelty.numel() > 1 else 0.0
+    scale = 1.0 / spread if spread > 0 else 1.0
     layout = parameter_layout(config)
     weights = layout.unflatten(torch.zeros(layout.size))
     if config.scorer == "bam":  # out_weight zero: residual = x, score = readout . x + bias
@@ -204,8 +201,8 @@ def fit_ranking(
     examples: list[RankingExample], config: NAMMConfig, settings: DistillConfig, start: torch.Tensor | None = None
 ) -> DistillFit:
     """Fit a parameter vector (from `start`, default zeros: the all-keep shape) to rank every example's tokens
-    like its target (or, with `settings.exact`, write KeyDiff's score in closed form), then set the read-out bias
-    for `settings.retained`. Deterministic for a seed."""
+    like its target (for `keydiff_exact`, write KeyDiff's score in closed form instead: `start` is then only where
+    the loss is first measured), then set the read-out bias for `settings.retained`. Deterministic for a seed."""
     if not examples:
         raise ValueError("distillation needs at least one collected update to fit")
     config = replace(config, budget_ratio=None, budget_tokens=None)  # the threshold rule sets the retained share
@@ -213,7 +210,7 @@ def fit_ranking(
     evaluation = [sample_pairs(e, settings.pairs_per_head, generator) for e in examples]
     theta = (torch.zeros(parameter_layout(config).size) if start is None else start.detach().clone()).float()
     loss_before = ranking_loss(theta, examples, evaluation, config)
-    if settings.exact:
+    if settings.target == DistillTarget.keydiff_exact:
         fitted = key_novelty_parameters(examples, config)
     else:
         theta.requires_grad_(True)

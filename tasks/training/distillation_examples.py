@@ -43,18 +43,18 @@ from tasks.training.gold_answers import check_gold_answers, gold_continuation
 log = logging.getLogger(__name__)
 
 
-def check_distill_target(target: DistillTarget, tasks: TaskConfig, namm: NAMMConfig, exact: bool = False) -> None:
+def check_distill_target(target: DistillTarget, tasks: TaskConfig, namm: NAMMConfig) -> None:
     """Before the model loads: `oracle` teacher-forces each prompt's gold answer, so every task must have one;
-    `keydiff` without the key-novelty input fits a score the scorer cannot see (allowed, but said), and cannot
-    be written in closed form (`exact`, refused)."""
+    without the key-novelty input, `keydiff` fits a score the scorer cannot see (allowed, but said) and
+    `keydiff_exact` has nothing to write it on (refused)."""
     if target == DistillTarget.oracle:
         check_gold_answers(tasks, "evo.distill.target=oracle", "use evo.distill.target=h2o (or keydiff, or recency)")
+    if target == DistillTarget.keydiff_exact and not namm.key_novelty:
+        raise ConfigError(
+            "evo.distill.target=keydiff_exact makes the start's score the NAMM's key-novelty input, which this NAMM "
+            "does not have: set namm.key_novelty=true (or use evo.distill.target=keydiff to fit an approximation)"
+        )
     if target == DistillTarget.keydiff and not namm.key_novelty:
-        if exact:
-            raise ConfigError(
-                "evo.distill.exact=true makes the start's score the NAMM's key-novelty input, which this NAMM does "
-                "not have: set namm.key_novelty=true (or drop evo.distill.exact to fit an approximation)"
-            )
         log.warning(
             "evo.distill.target=keydiff fits KeyDiff's key novelty, but this NAMM does not see it "
             "(namm.key_novelty=false), so the start can only approximate it from attention; set "
@@ -137,7 +137,7 @@ class FeatureCollector:
                 values = torch.stack([r.received for r in records]).cpu()
             elif target == DistillTarget.recency:
                 values = positions.float()
-            elif target == DistillTarget.keydiff:
+            elif target in (DistillTarget.keydiff, DistillTarget.keydiff_exact):
                 values = torch.stack([r.novelty for r in records]).cpu()
             else:
                 values = oracle.gather(2, positions.clamp(min=0)) * valid

@@ -204,9 +204,7 @@ class TaskScorer:
         check_split_sizes(counts, config.validation_prompts)
         check_objective_budget(Objective(_setting(cfg.evo.objective)), config.namm.budget)
         if _setting(cfg.evo.init) == "distill":
-            check_distill_target(
-                DistillTarget(_setting(cfg.evo.distill.target)), config.task, config.namm, bool(cfg.evo.distill.exact)
-            )
+            check_distill_target(DistillTarget(_setting(cfg.evo.distill.target)), config.task, config.namm)
         if config.signal == Signal.answer_likelihood:
             check_gold_answers(config.task, "evo.signal=answer_likelihood", "train on it with evo.signal=task_metric")
 
