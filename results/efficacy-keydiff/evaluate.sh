@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 21's second efficacy evaluation, run one at a time as `time bash evaluate.sh start`, then `centre`,
-# `quarter`, `post_prefill`, `multivalue` and `double_length` (each one's output is the log named beside it). The
-# NAMM of results/efficacy-keydiff/train.sh on 30 held-out prompts (task.seed=4243; training draws with seed 42;
-# niah_prose's are the first run's and the baselines grid's) in the grid's layout (per-KV-head storage, evict every
-# 512 tokens), against the full cache and the strongest baselines, each matched to the NAMM's retained ratio;
-# eviction maps of the first 2 prompts.
+# `quarter`, `post_prefill`, `multivalue`, `double_length` and `three_quarters` (each one's output is the log
+# named beside it). The NAMM of results/efficacy-keydiff/train.sh on 30 held-out prompts (task.seed=4243; training
+# draws with seed 42; niah_prose's are the first run's and the baselines grid's) in the grid's layout (per-KV-head
+# storage, evict every 512 tokens), against the full cache and the strongest baselines, each matched to the NAMM's
+# retained ratio; eviction maps of the first 2 prompts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # namm_held_out TASK LENGTH SCHEDULE [override ...]
@@ -45,6 +45,14 @@ quarter() {
     "compare=[full,namm,keydiff,tova,streaming]" name=efficacy-keydiff-0.25 \
     out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill-0.25"
 }
+# evaluate-0.75.log: the same centre at three quarters of the memory (budget 0.75), the front's third point.
+three_quarters() {
+  reuse_full_cache_store results/efficacy-keydiff/niah_prose-prefill-0.75
+  namm_on_held_out_prose checkpoint=results/efficacy-keydiff/checkpoint.pt checkpoint_params=center namm=bam \
+    namm.key_novelty=true namm.protect_first=4 namm.feature_bound=3 namm.budget_ratio=0.75 \
+    "compare=[full,namm,keydiff,tova,streaming]" name=efficacy-keydiff-0.75 \
+    out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill-0.75"
+}
 # evaluate-post_prefill.log: the centre in the other schedule (one compression once the whole prompt, question
 # included, is in; peak memory is the full prompt's cache), beside the two strongest post-prefill baselines of the
 # grid (KeyDiff 83, TOVA 80 at 0.5).
@@ -67,4 +75,4 @@ double_length() {
     checkpoint_params=center "compare=[full,namm,keydiff,tova]" name=efficacy-keydiff-4k \
     out_dir="$PWD/results/efficacy-keydiff/niah_prose-4k-prefill"
 }
-for command in ${@:-start centre quarter post_prefill multivalue double_length}; do "$command"; done
+for command in ${@:-start centre quarter three_quarters post_prefill multivalue double_length}; do "$command"; done
