@@ -36,23 +36,21 @@ centre() {
     "compare=[full,namm,keydiff,tova,streaming,h2o]" name=efficacy-keydiff \
     out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill"
 }
-# evaluate-0.25.log: the same centre at a quarter of the memory (its checkpoint's NAMM settings, budget 0.25), the
-# ratio where every prefill-time baseline loses the needle (results/baselines), beside the three strongest there.
-quarter() {
-  reuse_full_cache_store results/efficacy-keydiff/niah_prose-prefill-0.25
+# The same centre at another budget (its checkpoint's NAMM settings, namm.budget_ratio=RATIO), beside the three
+# strongest prefill-time baselines, matched to it.
+centre_at_budget() {
+  local ratio="$1"
+  reuse_full_cache_store "results/efficacy-keydiff/niah_prose-prefill-$ratio"
   namm_on_held_out_prose checkpoint=results/efficacy-keydiff/checkpoint.pt checkpoint_params=center namm=bam \
-    namm.key_novelty=true namm.protect_first=4 namm.feature_bound=3 namm.budget_ratio=0.25 \
-    "compare=[full,namm,keydiff,tova,streaming]" name=efficacy-keydiff-0.25 \
-    out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill-0.25"
+    namm.key_novelty=true namm.protect_first=4 namm.feature_bound=3 namm.budget_ratio="$ratio" \
+    "compare=[full,namm,keydiff,tova,streaming]" name="efficacy-keydiff-$ratio" \
+    out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill-$ratio"
 }
-# evaluate-0.75.log: the same centre at three quarters of the memory (budget 0.75), the front's third point.
-three_quarters() {
-  reuse_full_cache_store results/efficacy-keydiff/niah_prose-prefill-0.75
-  namm_on_held_out_prose checkpoint=results/efficacy-keydiff/checkpoint.pt checkpoint_params=center namm=bam \
-    namm.key_novelty=true namm.protect_first=4 namm.feature_bound=3 namm.budget_ratio=0.75 \
-    "compare=[full,namm,keydiff,tova,streaming]" name=efficacy-keydiff-0.75 \
-    out_dir="$PWD/results/efficacy-keydiff/niah_prose-prefill-0.75"
-}
+# evaluate-0.25.log: a quarter of the memory, the ratio where every prefill-time baseline loses the needle
+# (results/baselines).
+quarter() { centre_at_budget 0.25; }
+# evaluate-0.75.log: three quarters, the front's third point.
+three_quarters() { centre_at_budget 0.75; }
 # evaluate-post_prefill.log: the centre in the other schedule (one compression once the whole prompt, question
 # included, is in; peak memory is the full prompt's cache), beside the two strongest post-prefill baselines of the
 # grid (KeyDiff 83, TOVA 80 at 0.5).
