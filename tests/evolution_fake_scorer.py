@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from namm.errors import ConfigError
 from namm.evolution.scorer_protocol import CandidateScores, PromptRecord
+from namm.network.parameters import ParameterLayout
 
 TASKS = ("alpha", "beta")
 NUM_LAYERS = 3
@@ -40,6 +41,11 @@ class FakeScorer:
     @classmethod
     def solution_length(cls, cfg: DictConfig) -> int:
         return int(cfg.scorer.dimension)
+
+    @classmethod
+    def parameter_layout(cls, cfg: DictConfig) -> ParameterLayout:
+        """Two named blocks, for `evo.evolve`: a body and a 2-long head at the end."""
+        return ParameterLayout.from_shapes([("body", (cls.solution_length(cfg) - 2,)), ("head", (2,))])
 
     @classmethod
     def initial_centre(cls, cfg: DictConfig, init: str, margin: float) -> torch.Tensor:

@@ -55,6 +55,7 @@ def test_default_config_is_the_cpu_demo():
         "distill",
     )
     assert config.evo.distill.target.value == "keydiff_exact"
+    assert config.evo.evolve == ["readout_weight", "readout_bias"]  # 27 numbers: what 8 candidates can steer
     assert (config.namm["protect_first"], config.namm["feature_bound"], config.namm["key_novelty"]) == (4, 3, True)
     assert config.out_dir == str(Path.cwd() / "runs" / "smollm2-135m-passkey" / "seed0")
     assert config.scorer["_target_"] == "tasks.training.task_scorer.TaskScorer"
@@ -66,7 +67,7 @@ def test_the_demo_leaves_the_reference_namm_and_other_experiments_alone():
     plain = validated(["~experiment"])
     assert (plain.evo.signal.value, plain.evo.popsize, plain.evo.prompts_per_task) == ("task_metric", 4, 2)
     assert (plain.namm["protect_first"], plain.namm["feature_bound"], plain.namm["key_novelty"]) == (0, None, False)
-    assert plain.evo.init.value == "keep_all"
+    assert plain.evo.init.value == "keep_all" and plain.evo.evolve == []
     assert plain.name == "smollm2-135m-passkey"
     stage1, _ = compose_train(["experiment=stage1"])
     assert (stage1.evo.signal.value, stage1.namm.protect_first, stage1.namm.feature_bound) == ("task_metric", 0, None)

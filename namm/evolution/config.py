@@ -54,6 +54,9 @@ class EvoConfig:
     init: InitialCentre = InitialCentre.keep_all
     init_margin: float = 0.2  # keep_all: the centre's score margin above the threshold (the read-out bias)
     distill: DistillConfig = field(default_factory=DistillConfig)  # init=distill: target, retained share, fit
+    #: the NAMM weight blocks the search moves, e.g. [readout_weight, readout_bias]; the others keep the start's
+    #: values. [] (default): every parameter. A short vector is what a small population can steer.
+    evolve: list[str] = field(default_factory=list)
     popsize: int = 4
     sigma: float = 0.065  # initial step size (CMA-ES sigma; initial stdev of SNES/XNES/PGPE)
     sigma_relative: float | None = None  # set: the initial step size is this x the RMS of the start's parameters

@@ -31,6 +31,7 @@ from namm.evolution.scorer_protocol import (
     build_scorer,
     score_guarded,
 )
+from namm.evolution.subspace import SearchedSubspace
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,10 @@ def _split(items: list[PromptId], parts: int) -> list[list[PromptId]]:
 
 
 class EvolutionProblem(Problem):
-    """Maximise fitness over NAMM parameter vectors; every candidate of a generation sees the same prompts."""
+    """Maximise fitness over NAMM parameter vectors; every candidate of a generation sees the same prompts.
+
+    The searcher's solutions are the `subspace`'s coordinates (all of them by default); the scorer always gets
+    full vectors (`full_parameters`)."""
 
     def __init__(
         self,
@@ -55,18 +59,23 @@ class EvolutionProblem(Problem):
         rule: FitnessRule,
         num_actors: int = 0,
         num_gpus_per_actor: float | None = None,
+        subspace: SearchedSubspace | None = None,
     ) -> None:
+        subspace = subspace or SearchedSubspace.everything(solution_length)
+        if subspace.length != solution_length:
+            raise ValueError(f"the subspace is of a {subspace.length}-vector, the candidates have {solution_length}")
         if num_gpus_per_actor is None and num_actors >= 2:
             num_gpus_per_actor = 1 if torch.cuda.is_available() else None
         super().__init__(
             "max",
-            solution_length=solution_length,
+            solution_length=subspace.size,
             dtype=torch.float32,
             num_actors=num_actors if num_actors >= 2 else None,
             num_gpus_per_actor=num_gpus_per_actor,
             store_solution_stats=False,
         )
         self.manual_seed(seed)
+        self.subspace = subspace
         self._cfg = cfg  # plain config: what each actor needs to build its own scorer
         self.rule = rule  # validation's fitness (the run's objective)
         self.train_rule = rule  # the training fitness of the current generation (a curriculum changes it)
@@ -100,11 +109,22 @@ class EvolutionProblem(Problem):
             self.generator.set_state(saved)
 
     def _evaluate_all(self, batch: SolutionBatch) -> None:
-        parameters = batch.values.clone().as_subclass(torch.Tensor)  # a plain tensor, not EvoTorch's read-only view
+        parameters = self.full_parameters(batch.values.as_subclass(torch.Tensor))  # a plain copy, not EvoTorch's view
         outcome = self.score(parameters, TRAIN_SPLIT, self.generation)
         fitness = population_fitness(outcome, self.train_rule, self.generation)
         self.last_outcome, self.last_fitness = outcome, fitness
         batch.set_evals(fitness.ranks.to(batch.values.dtype))  # ranks: ties decided by memory, not sort order
+
+    # -- the searched coordinates and the full vector -------------------------------------------------
+
+    def search_from(self, start: torch.Tensor) -> torch.Tensor:
+        """Fix the coordinates the search does not move at `start` (a full vector); returns its searched part."""
+        self.subspace = self.subspace.with_base(start)
+        return self.subspace.project(start)
+
+    def full_parameters(self, searched: torch.Tensor) -> torch.Tensor:
+        """(..., searched) -> (..., full) candidate vectors, a copy."""
+        return self.subspace.embed(searched)
 
     # -- scoring, here or on the actors ---------------------------------------------------------
 

@@ -49,6 +49,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "evo.reference_floor_share": 0.0,
     "evo.memory_weight": None,  # read only by objective=memory_penalty
     "evo.init_margin": None,  # read only by init=keep_all
+    "evo.evolve": [],  # every parameter searched
 }
 
 # Settings a later version no longer has: ignored when only a saved run holds them. (The scorer's parameter

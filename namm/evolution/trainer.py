@@ -40,9 +40,10 @@ from namm.evolution.problem import EvolutionProblem
 from namm.evolution.progress import METRICS_FILE, PLOT_FILE, MetricsLog, plot_progress
 from namm.evolution.resume import StartPoint, find_start_point
 from namm.evolution.rng_state import capture_rng_state, restore_rng_state
-from namm.evolution.scorer_protocol import check_scorer, scorer_initial_centre, scorer_solution_length
+from namm.evolution.scorer_protocol import check_scorer, scorer_factory, scorer_initial_centre, scorer_solution_length
 from namm.evolution.searchers import build_searcher
 from namm.evolution.searchers.base import Searcher
+from namm.evolution.subspace import searched_subspace
 from namm.evolution.wandb_run import WandbRun
 
 log = logging.getLogger(__name__)
@@ -91,14 +92,14 @@ def _checkpoint(
 ) -> TrainingCheckpoint:
     return TrainingCheckpoint(
         generation=generation,
-        center=searcher.centre(),
+        center=problem.full_parameters(searcher.centre()),
         sigma=searcher.sigma(),
         best_params=best.params.clone(),
         best_validation_fitness=best.validation_fitness,
         best_generation=best.generation,
         best_validation_retained_ratio=best.validation_retained_ratio,
         best_validation_score_vs_full_cache=best.validation_score_vs_full_cache,
-        param_count=problem.solution_length,
+        param_count=problem.subspace.length,
         config=resolved,
         searcher_state=searcher.state_dict(),
         rng_state=capture_rng_state(problem.generator),
@@ -144,9 +145,18 @@ def start_sigma(evo: EvoConfig, centre: torch.Tensor) -> float:
     return evo.sigma_relative * rms
 
 
+def _start_parameters(start: StartPoint, param_count: int, cfg: DictConfig, config: TrainConfig) -> torch.Tensor:
+    """The full vector the search starts from: a resumed run's centre, else `_initial_centre`."""
+    if start.resume_state is not None:
+        return start.resume_state.center
+    return _initial_centre(start, param_count, cfg, config)
+
+
 def _centred_searcher(problem: EvolutionProblem, evo: EvoConfig, centre: torch.Tensor) -> Searcher:
-    """The searcher centred on `centre`, its initial step size scaled to it where evo.sigma_relative asks."""
-    return build_searcher(problem, replace(evo, sigma=start_sigma(evo, centre)), centre)
+    """The searcher centred on the full vector `centre` (its searched coordinates; the others stay fixed there),
+    its initial step size scaled to them where evo.sigma_relative asks."""
+    searched = problem.search_from(centre)
+    return build_searcher(problem, replace(evo, sigma=start_sigma(evo, searched)), searched)
 
 
 def _report_full_cache_accuracy(problem: EvolutionProblem, generations: list[int]) -> None:
@@ -194,18 +204,22 @@ def _restore(
         )
         log.info("resumed from %s at generation %d", start.resume_path, record.generation)
         return record.generation, best, record.wandb_run_id
-    centre = searcher.centre()
     if start.init_state is not None:
         record = start.init_state
         saved_searcher = record.searcher_state["searcher"]
-        if saved_searcher == config.evo.searcher:
-            searcher.start_from(record.searcher_state, centre)
-            how = "its search distribution (step size, covariance, paths) and best centre"
-        else:
+        saved_length = (
+            type(searcher)._saved_centre(record.searcher_state).numel() if saved_searcher == searcher.name else 0
+        )
+        if saved_searcher != config.evo.searcher:
             how = f"its best centre only (it used {saved_searcher}, this run {config.evo.searcher})"
+        elif saved_length != problem.solution_length:
+            how = f"its best centre only (it searched {saved_length} parameters, this run {problem.solution_length})"
+        else:
+            searcher.start_from(record.searcher_state, searcher.centre())
+            how = "its search distribution (step size, covariance, paths) and best centre"
         _load_normalisation(problem, record, start.init_path)
         log.info("init_from %s: starting from %s", start.init_path, how)
-    return 0, BestCentre(centre), None
+    return 0, BestCentre(problem.full_parameters(searcher.centre())), None
 
 
 def _validate(
@@ -257,14 +271,19 @@ def train(cfg: DictConfig) -> RunSummary:
     run_dir.mkdir(parents=True, exist_ok=True)
     evo = config.evo
     param_count = scorer_solution_length(cfg)
+    subspace = searched_subspace(scorer_factory(cfg), cfg, evo.evolve, param_count)  # refuses unknown blocks now
 
     logging.getLogger("evotorch").setLevel(logging.WARNING)  # its per-object INFO lines drown the log
     _seed_everything(config.seed)
     problem = EvolutionProblem(
-        cfg, param_count, config.seed, FitnessRule.of(evo), evo.num_actors, evo.num_gpus_per_actor
+        cfg, param_count, config.seed, FitnessRule.of(evo), evo.num_actors, evo.num_gpus_per_actor, subspace
     )
     distilling = start.resume_state is None and start.init_state is None and evo.init == InitialCentre.distill
-    searcher = None if distilling else _centred_searcher(problem, evo, _initial_centre(start, param_count, cfg, config))
+    searcher = (
+        None if distilling else _centred_searcher(problem, evo, _start_parameters(start, param_count, cfg, config))
+    )
+    if not subspace.is_everything:
+        log.info("searching %d of the %d parameters (evo.evolve=%s)", subspace.size, param_count, list(evo.evolve))
     wandb_run = None
     finished = False
     distilled: dict[str, Any] = {}
@@ -291,9 +310,10 @@ def train(cfg: DictConfig) -> RunSummary:
                 "generation": 0,
                 "objective": evo.objective.value,
                 **distilled,
+                "search/dimensions": problem.solution_length,
                 **searcher.spread(),
             }
-            best = _validate(problem, searcher.centre(), 0, best, record)
+            best = _validate(problem, problem.full_parameters(searcher.centre()), 0, best, record)
             checkpoint = with_provenance(
                 _checkpoint(0, searcher, resolved, problem, best, wandb_run.run_id), provenance
             )
@@ -307,7 +327,7 @@ def train(cfg: DictConfig) -> RunSummary:
             while generation < evo.generations:
                 generation += 1
                 record = _run_generation(problem, searcher, generation, evo)
-                centre = searcher.centre()
+                centre = problem.full_parameters(searcher.centre())
                 if generation % evo.eval_interval == 0 or generation == evo.generations:
                     best = _validate(problem, centre, generation, best, record)
                 if best.validation_fitness is None:
@@ -349,13 +369,13 @@ def _run_generation(problem: EvolutionProblem, searcher: Searcher, generation: i
     its metrics, with how far the centre moved and the searcher's step size after the step."""
     problem.generation = generation
     problem.train_rule = replace(problem.rule, memory_weight=evo.memory_weight_at(generation))
-    before = searcher.centre()
+    before = problem.full_parameters(searcher.centre())
     started = time.perf_counter()
     searcher.step()
     seconds = time.perf_counter() - started
     record = generation_metrics(
         generation, problem.last_outcome, problem.last_fitness, searcher.step_size(), seconds, problem.train_rule
     )
-    record.update(centre_movement(before, searcher.centre()))
+    record.update(centre_movement(before, problem.full_parameters(searcher.centre())))
     record.update(searcher.spread())
     return record

@@ -37,7 +37,7 @@ from namm.evolution.scorer_protocol import (
 from namm.models import ModelConfig, check_model_config, load_model, max_context_without_weights
 from namm.network.config import NAMMConfig
 from namm.network.normalisation import check_statistics
-from namm.network.parameters import keep_all_centre, param_count
+from namm.network.parameters import ParameterLayout, keep_all_centre, param_count, parameter_layout
 from namm.plain_generation import padding_token_id
 from namm.policies import PolicyConfig, build_policy
 from namm.policies.namm_policy import NAMMPolicy
@@ -212,6 +212,11 @@ class TaskScorer:
     def solution_length(cls, cfg: DictConfig) -> int:
         """The NAMM parameter vector's length for the `namm` group."""
         return param_count(TaskScorerConfig.from_run_config(cfg).namm)
+
+    @classmethod
+    def parameter_layout(cls, cfg: DictConfig) -> ParameterLayout:
+        """The NAMM's named weight blocks (what `evo.evolve` chooses from)."""
+        return parameter_layout(TaskScorerConfig.from_run_config(cfg).namm)
 
     @classmethod
     def initial_centre(cls, cfg: DictConfig, init: str, margin: float) -> torch.Tensor:

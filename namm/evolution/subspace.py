@@ -1,0 +1,92 @@
+"""The part of the parameter vector the search moves (`evo.evolve`); every other weight stays at the start's value.
+
+Why: a CMA-ES of 8 candidates for a few generations cannot learn in the NAMM's ~4,300 dimensions. In the default
+demo its centre moved each generation exactly the distance a random walk of that step size covers
+(results/default-demo). Searching only named weight blocks, such as the read-out (about 30 weights), gives the same
+budget a space that selection can steer. The searcher sees the short vector. Scoring, validation and checkpoints
+see the full one: the fixed coordinates come from the start (the distilled or loaded centre).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from omegaconf import DictConfig
+
+from namm.errors import ConfigError
+from namm.network.parameters import ParameterLayout
+
+
+@runtime_checkable
+class NamesParameterBlocks(Protocol):
+    """A scorer factory whose candidate vector is made of named weight blocks (needed by `evo.evolve`)."""
+
+    def parameter_layout(self, cfg: DictConfig) -> ParameterLayout:
+        """The blocks of the candidate vector, in order (no model is loaded)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SearchedSubspace:
+    """`indices` of a `length`-long vector are searched; the rest are read from `base` (the start)."""
+
+    length: int
+    indices: torch.Tensor  # (k,) int64, ascending
+    base: torch.Tensor | None = None  # (length,) the full start; set once it is known (after distillation)
+
+    @classmethod
+    def everything(cls, length: int) -> SearchedSubspace:
+        return cls(length, torch.arange(length))
+
+    @property
+    def size(self) -> int:
+        return int(self.indices.numel())
+
+    @property
+    def is_everything(self) -> bool:
+        return self.size == self.length
+
+    def with_base(self, base: torch.Tensor) -> SearchedSubspace:
+        if tuple(base.shape) != (self.length,):
+            raise ValueError(f"the start has shape {tuple(base.shape)}, expected ({self.length},)")
+        return SearchedSubspace(self.length, self.indices, base.detach().clone().float())
+
+    def project(self, full: torch.Tensor) -> torch.Tensor:
+        """(..., length) -> (..., k): the searched coordinates."""
+        return full[..., self.indices].clone()
+
+    def embed(self, searched: torch.Tensor) -> torch.Tensor:
+        """(..., k) -> (..., length): the searched coordinates written over the start."""
+        if self.is_everything:
+            return searched.clone()
+        if self.base is None:
+            raise RuntimeError("the subspace's fixed coordinates are not known yet: call with_base(start) first")
+        full = self.base.to(searched.dtype).expand(*searched.shape[:-1], self.length).clone()
+        full[..., self.indices] = searched
+        return full
+
+
+def searched_subspace(factory: object, cfg: DictConfig, blocks: list[str], length: int) -> SearchedSubspace:
+    """The subspace of `evo.evolve=blocks` ([]: everything) for the scorer `factory`; ConfigError for a block it
+    lacks or a scorer that does not name its blocks (checked before any model loads)."""
+    if not blocks:
+        return SearchedSubspace.everything(length)
+    if not isinstance(factory, NamesParameterBlocks):
+        raise ConfigError(
+            f"evo.evolve={list(blocks)} needs a scorer that names its weight blocks (parameter_layout); "
+            f"{getattr(factory, '__name__', factory)!r} does not: leave evo.evolve empty to search every parameter"
+        )
+    layout = factory.parameter_layout(cfg)
+    known = [block.name for block in layout.blocks]
+    unknown = [name for name in blocks if name not in known]
+    if unknown or len(set(blocks)) != len(blocks):
+        raise ConfigError(
+            f"evo.evolve={list(blocks)}: {'unknown blocks ' + str(unknown) if unknown else 'a block is repeated'}; "
+            f"this NAMM's blocks are {known} (e.g. evo.evolve=[readout_weight,readout_bias])"
+        )
+    if layout.size != length:
+        raise ValueError(f"the scorer's layout has {layout.size} parameters but its candidates {length}")
+    ranges = [torch.arange(b.offset, b.offset + b.size) for b in layout.blocks if b.name in blocks]
+    return SearchedSubspace(length, torch.cat(ranges))
