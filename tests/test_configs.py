@@ -218,6 +218,7 @@ def test_multirun_sweep_runs_each_job_in_its_own_directory(tmp_path):
         "+scorer.dimension=6",
         "evo.generations=2",
         "evo.init=zeros",
+        "evo.evolve=[]",
     ]
     result = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -22,6 +22,7 @@ FAKE_RUN = [
     "scorer._target_=evolution_fake_scorer.FakeScorer",
     "+scorer.dimension=6",
     "evo.init=zeros",
+    "evo.evolve=[]",
     "evo.objective=score",
     "evo.popsize=4",
     "evo.generations=3",

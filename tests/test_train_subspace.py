@@ -50,7 +50,7 @@ def test_only_the_named_blocks_move_and_the_others_keep_the_starts_values(tmp_pa
     run_dir = tmp_path / "head"
     with caplog.at_level("INFO"):
         train(fake_train_config(run_dir, init_from=str(first), evo={"generations": 3, "evolve": ["head"]}))
-    assert "it searched 6 parameters, this run 2" in caplog.text
+    assert "best centre only (it searched every parameter, this run evo.evolve=['head'])" in caplog.text
     latest = load_checkpoint(run_dir / LATEST)
     assert torch.equal(latest.center[:4], start[:4]) and torch.equal(latest.best_params[:4], start[:4])
     assert not torch.equal(latest.center[4:], start[4:])
@@ -76,7 +76,40 @@ def test_a_subspace_run_killed_and_resumed_is_bit_exact(tmp_path, monkeypatch):
     assert records(straight) == records(killed)
 
 
-def test_an_unknown_block_fails_before_the_scorer_is_built(tmp_path):
-    with pytest.raises(ConfigError, match=r"evo.evolve=\['neck'\]: unknown blocks \['neck'\].*\['body', 'head'\]"):
-        train(fake_train_config(tmp_path / "run", evo={"evolve": ["neck"]}))
-    assert not (tmp_path / "run" / LATEST).exists()
+def test_init_from_a_run_that_searched_other_blocks_of_the_same_size_takes_its_centre_not_its_distribution(
+    tmp_path, caplog
+):
+    scorer = {"dimension": 4}  # body and head are both 2 long
+    first = tmp_path / "body"
+    train(fake_train_config(first, scorer=scorer, evo={"generations": 1, "evolve": ["body"]}))
+    with caplog.at_level("INFO"):
+        train(fake_train_config(tmp_path / "head", scorer=scorer, init_from=str(first), evo={"evolve": ["head"]}))
+    assert "best centre only (it searched evo.evolve=['body'], this run evo.evolve=['head'])" in caplog.text
+    with caplog.at_level("INFO"):
+        train(fake_train_config(tmp_path / "again", scorer=scorer, init_from=str(first), evo={"evolve": ["body"]}))
+    assert "starting from its search distribution" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("blocks", "message"),
+    [
+        (["neck"], r"evo.evolve=\['neck'\]: unknown blocks \['neck'\]; the scorer's blocks are \['body', 'head'\]"),
+        (["head", "body", "head"], r"\['head'\] named more than once"),
+    ],
+)
+def test_bad_blocks_fail_before_anything_is_written(tmp_path, blocks, message):
+    with pytest.raises(ConfigError, match=message):
+        train(fake_train_config(tmp_path / "run", evo={"evolve": blocks}))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_scorer_without_named_blocks_is_refused_and_a_resume_cannot_change_the_blocks(tmp_path):
+    class Unnamed:
+        """A scorer factory with no parameter_layout."""
+
+    with pytest.raises(ConfigError, match="needs a scorer that names its weight blocks"):
+        searched_subspace(Unnamed, fake_train_config(tmp_path), ["head"], 6)
+    run_dir = tmp_path / "run"
+    train(fake_train_config(run_dir, evo={"generations": 1, "evolve": ["head"]}))
+    with pytest.raises(ConfigError, match=r"evo.evolve: \['head'\] -> \['body'\]"):
+        train(fake_train_config(run_dir, evo={"generations": 2, "evolve": ["body"]}, resume="auto"))

@@ -59,7 +59,7 @@ class EvoConfig:
     evolve: list[str] = field(default_factory=list)
     popsize: int = 4
     sigma: float = 0.065  # initial step size (CMA-ES sigma; initial stdev of SNES/XNES/PGPE)
-    sigma_relative: float | None = None  # set: the initial step size is this x the RMS of the start's parameters
+    sigma_relative: float | None = None  # set: the initial step size is this x the RMS of the searched start
     generations: int = 4
     center_learning_rate: float | None = None  # SNES/XNES (default 1.0) and PGPE (required)
     stdev_learning_rate: float | None = None  # SNES/XNES (scales EvoTorch's default) and PGPE (required)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from namm.evolution.distillation import DistillConfig, DistillFit
+    from namm.network.parameters import ParameterLayout
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +276,15 @@ class DistilsCentre(Protocol):
 
     def distilled_centre(self, settings: DistillConfig) -> DistillFit:
         """The start fitted on training prompts to rank tokens like `settings.target`."""
+        ...
+
+
+@runtime_checkable
+class NamesParameterBlocks(Protocol):
+    """A scorer factory whose candidate vector is made of named weight blocks (`evo.evolve`; refused without)."""
+
+    def parameter_layout(self, cfg: DictConfig) -> ParameterLayout:
+        """The blocks of the candidate vector, in order (no model is loaded)."""
         ...
 
 

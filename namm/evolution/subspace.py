@@ -10,25 +10,15 @@ see the full one: the fixed coordinates come from the start (the distilled or lo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import torch
 from omegaconf import DictConfig
 
 from namm.errors import ConfigError
-from namm.network.parameters import ParameterLayout
+from namm.evolution.scorer_protocol import NamesParameterBlocks
 
 
-@runtime_checkable
-class NamesParameterBlocks(Protocol):
-    """A scorer factory whose candidate vector is made of named weight blocks (needed by `evo.evolve`)."""
-
-    def parameter_layout(self, cfg: DictConfig) -> ParameterLayout:
-        """The blocks of the candidate vector, in order (no model is loaded)."""
-        ...
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SearchedSubspace:
     """`indices` of a `length`-long vector are searched; the rest are read from `base` (the start)."""
 
@@ -81,11 +71,10 @@ def searched_subspace(factory: object, cfg: DictConfig, blocks: list[str], lengt
     layout = factory.parameter_layout(cfg)
     known = [block.name for block in layout.blocks]
     unknown = [name for name in blocks if name not in known]
-    if unknown or len(set(blocks)) != len(blocks):
-        raise ConfigError(
-            f"evo.evolve={list(blocks)}: {'unknown blocks ' + str(unknown) if unknown else 'a block is repeated'}; "
-            f"this NAMM's blocks are {known} (e.g. evo.evolve=[readout_weight,readout_bias])"
-        )
+    repeated = sorted({name for name in blocks if blocks.count(name) > 1})
+    if unknown or repeated:
+        problem = f"unknown blocks {unknown}" if unknown else f"{repeated} named more than once"
+        raise ConfigError(f"evo.evolve={list(blocks)}: {problem}; the scorer's blocks are {known}")
     if layout.size != length:
         raise ValueError(f"the scorer's layout has {layout.size} parameters but its candidates {length}")
     ranges = [torch.arange(b.offset, b.offset + b.size) for b in layout.blocks if b.name in blocks]

@@ -133,14 +133,16 @@ def _initial_centre(start: StartPoint, param_count: int, cfg: DictConfig, config
 
 
 def start_sigma(evo: EvoConfig, centre: torch.Tensor) -> float:
-    """The initial step size: evo.sigma, or evo.sigma_relative x the RMS of the start's parameters."""
+    """The initial step size: evo.sigma, or evo.sigma_relative x the RMS of the start's searched parameters
+    (`centre`: those `evo.evolve` names, by default all)."""
     if evo.sigma_relative is None:
         return evo.sigma
     rms = float(centre.double().pow(2).mean().sqrt())
     if rms == 0:
         raise ConfigError(
-            "evo.sigma_relative scales the step size to the start's parameters, but they are all zero "
-            "(evo.init=zeros): set evo.sigma instead, or start from a trained centre (init_from)"
+            f"evo.sigma_relative scales the step size to the start's searched parameters ({_searched(evo.evolve)}), "
+            "but they are all zero: set evo.sigma instead, or start from a centre where they are not (init_from, "
+            "evo.init=distill)"
         )
     return evo.sigma_relative * rms
 
@@ -207,19 +209,23 @@ def _restore(
     if start.init_state is not None:
         record = start.init_state
         saved_searcher = record.searcher_state["searcher"]
-        saved_length = (
-            type(searcher)._saved_centre(record.searcher_state).numel() if saved_searcher == searcher.name else 0
-        )
+        saved_blocks = list(record.config.get("evo", {}).get("evolve", []))
         if saved_searcher != config.evo.searcher:
             how = f"its best centre only (it used {saved_searcher}, this run {config.evo.searcher})"
-        elif saved_length != problem.solution_length:
-            how = f"its best centre only (it searched {saved_length} parameters, this run {problem.solution_length})"
+        elif sorted(saved_blocks) != sorted(config.evo.evolve):  # another set of coordinates: its distribution
+            how = (  # would be read onto the wrong ones
+                f"its best centre only (it searched {_searched(saved_blocks)}, this run {_searched(config.evo.evolve)})"
+            )
         else:
             searcher.start_from(record.searcher_state, searcher.centre())
             how = "its search distribution (step size, covariance, paths) and best centre"
         _load_normalisation(problem, record, start.init_path)
         log.info("init_from %s: starting from %s", start.init_path, how)
     return 0, BestCentre(problem.full_parameters(searcher.centre())), None
+
+
+def _searched(blocks: list[str]) -> str:
+    return f"evo.evolve={list(blocks)}" if blocks else "every parameter"
 
 
 def _validate(
@@ -265,13 +271,13 @@ def train(cfg: DictConfig) -> RunSummary:
     """Run (or continue) one training run described by the composed `conf/train.yaml`."""
     config = validate_train_config(cfg)  # value checks before anything expensive
     check_scorer(cfg)
+    param_count = scorer_solution_length(cfg)
+    subspace = searched_subspace(scorer_factory(cfg), cfg, config.evo.evolve, param_count)  # refuses unknown blocks
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     start = find_start_point(config, resolved)
     run_dir = Path(config.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     evo = config.evo
-    param_count = scorer_solution_length(cfg)
-    subspace = searched_subspace(scorer_factory(cfg), cfg, evo.evolve, param_count)  # refuses unknown blocks now
 
     logging.getLogger("evotorch").setLevel(logging.WARNING)  # its per-object INFO lines drown the log
     _seed_everything(config.seed)
