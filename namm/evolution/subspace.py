@@ -1,9 +1,9 @@
 """The part of the parameter vector the search moves (`evo.evolve`); every other weight stays at the start's value.
 
-Why: a CMA-ES of 8 candidates for a few generations cannot learn in the NAMM's ~4,300 dimensions. In the default
-demo its centre moved each generation exactly the distance a random walk of that step size covers
-(results/default-demo). Searching only named weight blocks, such as the read-out (about 30 weights), gives the same
-budget a space that selection can steer. The searcher sees the short vector. Scoring, validation and checkpoints
+Why: a CMA-ES of 8 candidates for a few generations cannot learn in the NAMM's ~4,300 dimensions. When the default
+demo searched them all, its centre moved each generation exactly the distance a random walk of that step size
+covers, 10% of its norm (results/default-demo/all-parameters). Searching only named weight blocks, such as the
+read-out (about 30 weights), keeps the same budget's draws near the start, in a space small enough to steer. The searcher sees the short vector. Scoring, validation and checkpoints
 see the full one: the fixed coordinates come from the start (the distilled or loaded centre).
 """
 
