@@ -13,6 +13,7 @@ from namm.evolution.fitness import FitnessRule
 from namm.evolution.problem import EvolutionProblem
 from namm.evolution.rng_state import capture_rng_state, restore_rng_state
 from namm.evolution.searchers import available_searchers, build_searcher
+from namm.evolution.searchers import registry as searcher_registry
 
 SEARCHERS = ["cmaes_full", "cmaes_separable", "pgpe", "snes", "xnes"]
 
@@ -156,9 +157,12 @@ def test_the_committed_searcher_state_loads_into_a_fresh_searcher(tmp_path):
     )
 
 
-def test_a_searcher_written_as_contributing_says_trains_and_resumes_bit_exactly(tmp_path):
+def test_a_searcher_written_as_contributing_says_trains_and_resumes_bit_exactly(tmp_path, monkeypatch):
     """tests/evolution_cem_searcher.py follows CONTRIBUTING's "Add a searcher" (one module; its yaml is the
-    evo node below): it registers on import, its options are checked, and the generic state round trip holds."""
+    evo node below): it registers on import, its options are checked, and the generic state round trip holds.
+    It registers into a copy of the registry, so later tests see only the shipped searchers."""
+    available_searchers()  # the shipped ones, registered before the copy
+    monkeypatch.setattr(searcher_registry, "_SEARCHERS", dict(searcher_registry._SEARCHERS))
     import evolution_cem_searcher  # noqa: F401  (registers "cem")
 
     assert "cem" in available_searchers()
