@@ -3,8 +3,9 @@
 Why: a CMA-ES of 8 candidates for a few generations cannot learn in the NAMM's ~4,300 dimensions. When the default
 demo searched them all, its centre moved each generation exactly the distance a random walk of that step size
 covers, 10% of its norm (results/default-demo/all-parameters). Searching only named weight blocks, such as the
-read-out (about 30 weights), keeps the same budget's draws near the start, in a space small enough to steer. The searcher sees the short vector. Scoring, validation and checkpoints
-see the full one: the fixed coordinates come from the start (the distilled or loaded centre).
+read-out (about 30 weights), keeps the same budget's draws near the start, in a space small enough to steer. The
+searcher sees the short vector. Scoring, validation and checkpoints see the full one: the fixed coordinates come
+from the start (the distilled or loaded centre).
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def _checkpoint(
 ) -> TrainingCheckpoint:
     return TrainingCheckpoint(
         generation=generation,
-        center=problem.full_parameters(searcher.centre()),
+        center=_full_centre(problem, searcher),
         sigma=searcher.sigma(),
         best_params=best.params.clone(),
         best_validation_fitness=best.validation_fitness,
@@ -221,7 +221,12 @@ def _restore(
             how = "its search distribution (step size, covariance, paths) and best centre"
         _load_normalisation(problem, record, start.init_path)
         log.info("init_from %s: starting from %s", start.init_path, how)
-    return 0, BestCentre(problem.full_parameters(searcher.centre())), None
+    return 0, BestCentre(_full_centre(problem, searcher)), None
+
+
+def _full_centre(problem: EvolutionProblem, searcher: Searcher) -> torch.Tensor:
+    """The search mean as a full parameter vector (what validation, checkpoints and the metrics read)."""
+    return problem.full_parameters(searcher.centre())
 
 
 def _searched(blocks: list[str]) -> str:
@@ -319,7 +324,7 @@ def train(cfg: DictConfig) -> RunSummary:
                 "search/dimensions": problem.solution_length,
                 **searcher.spread(),
             }
-            best = _validate(problem, problem.full_parameters(searcher.centre()), 0, best, record)
+            best = _validate(problem, _full_centre(problem, searcher), 0, best, record)
             checkpoint = with_provenance(
                 _checkpoint(0, searcher, resolved, problem, best, wandb_run.run_id), provenance
             )
@@ -333,7 +338,7 @@ def train(cfg: DictConfig) -> RunSummary:
             while generation < evo.generations:
                 generation += 1
                 record = _run_generation(problem, searcher, generation, evo)
-                centre = problem.full_parameters(searcher.centre())
+                centre = _full_centre(problem, searcher)
                 if generation % evo.eval_interval == 0 or generation == evo.generations:
                     best = _validate(problem, centre, generation, best, record)
                 if best.validation_fitness is None:
@@ -375,13 +380,13 @@ def _run_generation(problem: EvolutionProblem, searcher: Searcher, generation: i
     its metrics, with how far the centre moved and the searcher's step size after the step."""
     problem.generation = generation
     problem.train_rule = replace(problem.rule, memory_weight=evo.memory_weight_at(generation))
-    before = problem.full_parameters(searcher.centre())
+    before = _full_centre(problem, searcher)
     started = time.perf_counter()
     searcher.step()
     seconds = time.perf_counter() - started
     record = generation_metrics(
         generation, problem.last_outcome, problem.last_fitness, searcher.step_size(), seconds, problem.train_rule
     )
-    record.update(centre_movement(before, problem.full_parameters(searcher.centre())))
+    record.update(centre_movement(before, _full_centre(problem, searcher)))
     record.update(searcher.spread())
     return record
