@@ -185,6 +185,7 @@ def test_task_without_data_says_how_to_get_it(tmp_path, no_model):
         (["compare=[full,full]"], r"compare names \['full'\] more than once"),
         (["policy=h2o", "compare=[full,knorm]"], r"policy=h2o is not among compare"),
         (["batch_size=0"], "batch_size must be >= 1"),
+        (["answer_depth_bins=-1"], r"answer_depth_bins is a number of depth bins \(0: no table\), got -1"),
         (["budget_tolerance=2"], r"budget_tolerance is a relative gap in \(0, 1\)"),
         (["checkpoint=zero", "engine.update_interval=100"], "not a multiple of the NAMM's hop"),
         (["checkpoint=zero", "engine.eviction_mode=per_token"], r"engine: eviction_mode must be one of"),

@@ -22,6 +22,7 @@ from namm.errors import ConfigError
 from namm.evolution.checkpoint import library_versions
 from namm.models import ModelConfig, check_model_config, load_model, max_context_without_weights
 from namm.typed_config import typed_config
+from tasks.evaluation.answer_depth import answer_depths, depth_table
 from tasks.evaluation.budget_matching import MATCH_TARGETS
 from tasks.evaluation.comparisons import TaskScores, all_comparisons
 from tasks.evaluation.config import NAMM_POLICY, EvaluateConfig, validate_evaluate_config
@@ -214,6 +215,7 @@ def build_document(
     rows: list[dict[str, Any]],
     scores: dict[tuple[str, str], TaskScores],
     held_out: dict[str, HeldOutRecord],
+    depth_tables: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """results.json (see tasks/evaluation/schema.py); `files.plots` is filled in once the plots exist."""
     add_relative_scores(rows, scores)
@@ -269,6 +271,7 @@ def build_document(
             for c in plan.contenders
         },
         "comparisons": [comparison.to_dict() for comparison in all_comparisons(by_policy, references, settings)],
+        "answer_depth": depth_tables,
         "files": {"csv": RESULTS_CSV, "comparisons_csv": COMPARISONS_CSV, "plots": []},
     }
 
@@ -290,6 +293,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     tasks, held_out = hold_out(tasks, plan.labelled_namms, config.trained_prompts)
     rows: list[dict[str, Any]] = []
     scores: dict[tuple[str, str], TaskScores] = {}
+    depth_tables: dict[str, dict[str, Any]] = {}
     total = len(plan.contenders) * sum(len(task.samples) for task in tasks)
     with (
         logging_redirect_tqdm(),
@@ -305,8 +309,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 scores[(contender.label, task.spec.name)] = task_scores(task, run.records)
             if config.eviction_maps:
                 maps += write_eviction_maps(context, task, runs, config.eviction_maps)
+            if config.answer_depth_bins:
+                records = {contender.label: run.records for contender, run in runs}
+                table = depth_table(answer_depths(task, loaded.tokenizer), records, config.answer_depth_bins)
+                if table is not None:
+                    depth_tables[task.spec.name] = table.to_dict()
 
-    document = build_document(plan, context, tasks, rows, scores, held_out)
+    document = build_document(plan, context, tasks, rows, scores, held_out, depth_tables)
     if config.plots:
         document["files"]["plots"] = write_plots(document, run_dir)
     if maps:

@@ -268,10 +268,26 @@ def footer(document: dict[str, Any]) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def depth_table_lines(task: str, table: dict[str, Any]) -> str:
+    """One task's scores by answer depth (tasks.evaluation.answer_depth): policies as rows, depth bins as
+    columns, each headed by its share of the prompt and its sample count."""
+    bins = table["bins"]
+    header = ["policy"] + [
+        f"{round(100 * b / bins)}-{round(100 * (b + 1) / bins)}% (n={n})" for b, n in enumerate(table["samples"])
+    ]
+    lines = _header_lines(header)
+    for policy, scores in table["scores"].items():
+        lines.append(_row_line([policy, *("-" if score is None else f"{score:.1f}" for score in scores)]))
+    apart = table["without_depth"]
+    note = f"; {apart} sample(s) with several answers or none found in the prompt left out" if apart else ""
+    return f"{task}: score by where the answer starts (share of the prompt's tokens){note}:\n\n" + "\n".join(lines)
+
+
 def markdown_table(document: dict[str, Any]) -> str:
-    """The main table, its footer, and the per-task paired differences."""
+    """The main table, its footer, the per-task paired differences and the scores by answer depth."""
     parts = [main_table(document), footer(document)]
     per_task = comparison_table(document)
     if per_task:
         parts.append("Paired differences per task (policy - reference, points):\n\n" + per_task)
+    parts += [depth_table_lines(task, table) for task, table in document.get("answer_depth", {}).items()]
     return "\n\n".join(parts)

@@ -11,9 +11,9 @@ from typing import Any
 
 from namm.pretrained import PARAMS_KINDS
 
-SCHEMA_VERSION = 4  # 2: live / storage / overhead memory figures; 3: several NAMMs (`namms`), fronts, intervals;
+SCHEMA_VERSION = 5  # 2: live / storage / overhead memory figures; 3: several NAMMs (`namms`), fronts, intervals;
 # 4: paired comparisons, Wilson intervals, aggregate intervals, end-of-prompt ratios, held-out record, score inputs;
-# a policy's ratio budget is `budget_ratio` in `policies`, as in the settings
+# a policy's ratio budget is `budget_ratio` in `policies`, as in the settings; 5: scores by answer depth
 
 _NUMBER = {"type": "number"}
 _RATIO = {"type": "number", "minimum": 0, "maximum": 1}
@@ -170,6 +170,21 @@ _POLICY = _object(
     }
 )
 
+_DEPTH_TABLE = _object(
+    {
+        "bins": {
+            "type": "integer",
+            "minimum": 1,
+        },  # bin b: answers starting in [b / bins, (b + 1) / bins) of the prompt
+        "samples": {"type": "array", "items": _COUNT},  # per bin
+        "without_depth": _COUNT,  # samples with several answers, or none found in the prompt
+        "scores": {  # policy -> 100 x mean sample score per bin (null: an empty bin)
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": {"type": ["number", "null"]}},
+        },
+    }
+)
+
 RESULTS_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "NAMM evaluation results (results.json)",
@@ -249,6 +264,9 @@ RESULTS_SCHEMA: dict[str, Any] = {
             "results": {"type": "array", "items": _TASK_RESULT},
             "aggregates": {"type": "object", "additionalProperties": _AGGREGATE},
             "comparisons": {"type": "array", "items": _COMPARISON},  # vs the full cache and vs each NAMM
+            # synthetic task -> scores by where its answer sits (tasks.evaluation.answer_depth); {} with
+            # answer_depth_bins=0 or no synthetic task
+            "answer_depth": {"type": "object", "additionalProperties": _DEPTH_TABLE},
             "files": _object(
                 {
                     "csv": _STRING,

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Issue 21's efficacy search, continued (2026-12-07/08, 2-core CPU): the third run (results/efficacy-readout/, 3
+# generations) stopped where a session ended and its run directory was not kept, so this run starts from its
+# committed checkpoint (init_from: its best centre and CMA-ES distribution: step size, covariance, paths) with the
+# same settings, on fresh draws of the training prompts (seed=1), for 4 more generations, and validates on 16
+# prompts instead of 8 (at the start and after generation 4). resume=auto continues an interrupted run; train.log
+# is its output.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python train.py experiment=efficacy_keydiff name=efficacy-readout-2 seed=1 evo.distill.target=keydiff_exact \
+  "evo.evolve=[readout_weight,readout_bias]" evo.sigma_relative=null evo.sigma=0.1 \
+  init_from=results/efficacy-readout/checkpoint.pt evo.generations=4 evo.validation_prompts=16 evo.eval_interval=4 \
+  resume=auto "$@"
