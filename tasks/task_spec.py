@@ -39,3 +39,5 @@ class Sample:
     truncated: bool = False  # the prompt was middle-truncated to the token budget
     answer_spans: tuple[tuple[int, int], ...] | None = None  # [first, end) tokens of the gold answer in the
     # prompt, where the task knows them (synthetic tasks); None: unknown
+    answer_depths: tuple[float, ...] | None = None  # each answer's needle depth in the haystack (0 = start,
+    # 1 = end), where the generator placed it (synthetic tasks); None: unknown

@@ -1,76 +1,110 @@
-"""Scores by where the gold answer sits in the prompt: the needle-in-a-haystack depth table.
+"""Scores by where the gold answer sits in the haystack: the needle-in-a-haystack depth table.
 
 Why: a policy that evicts during prefill decides before the question arrives, so what it loses depends on where
-the answer was. Keeping the newest tokens saves late needles and drops early ones; key novelty keeps some of
-each. One score per task hides that; this table shows it, and shows where a NAMM differs from a baseline.
+the answer was. One score per task hides that; this table shows it, and shows where a NAMM differs from a
+baseline.
 
-Only synthetic tasks get a table: their answer is written into the prompt, so its position is defined. The
-depth is where the answer first occurs (a passkey is written twice in one sentence). A sample with several
-gold answers (niah_multivalue's values sit at several depths) or none found has no depth; it is counted apart,
-not guessed.
+The depth is the generator's (`Sample.answer_depths`: 0 = the haystack's start, 1 = its end; what
+`task.needle_depth` fixes), so a depth sweep lands in the bins it names. Only synthetic tasks have depths. A
+sample with several gold answers (niah_multivalue's values lie at several depths, variable tracking's chain
+runs through the haystack) has no single depth and is counted apart, not guessed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from tasks.answer_spans import answer_token_spans
-from tasks.prompts import Tokenizer
+from tasks.evaluation.comparisons import TaskScores
+from tasks.evaluation.intervals import BootstrapSettings
+from tasks.evaluation.summary import score_interval
 from tasks.runner import PreparedTask
+from tasks.task_scores import scores_are_binary
+
+_EDGE = 1e-9  # a configured depth on a bin edge (0.57 x 100 bins = 56.99999...) falls in the bin it names
+
+
+@dataclass(frozen=True)
+class DepthBin:
+    """One policy's score over one depth bin's samples."""
+
+    score: float  # 100 x mean sample score
+    interval: tuple[float, float]  # Wilson for a 0/1 metric, else a percentile bootstrap, as the main table
 
 
 @dataclass(frozen=True)
 class DepthTable:
-    """One task's scores by answer depth: bin b covers depths [b / bins, (b + 1) / bins)."""
+    """One task's scores by answer depth: bin b covers depths [b / bins, (b + 1) / bins), the last one
+    including 1."""
 
     bins: int
-    samples: list[int]  # samples per bin
-    without_depth: int  # samples with several answers, or none found in the prompt
-    scores: dict[str, list[float | None]]  # policy -> 100 x mean sample score per bin (None: empty bin)
+    samples: tuple[int, ...]  # samples per bin
+    without_depth: int  # samples with several answers or no known depth
+    scores: Mapping[str, tuple[DepthBin | None, ...]]  # policy -> per bin (None: an empty bin)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "bins": self.bins,
+            "samples": list(self.samples),
+            "without_depth": self.without_depth,
+            "scores": {
+                policy: [
+                    None if cell is None else {"score": cell.score, "interval": list(cell.interval)} for cell in row
+                ]
+                for policy, row in self.scores.items()
+            },
+        }
 
 
-def answer_depths(task: PreparedTask, tokenizer: Tokenizer) -> dict[int, float]:
-    """Sample index -> where its answer first occurs, as a share of the prompt's tokens in [0, 1); samples with
-    several answers or none found in the prompt are left out. Empty for a task that is not synthetic."""
-    if task.settings.data_source != "synthetic":
-        return {}
-    depths = {}
-    for sample in task.samples:
-        if len(sample.answers) != 1:
-            continue
-        spans = answer_token_spans(sample.prompt_ids, sample.answers, tokenizer)
-        if spans:
-            depths[sample.index] = spans[0][0] / len(sample.prompt_ids)
-    return depths
+def answer_depths(task: PreparedTask) -> dict[int, float]:
+    """Sample index -> its single answer's depth in [0, 1]; samples with several answers or no known depth are
+    left out (so a LongBench task gives {})."""
+    return {
+        sample.index: sample.answer_depths[0]
+        for sample in task.samples
+        if sample.answer_depths is not None and len(sample.answers) == 1
+    }
 
 
 def depth_bin(depth: float, bins: int) -> int:
-    """The bin of a depth in [0, 1)."""
-    return min(int(depth * bins), bins - 1)
+    """The bin of a depth in [0, 1]."""
+    return min(int(depth * bins + _EDGE), bins - 1)
 
 
 def depth_table(
-    depths: Mapping[int, float], records_by_policy: Mapping[str, Sequence[Mapping[str, Any]]], bins: int
+    task: PreparedTask,
+    records_by_policy: Mapping[str, Sequence[Mapping[str, Any]]],
+    bins: int,
+    settings: BootstrapSettings,
 ) -> DepthTable | None:
-    """The table of every policy's sample records (each with `index` and `score` in [0, 1]) over `bins` equal
-    depth bins; None when no sample has a depth."""
+    """Every policy's score per depth bin, from its sample records (each with `index`, `score` in [0, 1] and
+    `prompt_sha`); None when no sample has a depth. Every policy must have run the same samples."""
+    depths = answer_depths(task)
     if not depths:
         return None
-    indices = sorted({record["index"] for records in records_by_policy.values() for record in records})
+    ran = {policy: sorted(record["index"] for record in records) for policy, records in records_by_policy.items()}
+    indices = next(iter(ran.values()), [])
+    if any(policy_indices != indices for policy_indices in ran.values()):
+        raise ValueError(f"{task.spec.name}: the policies ran different samples, so their depth bins differ: {ran}")
+    binary = scores_are_binary(task.spec, task.samples)
     counts = [0] * bins
     for index in indices:
         if index in depths:
             counts[depth_bin(depths[index], bins)] += 1
     scores = {}
     for policy, records in records_by_policy.items():
-        sums = [0.0] * bins
+        by_bin: list[list[Mapping[str, Any]]] = [[] for _ in range(bins)]
         for record in records:
             if record["index"] in depths:
-                sums[depth_bin(depths[record["index"]], bins)] += record["score"]
-        scores[policy] = [100 * total / count if count else None for total, count in zip(sums, counts)]
-    return DepthTable(bins, counts, sum(index not in depths for index in indices), scores)
+                by_bin[depth_bin(depths[record["index"]], bins)].append(record)
+        scores[policy] = tuple(_cell(chosen, binary, settings) for chosen in by_bin)
+    return DepthTable(bins, tuple(counts), sum(index not in depths for index in indices), scores)
+
+
+def _cell(records: Sequence[Mapping[str, Any]], binary: bool, settings: BootstrapSettings) -> DepthBin | None:
+    if not records:
+        return None
+    scores = TaskScores([record["score"] for record in records], [record["prompt_sha"] for record in records], binary)
+    interval, _ = score_interval(scores, settings)
+    return DepthBin(100 * sum(scores.scores) / len(scores.scores), interval)

@@ -29,6 +29,7 @@ NAMM_POLICY = "namm"
 MATCH_ON = ("prompt_end", "generation_end")
 #: what to do with evaluation prompts a NAMM was trained or validated on (tasks.evaluation.held_out)
 TRAINED_PROMPTS = ("refuse", "skip", "allow")
+MAX_DEPTH_BINS = 20  # the depth table's columns: more would hold a prompt or two each
 
 
 @dataclass
@@ -84,7 +85,7 @@ class EvaluateConfig:
     schedule: str | None = None  # prefill | post_prefill (namm.engine.SCHEDULES), read as engine.schedule
     plots: bool = True
     eviction_maps: int = 0  # N > 0: for the first N prompts of each task, one PNG per policy of the tokens kept
-    answer_depth_bins: int = 4  # synthetic tasks: scores by where the answer sits, in this many bins (0: none)
+    answer_depth_bins: int = 4  # synthetic tasks: scores by the answer's haystack depth, in this many bins (0: none)
     progress: bool = True
     logger: LoggerConfig = field(default_factory=_disabled_logger)
     model: Any = None
@@ -105,8 +106,11 @@ class EvaluateConfig:
             problems.append(f"budget_attempts must be >= 1, got {self.budget_attempts}")
         if self.eviction_maps < 0:
             problems.append(f"eviction_maps is a prompt count per task (0: none), got {self.eviction_maps}")
-        if self.answer_depth_bins < 0:
-            problems.append(f"answer_depth_bins is a number of depth bins (0: no table), got {self.answer_depth_bins}")
+        if not 0 <= self.answer_depth_bins <= MAX_DEPTH_BINS:
+            problems.append(
+                f"answer_depth_bins is a number of depth bins in [0, {MAX_DEPTH_BINS}] (0: no table), got "
+                f"{self.answer_depth_bins}"
+            )
         if self.match_on not in MATCH_ON:
             problems.append(f"match_on must be one of {MATCH_ON}, got {self.match_on!r}")
         if self.trained_prompts not in TRAINED_PROMPTS:

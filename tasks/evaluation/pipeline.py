@@ -22,7 +22,7 @@ from namm.errors import ConfigError
 from namm.evolution.checkpoint import library_versions
 from namm.models import ModelConfig, check_model_config, load_model, max_context_without_weights
 from namm.typed_config import typed_config
-from tasks.evaluation.answer_depth import answer_depths, depth_table
+from tasks.evaluation.answer_depth import depth_table
 from tasks.evaluation.budget_matching import MATCH_TARGETS
 from tasks.evaluation.comparisons import TaskScores, all_comparisons
 from tasks.evaluation.config import NAMM_POLICY, EvaluateConfig, validate_evaluate_config
@@ -311,7 +311,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 maps += write_eviction_maps(context, task, runs, config.eviction_maps)
             if config.answer_depth_bins:
                 records = {contender.label: run.records for contender, run in runs}
-                table = depth_table(answer_depths(task, loaded.tokenizer), records, config.answer_depth_bins)
+                table = depth_table(task, records, config.answer_depth_bins, plan.bootstrap)
                 if table is not None:
                     depth_tables[task.spec.name] = table.to_dict()
 

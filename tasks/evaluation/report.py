@@ -268,19 +268,26 @@ def footer(document: dict[str, Any]) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def depth_table_lines(task: str, table: dict[str, Any]) -> str:
+def depth_table_text(task: str, table: dict[str, Any]) -> str:
     """One task's scores by answer depth (tasks.evaluation.answer_depth): policies as rows, depth bins as
-    columns, each headed by its share of the prompt and its sample count."""
+    columns, each headed by its share of the haystack and its sample count."""
     bins = table["bins"]
     header = ["policy"] + [
-        f"{round(100 * b / bins)}-{round(100 * (b + 1) / bins)}% (n={n})" for b, n in enumerate(table["samples"])
+        f"{100 * b / bins:g}-{100 * (b + 1) / bins:g}% (n={n})" for b, n in enumerate(table["samples"])
     ]
     lines = _header_lines(header)
-    for policy, scores in table["scores"].items():
-        lines.append(_row_line([policy, *("-" if score is None else f"{score:.1f}" for score in scores)]))
+    for policy, cells in table["scores"].items():
+        lines.append(_row_line([policy, *(_depth_cell(cell) for cell in cells)]))
     apart = table["without_depth"]
-    note = f"; {apart} sample(s) with several answers or none found in the prompt left out" if apart else ""
-    return f"{task}: score by where the answer starts (share of the prompt's tokens){note}:\n\n" + "\n".join(lines)
+    note = f"; {apart} sample(s) with several answers or no known depth left out" if apart else ""
+    return f"{task}: score by the answer's depth in the haystack (0% = its start){note}:\n\n" + "\n".join(lines)
+
+
+def _depth_cell(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "-"
+    low, high = cell["interval"]
+    return f"{cell['score']:.1f} [{low:.0f}, {high:.0f}]"
 
 
 def markdown_table(document: dict[str, Any]) -> str:
@@ -289,5 +296,5 @@ def markdown_table(document: dict[str, Any]) -> str:
     per_task = comparison_table(document)
     if per_task:
         parts.append("Paired differences per task (policy - reference, points):\n\n" + per_task)
-    parts += [depth_table_lines(task, table) for task, table in document.get("answer_depth", {}).items()]
+    parts += [depth_table_text(task, table) for task, table in document.get("answer_depth", {}).items()]
     return "\n\n".join(parts)

@@ -170,17 +170,17 @@ _POLICY = _object(
     }
 )
 
+# 100 x a depth bin's mean sample score and its 95% interval (Wilson for 0/1 metrics, else bootstrap)
+_DEPTH_CELL = _object({"score": _NUMBER, "interval": {"type": "array", "items": _NUMBER}})
+# bin b: answers at haystack depths [b / bins, (b + 1) / bins), the last bin including 1
 _DEPTH_TABLE = _object(
     {
-        "bins": {
-            "type": "integer",
-            "minimum": 1,
-        },  # bin b: answers starting in [b / bins, (b + 1) / bins) of the prompt
+        "bins": {"type": "integer", "minimum": 1},
         "samples": {"type": "array", "items": _COUNT},  # per bin
-        "without_depth": _COUNT,  # samples with several answers, or none found in the prompt
-        "scores": {  # policy -> 100 x mean sample score per bin (null: an empty bin)
+        "without_depth": _COUNT,  # samples with several answers or no known depth
+        "scores": {  # policy -> per bin (null: an empty bin)
             "type": "object",
-            "additionalProperties": {"type": "array", "items": {"type": ["number", "null"]}},
+            "additionalProperties": {"type": "array", "items": {"oneOf": [{"type": "null"}, _DEPTH_CELL]}},
         },
     }
 )

@@ -79,5 +79,13 @@ def generate_samples(
         render = partial(_prompt_ids, draft, builder, task.spec.chat_template_allowed)
         _, ids = fit_to_length(render, params.context_length, what=f"{task.spec.name} sample {index}")
         spans = answer_token_spans(ids, draft.answers, builder.tokenizer)
-        samples.append(Sample(index=index, prompt_ids=tuple(ids), answers=draft.answers, answer_spans=spans))
+        samples.append(
+            Sample(
+                index=index,
+                prompt_ids=tuple(ids),
+                answers=draft.answers,
+                answer_spans=spans,
+                answer_depths=draft.answer_depths,
+            )
+        )
     return samples

@@ -29,6 +29,9 @@ class Draft:
 
     render: Callable[[int], tuple[str, str]]
     answers: tuple[str, ...]
+    # each answer's depth in the haystack (0 = start, 1 = end: what `needle_depth` sets), in `answers` order;
+    # None where an answer has no one place (variable tracking's names run through a chain of statements)
+    answer_depths: tuple[float, ...] | None = None
 
 
 Drafter = Callable[[random.Random, SyntheticParams], Draft]

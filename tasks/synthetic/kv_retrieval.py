@@ -34,4 +34,4 @@ def draft_kv_retrieval(rng: random.Random, params: SyntheticParams) -> Draft:
         body = f'{INSTRUCTION}\n\nJSON data:\n{json.dumps(dict(pairs), indent=1)}\n\nKey: "{key}"\n'
         return body, ANSWER_PREFIX
 
-    return Draft(render=render, answers=(value,))
+    return Draft(render=render, answers=(value,), answer_depths=(depth,))

@@ -98,4 +98,5 @@ def draft_niah(rng: random.Random, params: SyntheticParams, layout: NiahLayout) 
         )
         return f"{intro}\n{insert_at_depths(filler, inserts)}\n{question}", answer_prefix
 
-    return Draft(render=render, answers=answers)
+    # the queried keys come first among the needles, so the answers' needles are the first inserts, in order
+    return Draft(render=render, answers=answers, answer_depths=tuple(depth for depth, _ in inserts[: len(answers)]))

@@ -24,4 +24,4 @@ def draft_passkey(rng: random.Random, params: SyntheticParams) -> Draft:
         info = f"The pass key is {key}. Remember it. {key} is the pass key."
         return "\n".join([INSTRUCTION, noise_text(before), info, noise_text(chars - before), QUESTION]), ANSWER_PREFIX
 
-    return Draft(render=render, answers=(key,))
+    return Draft(render=render, answers=(key,), answer_depths=(depth,))
