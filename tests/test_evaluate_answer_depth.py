@@ -15,6 +15,7 @@ from tasks.answer_spans import answer_token_spans
 from tasks.evaluation import evaluate
 from tasks.evaluation.answer_depth import answer_depths, depth_bin, depth_table
 from tasks.evaluation.intervals import BootstrapSettings, wilson_interval
+from tasks.evaluation.plots import write_plots
 from tasks.evaluation.report import markdown_table
 from tasks.evaluation.schema import RESULTS_SCHEMA, validate
 from tasks.preparation import prepare_tasks
@@ -105,5 +106,7 @@ def test_evaluate_writes_the_table(tmp_path):
         assert first["score"] == pytest.approx(100 * sum(r["score"] for r in records) / 3)
         assert empty == [None, None, None]
     assert "| full | " in markdown_table(document) and "0-25% (n=3)" in markdown_table(document)
+    assert write_plots(saved, tmp_path)[-1] == "answer_depth_passkey.png"
+    assert (tmp_path / "answer_depth_passkey.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     off = evaluate(compose_evaluate(tmp_path / "off", *TINY, "compare=[full]", "answer_depth_bins=0"))
     assert off["answer_depth"] == {}

@@ -150,9 +150,52 @@ def plot_front(document: dict[str, Any], task: str, path: Path) -> None:
     plt.close(figure)
 
 
+def depth_file(task: str) -> str:
+    return f"answer_depth_{task}.png"
+
+
+def plot_answer_depth(document: dict[str, Any], task: str, path: Path) -> None:
+    """One task's scores by answer depth (results.json `answer_depth`): each policy's score per depth bin with
+    its 95% interval, the bins at their centres."""
+    plt = pyplot()
+    table = document["answer_depth"][task]
+    bins = table["bins"]
+    centres = [100 * (b + 0.5) / bins for b in range(bins)]
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    colours = plt.get_cmap("tab10")
+    for number, (policy, cells) in enumerate(table["scores"].items()):
+        shown = [(x, cell) for x, cell in zip(centres, cells) if cell is not None]
+        offset = (number - (len(table["scores"]) - 1) / 2) * 1.5  # side by side, so equal scores stay apart
+        axis.errorbar(
+            [x + offset for x, _ in shown],
+            [cell["score"] for _, cell in shown],
+            yerr=[
+                [cell["score"] - cell["interval"][0] for _, cell in shown],
+                [cell["interval"][1] - cell["score"] for _, cell in shown],
+            ],
+            color=colours(number % 10),
+            marker=MARKERS[number % len(MARKERS)],
+            capsize=3,
+            label=policy,
+        )
+    axis.set_xticks(
+        centres, [f"{100 * b / bins:g}-{100 * (b + 1) / bins:g}%\nn={n}" for b, n in enumerate(table["samples"])]
+    )
+    axis.set_xlim(0, 100)
+    axis.set_ylim(-5, 105)
+    axis.set_xlabel("the answer's depth in the haystack (0% = its start)")
+    axis.set_ylabel("score (95% interval)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    axis.set_title(f"{document['model']['name']}: {task} by answer depth")
+    figure.tight_layout()
+    save_figure(figure, path)
+    plt.close(figure)
+
+
 def write_plots(document: dict[str, Any], run_dir: Path) -> list[str]:
-    """Both plots into the run directory, and one front per task when the budgets were swept; returns their
-    file names."""
+    """Both plots into the run directory, one front per task when the budgets were swept, and one answer-depth
+    plot per task that has a depth table; returns their file names."""
     plot_score_vs_ratio(document, run_dir / SCORE_VS_RATIO)
     plot_task_bars(document, run_dir / TASK_BARS)
     written = [SCORE_VS_RATIO, TASK_BARS]
@@ -160,4 +203,7 @@ def write_plots(document: dict[str, Any], run_dir: Path) -> list[str]:
         for task in document["tasks"]:
             plot_front(document, task, run_dir / front_file(task))
             written.append(front_file(task))
+    for task in document["answer_depth"]:
+        plot_answer_depth(document, task, run_dir / depth_file(task))
+        written.append(depth_file(task))
     return written
