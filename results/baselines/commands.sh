@@ -11,3 +11,7 @@ RATIOS="0.25 0.5" ALLOCATIONS=none bash scripts/baselines_experiment.sh niah_pro
 RATIOS="0.25 0.5" ALLOCATIONS=adakv bash scripts/baselines_experiment.sh niah_prose
 RATIOS="0.1 0.25 0.5 0.75" ALLOCATIONS=none bash scripts/baselines_experiment.sh niah_prose
 RATIOS="0.25 0.5" ALLOCATIONS=none bash scripts/baselines_experiment.sh niah_single passkey
+# 2026-12-08: the machine was replaced between sessions, so line 3's AdaKV samples were lost. What ran next was
+# passkey's prefill slice (from /work/main at b254223, alone on 2 cores except for CI during its first 14 minutes;
+# 1480 s; its output is results/baselines/passkey-prefill-none/run.log):
+#   RATIOS="0.25 0.5" SCHEDULES=prefill ALLOCATIONS=none bash scripts/baselines_experiment.sh passkey
