@@ -16,11 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.evaluation.comparisons import TaskScores
 from tasks.evaluation.intervals import BootstrapSettings
-from tasks.evaluation.summary import score_interval
+from tasks.evaluation.summary import score_interval, task_scores
 from tasks.runner import PreparedTask
-from tasks.task_scores import scores_are_binary
+from tasks.task_scores import task_score
 
 _EDGE = 1e-9  # a configured depth on a bin edge (0.57 x 100 bins = 56.99999...) falls in the bin it names
 
@@ -87,24 +86,22 @@ def depth_table(
     indices = next(iter(ran.values()), [])
     if any(policy_indices != indices for policy_indices in ran.values()):
         raise ValueError(f"{task.spec.name}: the policies ran different samples, so their depth bins differ: {ran}")
-    binary = scores_are_binary(task.spec, task.samples)
-    counts = [0] * bins
-    for index in indices:
-        if index in depths:
-            counts[depth_bin(depths[index], bins)] += 1
-    scores = {}
-    for policy, records in records_by_policy.items():
-        by_bin: list[list[Mapping[str, Any]]] = [[] for _ in range(bins)]
-        for record in records:
-            if record["index"] in depths:
-                by_bin[depth_bin(depths[record["index"]], bins)].append(record)
-        scores[policy] = tuple(_cell(chosen, binary, settings) for chosen in by_bin)
-    return DepthTable(bins, tuple(counts), sum(index not in depths for index in indices), scores)
+    bin_of = {index: depth_bin(depths[index], bins) for index in indices if index in depths}
+    counts = tuple(sum(b == chosen for b in bin_of.values()) for chosen in range(bins))
+    scores = {
+        policy: tuple(
+            _cell(task, [record for record in records if bin_of.get(record["index"]) == chosen], settings)
+            for chosen in range(bins)
+        )
+        for policy, records in records_by_policy.items()
+    }
+    return DepthTable(bins, counts, len(indices) - len(bin_of), scores)
 
 
-def _cell(records: Sequence[Mapping[str, Any]], binary: bool, settings: BootstrapSettings) -> DepthBin | None:
+def _cell(task: PreparedTask, records: Sequence[Mapping[str, Any]], settings: BootstrapSettings) -> DepthBin | None:
+    """A bin's score as the main table computes a task's: the same mean, rounding, 0/1 check and interval."""
     if not records:
         return None
-    scores = TaskScores([record["score"] for record in records], [record["prompt_sha"] for record in records], binary)
+    scores = task_scores(task, records)
     interval, _ = score_interval(scores, settings)
-    return DepthBin(100 * sum(scores.scores) / len(scores.scores), interval)
+    return DepthBin(task_score(scores.scores), interval)
