@@ -44,6 +44,15 @@ def test_each_generation_records_every_candidate_the_centre_step_and_the_step_si
         assert record["fitness/distinct_values"] == len(set(fitness)) == 6
         assert max(fitness) == record["fitness/best"] and min(fitness) == record["fitness/worst"]
         assert sum(record["candidates/retained_ratio"]) / 6 == pytest.approx(record["retained_ratio/mean"])
+        # every prompt the generation drew, each candidate's score on it: their means are the task's scores
+        by_prompt = record["candidates/prompt_scores"]
+        assert set(by_prompt) == {"alpha:0", "alpha:1", "beta:0", "beta:1"} and all(
+            len(scores) == 6 for scores in by_prompt.values()
+        )
+        for task in ("alpha", "beta"):
+            rows = [scores for prompt, scores in by_prompt.items() if prompt.startswith(f"{task}:")]
+            means = [sum(column) / len(rows) for column in zip(*rows)]
+            assert sum(means) / 6 == pytest.approx(record[f"task/{task}/score_mean"])
 
 
 def test_the_memory_weight_curriculum_sets_training_fitness_and_validation_keeps_the_objective(tmp_path):
@@ -103,5 +112,7 @@ def test_candidate_lists_hold_none_for_a_failed_candidate(tmp_path):
     record = lines(run_dir)[1]
     assert record["candidates/fitness"][2] is None and record["candidates/normalised_score"][2] is None
     assert record["candidates/retained_ratio"][2] is not None  # it ran; its score was NaN
+    beta = [scores for prompt, scores in record["candidates/prompt_scores"].items() if prompt.startswith("beta:")]
+    assert beta and all(scores[2] is None and scores[1] is not None for scores in beta)
     assert record["fitness/distinct_values"] == 7
     assert torch.isfinite(torch.tensor([v for v in record["candidates/fitness"] if v is not None])).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -53,8 +54,25 @@ def candidate_lists(outcome: ScoringOutcome, fitness: PopulationFitness, rule: F
         "candidates/fitness": [value if good else None for value, good in zip(fitness.values.tolist(), ok)],
         "candidates/normalised_score": [value if good else None for value, good in zip(normalised, ok)],
         "candidates/retained_ratio": retained,
+        "candidates/prompt_scores": prompt_scores(outcome),
         "fitness/distinct_values": len(set(fitness.values[fitness.ok].tolist())),
     }
+
+
+def prompt_scores(outcome: ScoringOutcome) -> dict[str, list[float | None]]:
+    """Every candidate's score on each prompt ("task:index"), in population order (None where it failed or was not
+    finite): which prompts a generation drew, and whether candidates rank alike on different prompts (the
+    signal's noise)."""
+    if outcome.scores is None or outcome.scores.prompts is None:
+        return {}
+    rows = outcome.scored_rows.tolist()
+    by_prompt = {}
+    for record in outcome.scores.prompts:
+        scores: list[float | None] = [None] * outcome.num_candidates
+        for row, score in zip(rows, record.scores):
+            scores[row] = score if math.isfinite(score) else None
+        by_prompt[f"{record.task}:{record.index}"] = scores
+    return by_prompt
 
 
 def generation_metrics(

@@ -12,7 +12,7 @@ import importlib
 import logging
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -63,6 +63,27 @@ class PromptRecord:
     retained_ratio: list[float]  # per candidate
     retained_ratio_per_layer: list[list[float]]  # per candidate, per layer
     tokens: int  # prompt + generated tokens over all candidates
+
+
+def _stack_prompt_records(parts: list[CandidateScores]) -> list[PromptRecord] | None:
+    """The per-prompt records of candidate batches scored on the same prompts, as if scored as one batch (None
+    when a part has none)."""
+    if any(part.prompts is None for part in parts):
+        return None
+    stacked = []
+    for records in zip(*(part.prompts for part in parts), strict=True):
+        if len({(record.task, record.index) for record in records}) != 1:
+            raise ValueError("stacking candidates needs every batch scored on the same prompts")
+        stacked.append(
+            replace(
+                records[0],
+                scores=[score for record in records for score in record.scores],
+                retained_ratio=[ratio for record in records for ratio in record.retained_ratio],
+                retained_ratio_per_layer=[row for record in records for row in record.retained_ratio_per_layer],
+                tokens=sum(record.tokens for record in records),
+            )
+        )
+    return stacked
 
 
 def mean_in_order(values: list[float]) -> float:
@@ -167,6 +188,7 @@ class CandidateScores:
             retained_ratio=torch.cat([p.retained_ratio for p in parts]),
             retained_ratio_per_layer=torch.cat([p.retained_ratio_per_layer for p in parts]),
             tokens_processed=sum(p.tokens_processed for p in parts),
+            prompts=_stack_prompt_records(parts),
         )
 
     @staticmethod

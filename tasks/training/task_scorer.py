@@ -151,13 +151,24 @@ def check_objective_budget(objective: Objective, budget: Budget | None) -> None:
         )
 
 
-def check_split_sizes(sample_counts: dict[str, int], validation_prompts: int) -> None:
-    """Every task needs its validation prompts plus at least one training prompt."""
+def check_split_sizes(sample_counts: dict[str, int], validation_prompts: int, prompts_per_task: int) -> None:
+    """Every task needs its validation prompts plus a training pool of at least one generation's draw: a smaller
+    pool would silently shrink every draw to the whole pool, so each generation would score the same few prompts
+    and the search would fit them instead of the task."""
     short = {name: count for name, count in sample_counts.items() if count <= validation_prompts}
     if short:
         raise ConfigError(
             f"tasks {short} have too few samples for {validation_prompts} validation prompts plus a "
             "training pool: raise task.num_samples or lower evo.validation_prompts."
+        )
+    small = {name: count - validation_prompts for name, count in sample_counts.items()}
+    small = {name: pool for name, pool in small.items() if pool < prompts_per_task}
+    if small:
+        raise ConfigError(
+            f"after {validation_prompts} validation prompts the training pools of tasks {small} hold fewer prompts "
+            f"than the {prompts_per_task} each generation draws (evo.prompts_per_task), so every generation would "
+            "score the same prompts: raise task.num_samples (synthetic tasks: to validation + prompts_per_task x "
+            "generations gives every generation its own prompts) or lower evo.prompts_per_task."
         )
 
 
@@ -169,8 +180,8 @@ class Splits:
     validation: dict[str, list[int]]
 
     @classmethod
-    def of(cls, tasks: list[PreparedTask], validation_prompts: int, seed: int) -> Splits:
-        check_split_sizes({task.spec.name: len(task.samples) for task in tasks}, validation_prompts)
+    def of(cls, tasks: list[PreparedTask], validation_prompts: int, prompts_per_task: int, seed: int) -> Splits:
+        check_split_sizes({task.spec.name: len(task.samples) for task in tasks}, validation_prompts, prompts_per_task)
         train, validation = {}, {}
         for task in tasks:
             order = list(range(len(task.samples)))
@@ -201,7 +212,7 @@ class TaskScorer:
         check_prompt_lengths(config.task, config.model.name, max_context_without_weights(config.model))
         config.namm.check_update_interval(config.engine.update_interval)
         counts = check_task_data(config.task)
-        check_split_sizes(counts, config.validation_prompts)
+        check_split_sizes(counts, config.validation_prompts, config.prompts_per_task)
         check_objective_budget(Objective(_setting(cfg.evo.objective)), config.namm.budget)
         if _setting(cfg.evo.init) == "distill":
             check_distill_target(DistillTarget(_setting(cfg.evo.distill.target)), config.task, config.namm)
@@ -237,7 +248,7 @@ class TaskScorer:
         self.full_engine = MemoryEngine(self.loaded.model, build_policy(PolicyConfig(name="full")), config.engine)
         self.prompts_per_task = config.prompts_per_task
         self.seed = config.seed
-        self.splits = Splits.of(self.tasks, config.validation_prompts, self.seed)
+        self.splits = Splits.of(self.tasks, config.validation_prompts, config.prompts_per_task, self.seed)
         context = ReferenceContext.of(self.loaded, engine_generator_record(config.engine))
         self.reference_cache = ReferenceCache(default_reference_dir(), context)
         self.references = {task.spec.name: self.reference_cache.load(task.settings) for task in self.tasks}
@@ -411,7 +422,7 @@ class TaskScorer:
             raise ValueError(f"unknown split {split!r}; expected {TRAIN_SPLIT!r} or {VALIDATION_SPLIT!r}.")
         pool = self.splits.train[task.spec.name]
         draw = random.Random(f"{self.seed}-{task.spec.name}-{generation}")
-        return sorted(draw.sample(pool, min(self.prompts_per_task, len(pool))))
+        return sorted(draw.sample(pool, self.prompts_per_task))
 
     def _generation_settings(self, task: PreparedTask) -> GenerationSettings:
         return task.generation_settings(self.loaded.tokenizer)
