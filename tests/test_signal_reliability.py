@@ -1,0 +1,50 @@
+"""scripts/signal_reliability.py: does a generation's candidate ranking repeat on other prompts? Checked on
+hand-written metrics.jsonl files whose answer is known: a ranking every prompt shares, and one no two share."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "signal_reliability.py"
+
+
+def table(tmp_path: Path, generations: dict[int, dict[str, list[float | None]]]) -> list[list[str]]:
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"generation": 0, "search/sigma": 0.1}]  # the start's record has no candidates
+    lines += [{"generation": g, "candidates/prompt_scores": scores} for g, scores in generations.items()]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    output = subprocess.run([sys.executable, str(SCRIPT), str(path)], check=True, capture_output=True, text=True)
+    rows = [line.strip("|").split("|") for line in output.stdout.splitlines()[2:]]
+    return [[cell.strip() for cell in row] for row in rows]
+
+
+def test_a_shared_ranking_repeats_a_reversing_one_anti_repeats_and_noise_does_not(tmp_path):
+    shared = {f"t:{p}": [float(c) + 10 * p for c in range(5)] for p in range(8)}  # same order on every prompt
+    # candidate 4 failed (None): left out. The rest rank 0 < 1 < 2 < 3 on odd prompts and the reverse on even ones:
+    # a half with more odd prompts leans one way and the other half the other way (even splits tie and are skipped)
+    reversing = {f"t:{p}": [float(c if p % 2 else -c) for c in range(4)] + [None] for p in range(8)}
+    generator = torch.Generator().manual_seed(0)
+    noise = {f"t:{p}": torch.randn(32, generator=generator).tolist() for p in range(64)}  # none is better
+    rows = table(tmp_path, {1: shared, 2: reversing, 3: noise})
+    assert rows[0] == ["1", "8", "5", "1.00", "1.00", "1.00", "1.00"]
+    assert rows[1][:4] == ["2", "8", "4", "-1.00"]
+    assert rows[2][:3] == ["3", "64", "32"] and abs(float(rows[2][3])) < 0.25  # one draw: sd ~ 1/sqrt(31)
+
+
+def test_spearman_brown_and_tied_ranks_by_hand():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import signal_reliability as module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+    assert module.spearman_brown(0.5, 2) == 2 * 0.5 / 1.5
+    assert module.spearman_brown(0.2, 4) == 4 * 0.2 / (1 + 3 * 0.2)
+    assert module.ranks(torch.tensor([[3.0, 1.0, 3.0, 2.0]])).tolist() == [[2.5, 0.0, 2.5, 1.0]]
+    assert module.spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([30.0, 20.0, 10.0])) == pytest.approx(-1.0)
