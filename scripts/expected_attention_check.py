@@ -1,12 +1,14 @@
 """Why does Expected Attention answer no prompt (results/baselines/table.md)? Two measurements on SmolLM2.
 
-1. Does it predict what it claims? At the first update (after `--interval` tokens) its scores are compared, per
-   layer and KV head, with the attention the rest of the prompt's queries really pay each of those keys under
-   the full cache (GQA-group mean, times the value norm, as its score is), by Spearman correlation; and the
+1. Does it predict what it claims? At the first update (after `--interval` tokens) its expected attention
+   (`use_value_norm=false`) is compared, per layer and KV head, with the attention the rest of the prompt's
+   queries really pay each of those keys under the full cache (GQA-group mean), by Spearman correlation; and the
    share of that attention which falls on the tokens it evicts is set beside random's, for all later queries and
    for the question's (the prompt's last 32 tokens).
-2. What does it evict? At the prompt's end, the share of (layer, KV head) pairs that keep each gold-answer token,
-   against the share of all tokens kept, for Expected Attention and for random (the control).
+2. What does it evict? At the prompt's last update, the share of (layer, KV head) pairs that keep each
+   gold-answer token against the share of all tokens kept, the answer tokens kept in the heads that retrieve the
+   answer, the sinks, and the tokens most layer-heads drop, for Expected Attention and for random (the control),
+   with what each then answers.
 
     python scripts/expected_attention_check.py --task passkey --context-length 1024 --prompts 3 --ratio 0.9
 """
@@ -14,29 +16,25 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from dataclasses import dataclass
 from typing import Self
 
 import torch
+from transformers import PreTrainedModel
 
-from namm.engine import EngineConfig, GenerationSettings, MemoryEngine
+from namm.engine import EngineConfig, GenerationResult, GenerationSettings, MemoryEngine
 from namm.models import ModelConfig, load_model
 from namm.plain_generation import padding_token_id
 from namm.policies.base import BudgetPolicy, LayerView, Selection
 from namm.policies.registry import PolicyConfig, build_policy
+from tasks.evaluation.rank_correlation import spearman
 from tasks.preparation import prepare_tasks
 from tasks.task_config import TaskConfig
 from tasks.task_spec import Sample
 
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Rank correlation along the last dimension (ties broken by position)."""
-    ra, rb = (x.argsort(-1).argsort(-1).double() for x in (a, b))
-    ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
-    return (ra * rb).sum(-1) / (ra.norm(dim=-1) * rb.norm(dim=-1))
-
-
 QUESTION_TOKENS = 32  # the prompt's last tokens: the question and the answer's prefix
+RETRIEVAL_HEADS = 8  # the query heads that attend to the answer most, whose copies of it are checked
 
 
 @dataclass
@@ -81,11 +79,44 @@ def evicted_mass(record: UpdateRecord, received: torch.Tensor) -> torch.Tensor:
     return torch.stack([received[h, record.positions[h][evicted[h]]].sum() for h in range(received.shape[0])])
 
 
-def run(model, policy_config: PolicyConfig, sample: Sample, interval: int, at: int, pad: int):
-    engine = MemoryEngine(model, build_policy(policy_config), EngineConfig(update_interval=interval))
+def run(
+    model: PreTrainedModel, policy: PolicyConfig, sample: Sample, interval: int, at: int, pad: int
+) -> tuple[dict[int, UpdateRecord], GenerationResult]:
+    """`sample` under `policy` as the baselines grid runs it (per-KV-head storage, an update every `interval`
+    tokens), the update at `at` tokens recorded, 10 tokens generated."""
+    config = EngineConfig(update_interval=interval, eviction_mode="per_head")
+    engine = MemoryEngine(model, build_policy(policy), config)
     with SelectionRecorder(at) as recorder:
         result = engine.generate([list(sample.prompt_ids)], GenerationSettings(max_new_tokens=10, pad_token_id=pad))
     return recorder.records, result[0]
+
+
+def layer_head_share(records: dict[int, UpdateRecord], tokens: int) -> torch.Tensor:
+    """(tokens,) the share of (layer, KV head) pairs that keep each position."""
+    kept = torch.zeros(tokens)
+    for record in records.values():
+        for positions, keep in zip(record.positions, record.keep):
+            kept[positions[keep]] += 1
+    return kept / sum(record.positions.shape[0] for record in records.values())
+
+
+def answer_heads(attentions: tuple[torch.Tensor, ...], answer: list[int], count: int) -> list[tuple[int, int]]:
+    """(layer, query head) of the `count` query heads whose last prompt query pays the answer's tokens the most
+    attention under the full cache: the heads that retrieve it."""
+    mass = torch.stack([attention[0, :, -1, answer].sum(dim=-1) for attention in attentions])  # (layers, q heads)
+    query_heads = mass.shape[1]
+    return [(int(i) // query_heads, int(i) % query_heads) for i in mass.flatten().topk(count).indices]
+
+
+def full_cache_attentions(model: PreTrainedModel, prompt: list[int]) -> tuple[torch.Tensor, ...]:
+    """Every layer's (1, heads, T, T) attention rows over the whole prompt, under the full cache."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            return model(input_ids=torch.tensor([prompt]), output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation(previous)
 
 
 def main() -> None:
@@ -95,7 +126,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--ratio", type=float, default=0.9)
     parser.add_argument("--interval", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=4243)
+    parser.add_argument("--seed", type=int, default=4243, help="the task seed of the baselines grid's prompts")
     args = parser.parse_args()
     loaded = load_model(ModelConfig(name="smollm2-135m"))
     config = TaskConfig(
@@ -105,33 +136,32 @@ def main() -> None:
     pad, tokenizer, model = padding_token_id(loaded.tokenizer), loaded.tokenizer, loaded.model
     for sample in task.samples:
         length, first = len(sample.prompt_ids), args.interval
+        last = length // args.interval * args.interval  # the prompt's last update
+        # without the value norm on either side: the correlation is between predicted and real attention alone
+        plain = PolicyConfig(name="expected_attention", budget_ratio=args.ratio, options={"use_value_norm": False})
+        predictions, _ = run(model, plain, sample, args.interval, first, pad)
         records, _ = run(
             model, PolicyConfig(name="expected_attention", budget_ratio=args.ratio), sample, args.interval, first, pad
         )
-        previous = model.config._attn_implementation
-        model.set_attn_implementation("eager")
-        with torch.inference_mode():
-            attentions = model(input_ids=torch.tensor([list(sample.prompt_ids)]), output_attentions=True).attentions
-        model.set_attn_implementation(previous)
+        attentions = full_cache_attentions(model, list(sample.prompt_ids))
         random_records, _ = run(
             model, PolicyConfig(name="random", budget_ratio=args.ratio), sample, args.interval, first, pad
         )
         correlations, mass_lost, question_lost = [], [], []
         for layer, attention in enumerate(attentions):
-            record = records[layer]
-            order = record.positions[0].argsort()  # slots -> positions 0 .. first - 1 (every head holds them all)
-            predicted = record.scores[:, order]
+            prediction = predictions[layer]
+            order = prediction.positions[0].argsort()  # slots -> positions 0 .. first - 1 (every head holds them all)
+            predicted = prediction.scores[:, order]
             heads = predicted.shape[0]
-            real = attention[0, :, first:, :first].float().mean(dim=1)
-            real = real.view(heads, -1, first).mean(dim=1) * record.value_norms[:, order]
-            correlations.append(spearman(predicted[:, 4:], real[:, 4:]))  # the 4 sinks are kept, not ranked
+            real = attention[0, :, first:, :first].float().mean(dim=1).view(heads, -1, first).mean(dim=1)
+            correlations.append(spearman(predicted[:, 4:-1], real[:, 4:-1]))  # sinks and the newest token: kept
             for queries, lost in ((slice(first, None), mass_lost), (slice(-QUESTION_TOKENS, None), question_lost)):
                 received = attention[0, :, queries, :first].float().mean(dim=1).view(heads, -1, first).mean(dim=1)
                 lost.append(torch.stack([evicted_mass(r[layer], received) for r in (records, random_records)]))
         rho = torch.stack(correlations)
         print(f"prompt {sample.index} ({length} tokens, answer {sample.answers[0]!r}, tokens {sample.answer_spans})")
         print(
-            f"  predicted vs real attention of the later queries at the first update: Spearman mean "
+            f"  predicted vs real attention of the later queries at the first update (no value norm): Spearman mean "
             f"{rho.mean():.2f}, median {rho.median():.2f}, min {rho.min():.2f} over {rho.numel()} layer-heads"
         )
         for what, lost in (
@@ -145,21 +175,32 @@ def main() -> None:
                 f"{lost[1].max():.3f}"
             )
         answer = [p for start, end in sample.answer_spans for p in range(start, end)]
+        retrieval_heads = answer_heads(attentions, answer, RETRIEVAL_HEADS)
         for name in ("expected_attention", "random"):
             records, result = run(
-                model, PolicyConfig(name=name, budget_ratio=args.ratio), sample, args.interval, length, pad
+                model, PolicyConfig(name=name, budget_ratio=args.ratio), sample, args.interval, last, pad
             )
-            kept_answer, kept_all = [], []
-            for record in records.values():
+            kept_answer, kept_all = {}, []
+            for layer, record in records.items():
                 kept = record.positions.masked_fill(~record.keep, -1)  # (H, S) positions kept
-                kept_answer.append(torch.stack([(kept == p).any(dim=-1) for p in answer], dim=-1).float())
-                kept_all.append(record.keep.sum(dim=-1).float() / length)
-            share = torch.cat(kept_answer).mean(dim=0)
+                kept_answer[layer] = torch.stack([(kept == p).any(dim=-1) for p in answer], dim=-1).float()
+                kept_all.append(record.keep.sum(dim=-1).float() / last)
+            share = torch.cat(list(kept_answer.values())).mean(dim=0)
             text = tokenizer.decode(result.token_ids).strip().splitlines()[0] if result.token_ids else ""
             print(
                 f"  {name:18s} at {args.ratio}: keeps {torch.cat(kept_all).mean():.2f} of all tokens and "
                 f"{share.mean():.2f} of the answer's per layer-head (per token: "
                 f"{' '.join(f'{x:.2f}' for x in share.tolist())}); answers {text!r}"
+            )
+            kept_by = layer_head_share(records, last)
+            group = attentions[0].shape[1] // records[0].positions.shape[0]
+            retrieval = [int(kept_answer[layer][head // group].sum()) for layer, head in retrieval_heads]
+            dropped = (kept_by < 0.5).nonzero().flatten().tolist()
+            words = Counter(tokenizer.decode([sample.prompt_ids[p]]) for p in dropped)
+            print(
+                f"    the 4 sinks kept by {kept_by[:4].mean():.2f} of the layer-heads; answer tokens kept in the "
+                f"{len(retrieval)} heads whose last query attends to the answer most: {retrieval} of {len(answer)}; "
+                f"{len(dropped)} tokens dropped by over half of the layer-heads: {dict(words.most_common(5))}"
             )
 
 

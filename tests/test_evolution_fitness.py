@@ -154,6 +154,25 @@ def record(task, index, scores, reference=50.0, ratio=(0.5,), per_layer=((0.5, 0
     return PromptRecord(task, index, list(scores), reference, 45.0, list(ratio), layers, 10)
 
 
+def test_stacked_candidates_keep_their_per_prompt_scores_in_order_and_drop_them_when_prompts_differ(caplog):
+    first = CandidateScores.from_prompts([record("alpha", 1, [1.0]), record("alpha", 0, [2.0])])
+    second = CandidateScores.from_prompts(
+        [
+            record("alpha", 0, [3.0, 4.0], ratio=(0.25, 0.75), per_layer=((0.0, 0.5), (1.0, 1.0))),
+            record("alpha", 1, [5.0, 6.0], ratio=(0.25, 0.75), per_layer=((0.0, 0.5), (1.0, 1.0))),
+        ]
+    )
+    stacked = CandidateScores.concat([first, second])
+    assert [(r.index, r.scores, r.retained_ratio, r.tokens) for r in stacked.prompts] == [
+        (0, [2.0, 3.0, 4.0], [0.5, 0.25, 0.75], 20),
+        (1, [1.0, 5.0, 6.0], [0.5, 0.25, 0.75], 20),
+    ]
+    other = CandidateScores.from_prompts([record("alpha", 2, [7.0]), record("alpha", 0, [8.0])])
+    with caplog.at_level(logging.WARNING):
+        assert CandidateScores.concat([first, other]).prompts is None  # the generation's scores still stack
+    assert "scored on different prompts" in caplog.text
+
+
 def test_scores_from_prompts_are_means_per_task_in_float64():
     records = [
         record("beta", 3, [30.0, 0.0], 20.0, (0.25, 1.0), ((0.0, 0.5), (1.0, 1.0))),

@@ -4,6 +4,7 @@ hand-written metrics.jsonl files whose answer is known: a ranking every prompt s
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -33,18 +34,19 @@ def test_a_shared_ranking_repeats_a_reversing_one_anti_repeats_and_noise_does_no
     noise = {f"t:{p}": torch.randn(32, generator=generator).tolist() for p in range(64)}  # none is better
     rows = table(tmp_path, {1: shared, 2: reversing, 3: noise})
     assert rows[0] == ["1", "8", "5", "1.00", "1.00", "1.00", "1.00"]
-    assert rows[1][:4] == ["2", "8", "4", "-1.00"]
+    assert rows[1] == ["2", "8", "4", "-1.00", "n/a", "n/a", "n/a"]  # no positive reliability to project
     assert rows[2][:3] == ["3", "64", "32"] and abs(float(rows[2][3])) < 0.25  # one draw: sd ~ 1/sqrt(31)
 
 
-def test_spearman_brown_and_tied_ranks_by_hand():
+def test_projections_by_hand():
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         import signal_reliability as module
     finally:
         sys.path.remove(str(SCRIPT.parent))
 
-    assert module.spearman_brown(0.5, 2) == 2 * 0.5 / 1.5
-    assert module.spearman_brown(0.2, 4) == 4 * 0.2 / (1 + 3 * 0.2)
-    assert module.ranks(torch.tensor([[3.0, 1.0, 3.0, 2.0]])).tolist() == [[2.5, 0.0, 2.5, 1.0]]
-    assert module.spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([30.0, 20.0, 10.0])) == pytest.approx(-1.0)
+    # 8 prompts: halves of 4, so the same size is 2x a half, 2x the draw 4x, 4x the draw 8x
+    assert module.projections(0.5, 8) == pytest.approx([2 * 0.5 / 1.5, 4 * 0.5 / 2.5, 8 * 0.5 / 4.5])
+    # 3 prompts: halves of 1, so 3x, 6x and 12x a half
+    assert module.projections(0.5, 3) == pytest.approx([0.75, 3 / 3.5, 6 / 6.5])
+    assert all(math.isnan(value) for value in module.projections(0.0, 8) + module.projections(-0.4, 8))

@@ -142,6 +142,8 @@ def assert_identical(a, b) -> None:
     assert a.task_scores.keys() == b.task_scores.keys()
     assert all(a.task_scores[task].equal(b.task_scores[task]) for task in a.task_scores)
     assert a.reference_scores == b.reference_scores and a.tokens_processed == b.tokens_processed
+    per_prompt = [[(r.task, r.index, r.scores, r.retained_ratio) for r in s.prompts] for s in (a, b)]
+    assert per_prompt[0] == per_prompt[1]  # metrics.jsonl's candidates/prompt_scores, candidate by candidate
 
 
 @pytest.mark.slow
@@ -229,7 +231,7 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
         del cfg["hydra"]  # train() receives the job config, as under @hydra.main
     with pytest.raises(ConfigError, match=r"(?s)task 'qasper' has no data from the hub.*data\.zip.*task\.data_dir="):
         train(cfg)
-    with pytest.raises(ConfigError, match="too few samples for 2 validation prompts"):  # the fixture has 2 lines
+    with pytest.raises(ConfigError, match=r"training pools of tasks \{'qasper': 0\}"):  # the fixture has 2 lines
         task_scorer.TaskScorer.check_config(tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}"))
     task_scorer.TaskScorer.check_config(
         tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}", "evo.validation_prompts=1")

@@ -49,10 +49,13 @@ def test_each_generation_records_every_candidate_the_centre_step_and_the_step_si
         assert set(by_prompt) == {"alpha:0", "alpha:1", "beta:0", "beta:1"} and all(
             len(scores) == 6 for scores in by_prompt.values()
         )
+        normalised = [0.0] * 6  # each candidate's own column, through the task's denominator, is its normalised score
         for task in ("alpha", "beta"):
             rows = [scores for prompt, scores in by_prompt.items() if prompt.startswith(f"{task}:")]
             means = [sum(column) / len(rows) for column in zip(*rows)]
-            assert sum(means) / 6 == pytest.approx(record[f"task/{task}/score_mean"])
+            denominator = record[f"task/{task}/score_mean"] / record[f"task/{task}/normalised_mean"]
+            normalised = [total + mean / denominator / 2 for total, mean in zip(normalised, means)]
+        assert normalised == pytest.approx(record["candidates/normalised_score"])
 
 
 def test_the_memory_weight_curriculum_sets_training_fitness_and_validation_keeps_the_objective(tmp_path):

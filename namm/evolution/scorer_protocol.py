@@ -66,14 +66,17 @@ class PromptRecord:
 
 
 def _stack_prompt_records(parts: list[CandidateScores]) -> list[PromptRecord] | None:
-    """The per-prompt records of candidate batches scored on the same prompts, as if scored as one batch (None
-    when a part has none)."""
+    """The per-prompt records of candidate batches scored on the same prompts, as if scored as one batch. None
+    when a part has none or the parts' prompts differ: the records only feed metrics.jsonl, so a scorer whose
+    pieces drew differently loses them, not the generation."""
     if any(part.prompts is None for part in parts):
+        return None
+    keys = [[(record.task, record.index) for record in part.prompts] for part in parts]
+    if any(key != keys[0] for key in keys):
+        log.warning("the population's pieces were scored on different prompts; per-prompt scores are not recorded")
         return None
     stacked = []
     for records in zip(*(part.prompts for part in parts), strict=True):
-        if len({(record.task, record.index) for record in records}) != 1:
-            raise ValueError("stacking candidates needs every batch scored on the same prompts")
         stacked.append(
             replace(
                 records[0],

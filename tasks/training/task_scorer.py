@@ -155,20 +155,16 @@ def check_split_sizes(sample_counts: dict[str, int], validation_prompts: int, pr
     """Every task needs its validation prompts plus a training pool of at least one generation's draw: a smaller
     pool would silently shrink every draw to the whole pool, so each generation would score the same few prompts
     and the search would fit them instead of the task."""
-    short = {name: count for name, count in sample_counts.items() if count <= validation_prompts}
+    pools = {name: count - validation_prompts for name, count in sample_counts.items()}
+    short = {name: pool for name, pool in pools.items() if pool < prompts_per_task}
     if short:
         raise ConfigError(
-            f"tasks {short} have too few samples for {validation_prompts} validation prompts plus a "
-            "training pool: raise task.num_samples or lower evo.validation_prompts."
-        )
-    small = {name: count - validation_prompts for name, count in sample_counts.items()}
-    small = {name: pool for name, pool in small.items() if pool < prompts_per_task}
-    if small:
-        raise ConfigError(
-            f"after {validation_prompts} validation prompts the training pools of tasks {small} hold fewer prompts "
-            f"than the {prompts_per_task} each generation draws (evo.prompts_per_task), so every generation would "
-            "score the same prompts: raise task.num_samples (synthetic tasks: to validation + prompts_per_task x "
-            "generations gives every generation its own prompts) or lower evo.prompts_per_task."
+            f"after {validation_prompts} validation prompts (evo.validation_prompts) the training pools of tasks "
+            f"{short} hold fewer prompts than the {prompts_per_task} each generation draws (evo.prompts_per_task), "
+            "so every generation would score the same prompts: raise task.num_samples or lower "
+            "evo.validation_prompts or evo.prompts_per_task. Each generation draws anew from the pool, so two "
+            "generations share about prompts_per_task^2 / pool prompts: for synthetic tasks a pool of many "
+            "times prompts_per_task x generations keeps the draws nearly fresh."
         )
 
 
