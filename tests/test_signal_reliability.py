@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tasks.evaluation.rank_correlation import projections
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "signal_reliability.py"
 
 
@@ -39,14 +41,8 @@ def test_a_shared_ranking_repeats_a_reversing_one_anti_repeats_and_noise_does_no
 
 
 def test_projections_by_hand():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import signal_reliability as module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-
     # 8 prompts: halves of 4, so the same size is 2x a half, 2x the draw 4x, 4x the draw 8x
-    assert module.projections(0.5, 8) == pytest.approx([2 * 0.5 / 1.5, 4 * 0.5 / 2.5, 8 * 0.5 / 4.5])
+    assert projections(0.5, 8) == pytest.approx([2 * 0.5 / 1.5, 4 * 0.5 / 2.5, 8 * 0.5 / 4.5])
     # 3 prompts: halves of 1, so 3x, 6x and 12x a half
-    assert module.projections(0.5, 3) == pytest.approx([0.75, 3 / 3.5, 6 / 6.5])
-    assert all(math.isnan(value) for value in module.projections(0.0, 8) + module.projections(-0.4, 8))
+    assert projections(0.5, 3) == pytest.approx([0.75, 3 / 3.5, 6 / 6.5])
+    assert all(math.isnan(value) for value in projections(0.0, 8) + projections(-0.4, 8))

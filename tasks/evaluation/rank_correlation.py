@@ -1,9 +1,15 @@
 """Spearman rank correlation, for the diagnostics that ask whether two rankings agree (a policy's scores against
-the attention it predicts, a generation's candidates on two halves of its prompts)."""
+the attention it predicts), and the split-half reliability of a ranking by mean score over prompts (does a
+generation rank its candidates alike on other prompts?)."""
 
 from __future__ import annotations
 
+import math
+import random
+
 import torch
+
+SPLITS = 200  # random halvings averaged by split_half
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -28,3 +34,34 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ranks_a = ranks_a - ranks_a.mean(dim=-1, keepdim=True)
     ranks_b = ranks_b - ranks_b.mean(dim=-1, keepdim=True)
     return (ranks_a * ranks_b).sum(dim=-1) / (ranks_a.norm(dim=-1) * ranks_b.norm(dim=-1))
+
+
+def spearman_brown(r: float, factor: float) -> float:
+    """The reliability of a mean over `factor` times as many prompts, from that of the shorter mean."""
+    return factor * r / (1 + (factor - 1) * r)
+
+
+def projections(r: float, prompts: int) -> list[float]:
+    """The correlation expected between two independent draws of `prompts` prompts, and of 2x and 4x that many,
+    from the split-half correlation `r` (halves of prompts // 2). NaN where r <= 0: no positive reliability to
+    project (the formula diverges or flips sign there)."""
+    if math.isnan(r) or r <= 0:
+        return [math.nan] * 3
+    half = prompts // 2
+    return [spearman_brown(r, multiple * prompts / half) for multiple in (1, 2, 4)]
+
+
+def split_half(scores: torch.Tensor, seed: int) -> float:
+    """Mean Spearman between the candidates' means on two random halves of the prompts (scores: prompts x
+    candidates; an odd prompt out is left out of each split), over SPLITS splits; NaN splits (a constant half)
+    are skipped."""
+    generator = random.Random(seed)
+    prompts = list(range(scores.shape[0]))
+    values = []
+    for _ in range(SPLITS):
+        generator.shuffle(prompts)
+        half = len(prompts) // 2
+        first, second = scores[prompts[:half]].mean(dim=0), scores[prompts[half : 2 * half]].mean(dim=0)
+        values.append(float(spearman(first, second)))
+    values = [value for value in values if not math.isnan(value)]
+    return sum(values) / len(values) if values else float("nan")
