@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tasks.evaluation.rank_correlation import average_ranks, spearman
+from tasks.evaluation.rank_correlation import average_ranks, permutation_p, spearman, split_half
 
 
 def test_tied_values_share_their_mean_rank_row_by_row():
@@ -23,3 +23,11 @@ def test_spearman_by_hand():
     assert math.isnan(float(spearman(torch.tensor([2.0, 2.0, 2.0]), torch.tensor([1.0, 2.0, 3.0]))))
     rows = spearman(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]), torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]))
     assert rows.tolist() == pytest.approx([1.0, -1.0])
+
+
+def test_permutation_p_tells_a_lasting_candidate_effect_from_prompt_noise():
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(8, 16, generator=generator, dtype=torch.float64)
+    effect = noise + torch.linspace(0, 1.5, 16, dtype=torch.float64)  # candidate c is better by c / 10 everywhere
+    assert permutation_p(effect, split_half(effect, seed=0), seed=0) < 0.01
+    assert permutation_p(noise, split_half(noise, seed=0), seed=0) > 0.2

@@ -35,9 +35,13 @@ def test_a_shared_ranking_repeats_a_reversing_one_anti_repeats_and_noise_does_no
     generator = torch.Generator().manual_seed(0)
     noise = {f"t:{p}": torch.randn(32, generator=generator).tolist() for p in range(64)}  # none is better
     rows = table(tmp_path, {1: shared, 2: reversing, 3: noise})
-    assert rows[0] == ["1", "8", "5", "1.00", "1.00", "1.00", "1.00"]
-    assert rows[1] == ["2", "8", "4", "-1.00", "n/a", "n/a", "n/a"]  # no positive reliability to project
+    shared_row = rows[0]
+    assert shared_row[:4] == ["1", "8", "5", "1.00"] and shared_row[5:] == ["1.00", "1.00", "1.00"]
+    assert float(shared_row[4]) < 0.05  # shuffling the candidates within prompts never ranks them this alike
+    assert rows[1][:4] == ["2", "8", "4", "-1.00"] and rows[1][5:] == ["n/a"] * 3  # no positive reliability
+    assert float(rows[1][4]) > 0.9
     assert rows[2][:3] == ["3", "64", "32"] and abs(float(rows[2][3])) < 0.25  # one draw: sd ~ 1/sqrt(31)
+    assert float(rows[2][4]) > 0.05
 
 
 def test_projections_by_hand():

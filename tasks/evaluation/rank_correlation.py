@@ -10,6 +10,8 @@ import random
 import torch
 
 SPLITS = 200  # random halvings averaged by split_half
+NULL_DRAWS = 200  # candidate-shuffled copies behind permutation_p
+NULL_SPLITS = 20  # halvings per shuffled copy (the null's mean needs fewer than the observed value)
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -51,17 +53,31 @@ def projections(r: float, prompts: int) -> list[float]:
     return [spearman_brown(r, multiple * prompts / half) for multiple in (1, 2, 4)]
 
 
-def split_half(scores: torch.Tensor, seed: int) -> float:
+def split_half(scores: torch.Tensor, seed: int, splits: int = SPLITS) -> float:
     """Mean Spearman between the candidates' means on two random halves of the prompts (scores: prompts x
     candidates; an odd prompt out is left out of each split), over SPLITS splits; NaN splits (a constant half)
     are skipped."""
     generator = random.Random(seed)
     prompts = list(range(scores.shape[0]))
     values = []
-    for _ in range(SPLITS):
+    for _ in range(splits):
         generator.shuffle(prompts)
         half = len(prompts) // 2
         first, second = scores[prompts[:half]].mean(dim=0), scores[prompts[half : 2 * half]].mean(dim=0)
         values.append(float(spearman(first, second)))
     values = [value for value in values if not math.isnan(value)]
     return sum(values) / len(values) if values else float("nan")
+
+
+def permutation_p(scores: torch.Tensor, observed: float, seed: int) -> float:
+    """How often candidates with no lasting differences give a split-half correlation of at least `observed`:
+    each prompt's scores (scores: prompts x candidates) are shuffled across the candidates, which keeps every
+    prompt's spread and breaks any candidate's consistency, NULL_DRAWS times (add-one smoothed)."""
+    generator = torch.Generator().manual_seed(seed)
+    at_least = 0
+    for draw in range(NULL_DRAWS):
+        order = torch.rand(scores.shape, generator=generator).argsort(dim=1)
+        shuffled = scores.gather(1, order)
+        if split_half(shuffled, seed=draw, splits=NULL_SPLITS) >= observed:
+            at_least += 1
+    return (at_least + 1) / (NULL_DRAWS + 1)
