@@ -236,6 +236,18 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
     task_scorer.TaskScorer.check_config(
         tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}", "evo.validation_prompts=1")
     )
+    # nor the distilled start its 2
+    with pytest.raises(ConfigError, match=r"(?s)\{'qasper': 1\}.*than the 2 that evo\.distill\.prompts_per_task"):
+        task_scorer.TaskScorer.check_config(
+            tiny_config(
+                tmp_path,
+                "task=qasper",
+                f"task.data_dir={FIXTURES}",
+                "evo.validation_prompts=1",
+                "evo.init=distill",
+                "evo.distill.prompts_per_task=2",
+            )
+        )
     # a pool of 1 prompt cannot give each generation its 2: refused, not shrunk to the same prompt every time
     with pytest.raises(ConfigError, match=r"(?s)training pools of tasks \{'qasper': 1\}.*evo\.prompts_per_task"):
         task_scorer.TaskScorer.check_config(

@@ -211,9 +211,10 @@ def collect_examples(
 
 
 def distillation_prompts(train_pool: dict[str, list[int]], settings: DistillConfig, seed: int) -> dict[str, list[int]]:
-    """A seeded draw of `settings.prompts_per_task` training prompts per task (never validation prompts)."""
+    """A seeded draw of `settings.prompts_per_task` training prompts per task (never validation prompts; a pool
+    smaller than that is refused with the config, `check_split_sizes`)."""
     return {
-        name: sorted(random.Random(f"{seed}-{name}-distill").sample(pool, min(settings.prompts_per_task, len(pool))))
+        name: sorted(random.Random(f"{seed}-{name}-distill").sample(pool, settings.prompts_per_task))
         for name, pool in train_pool.items()
     }
 

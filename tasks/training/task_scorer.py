@@ -151,18 +151,19 @@ def check_objective_budget(objective: Objective, budget: Budget | None) -> None:
         )
 
 
-def check_split_sizes(sample_counts: dict[str, int], validation_prompts: int, prompts_per_task: int) -> None:
-    """Every task needs its validation prompts plus a training pool of at least one generation's draw: a smaller
-    pool would silently shrink every draw to the whole pool, so each generation would score the same few prompts
-    and the search would fit them instead of the task."""
+def check_split_sizes(
+    sample_counts: dict[str, int], validation_prompts: int, draw: int, draw_key: str = "evo.prompts_per_task"
+) -> None:
+    """Every task needs its validation prompts plus a training pool of at least one draw of `draw` prompts (each
+    generation's, or the distilled start's): a smaller pool would silently shrink the draw to the whole pool, so
+    each generation would score the same few prompts and the search would fit them instead of the task."""
     pools = {name: count - validation_prompts for name, count in sample_counts.items()}
-    short = {name: pool for name, pool in pools.items() if pool < prompts_per_task}
+    short = {name: pool for name, pool in pools.items() if pool < draw}
     if short:
         raise ConfigError(
             f"after {validation_prompts} validation prompts (evo.validation_prompts) the training pools of tasks "
-            f"{short} hold fewer prompts than the {prompts_per_task} each generation draws (evo.prompts_per_task), "
-            "so every generation would score the same prompts: raise task.num_samples or lower "
-            "evo.validation_prompts or evo.prompts_per_task. Each generation draws anew from the pool, so two "
+            f"{short} hold fewer prompts than the {draw} that {draw_key} draws from them: raise task.num_samples "
+            f"or lower evo.validation_prompts or {draw_key}. Each generation draws anew from the pool, so two "
             "generations share about prompts_per_task^2 / pool prompts: for synthetic tasks a pool of many "
             "times prompts_per_task x generations keeps the draws nearly fresh."
         )
@@ -212,6 +213,8 @@ class TaskScorer:
         check_objective_budget(Objective(_setting(cfg.evo.objective)), config.namm.budget)
         if _setting(cfg.evo.init) == "distill":
             check_distill_target(DistillTarget(_setting(cfg.evo.distill.target)), config.task, config.namm)
+            distill_prompts = int(_setting(cfg.evo.distill.prompts_per_task))
+            check_split_sizes(counts, config.validation_prompts, distill_prompts, "evo.distill.prompts_per_task")
         if config.signal == Signal.answer_likelihood:
             check_gold_answers(config.task, "evo.signal=answer_likelihood", "train on it with evo.signal=task_metric")
 
