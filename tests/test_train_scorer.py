@@ -233,32 +233,17 @@ def test_missing_task_data_fails_before_the_model_loads(tmp_path, monkeypatch):
         train(cfg)
     with pytest.raises(ConfigError, match=r"training pools of tasks \{'qasper': 0\}"):  # the fixture has 2 lines
         task_scorer.TaskScorer.check_config(tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}"))
-    task_scorer.TaskScorer.check_config(
-        tiny_config(tmp_path, "task=qasper", f"task.data_dir={FIXTURES}", "evo.validation_prompts=1")
-    )
-    # nor the distilled start its 2
-    with pytest.raises(ConfigError, match=r"(?s)\{'qasper': 1\}.*than the 2 that evo\.distill\.prompts_per_task"):
-        task_scorer.TaskScorer.check_config(
-            tiny_config(
-                tmp_path,
-                "task=qasper",
-                f"task.data_dir={FIXTURES}",
-                "evo.validation_prompts=1",
-                "evo.init=distill",
-                "evo.distill.prompts_per_task=2",
-            )
-        )
-    # a pool of 1 prompt cannot give each generation its 2: refused, not shrunk to the same prompt every time
-    with pytest.raises(ConfigError, match=r"(?s)training pools of tasks \{'qasper': 1\}.*evo\.prompts_per_task"):
-        task_scorer.TaskScorer.check_config(
-            tiny_config(
-                tmp_path,
-                "task=qasper",
-                f"task.data_dir={FIXTURES}",
-                "evo.validation_prompts=1",
-                "evo.prompts_per_task=2",
-            )
-        )
+    fixture = ("task=qasper", f"task.data_dir={FIXTURES}", "evo.validation_prompts=1")  # a training pool of 1
+    task_scorer.TaskScorer.check_config(tiny_config(tmp_path, *fixture))
+    # a pool of 1 prompt cannot give each generation, nor the distilled start, its 2: refused, not shrunk to the
+    # same prompt every time
+    for draw, key in (
+        ("evo.prompts_per_task=2", r"evo\.prompts_per_task"),
+        ("evo.distill.prompts_per_task=2", r"evo\.distill\.prompts_per_task"),
+    ):
+        extra = (draw, "evo.init=distill") if "distill" in draw else (draw,)
+        with pytest.raises(ConfigError, match=rf"(?s)training pools of tasks \{{'qasper': 1\}}.*than the 2 that {key}"):
+            task_scorer.TaskScorer.check_config(tiny_config(tmp_path, *fixture, *extra))
 
 
 @pytest.mark.parametrize(
