@@ -48,17 +48,19 @@ class UpdateRecord:
 
 
 class SelectionRecorder:
-    """Wraps BudgetPolicy.select to copy each layer's cache and selection at the update where `tokens_seen == at`."""
+    """Wraps BudgetPolicy.select to copy each layer's cache and selection at the updates where `tokens_seen` is
+    one of `updates`: records[update][layer]."""
 
-    def __init__(self, at: int) -> None:
-        self.at, self.records = at, {}
+    def __init__(self, updates: set[int]) -> None:
+        self.records: dict[int, dict[int, UpdateRecord]] = {update: {} for update in updates}
         self.original = BudgetPolicy.select
 
     def __enter__(self) -> Self:
         def select(policy: BudgetPolicy, view: LayerView) -> Selection:
             selection = self.original(policy, view)
-            if int(view.tokens_seen[0]) == self.at:
-                self.records[view.layer_idx] = UpdateRecord(
+            update = int(view.tokens_seen[0])
+            if update in self.records:
+                self.records[update][view.layer_idx] = UpdateRecord(
                     view.positions[0].clone(),
                     view.values[0].float().norm(dim=-1),
                     selection.scores[0].clone(),
@@ -80,13 +82,13 @@ def evicted_mass(record: UpdateRecord, received: torch.Tensor) -> torch.Tensor:
 
 
 def run(
-    model: PreTrainedModel, policy: PolicyConfig, sample: Sample, interval: int, at: int, pad: int
-) -> tuple[dict[int, UpdateRecord], GenerationResult]:
+    model: PreTrainedModel, policy: PolicyConfig, sample: Sample, interval: int, updates: set[int], pad: int
+) -> tuple[dict[int, dict[int, UpdateRecord]], GenerationResult]:
     """`sample` under `policy` as the baselines grid runs it (per-KV-head storage, an update every `interval`
-    tokens), the update at `at` tokens recorded, 10 tokens generated."""
+    tokens), the updates at `updates` tokens recorded (records[update][layer]), 10 tokens generated."""
     config = EngineConfig(update_interval=interval, eviction_mode="per_head")
     engine = MemoryEngine(model, build_policy(policy), config)
-    with SelectionRecorder(at) as recorder:
+    with SelectionRecorder(updates) as recorder:
         result = engine.generate([list(sample.prompt_ids)], GenerationSettings(max_new_tokens=10, pad_token_id=pad))
     return recorder.records, result[0]
 
@@ -139,14 +141,15 @@ def main() -> None:
         last = length // args.interval * args.interval  # the prompt's last update
         # without the value norm on either side: the correlation is between predicted and real attention alone
         plain = PolicyConfig(name="expected_attention", budget_ratio=args.ratio, options={"use_value_norm": False})
-        predictions, _ = run(model, plain, sample, args.interval, first, pad)
-        records, _ = run(
-            model, PolicyConfig(name="expected_attention", budget_ratio=args.ratio), sample, args.interval, first, pad
-        )
+        predictions = run(model, plain, sample, args.interval, {first}, pad)[0][first]
+        runs = {  # each policy once: its first update and its last, and what it then answers
+            name: run(
+                model, PolicyConfig(name=name, budget_ratio=args.ratio), sample, args.interval, {first, last}, pad
+            )
+            for name in ("expected_attention", "random")
+        }
+        records, random_records = (runs[name][0][first] for name in ("expected_attention", "random"))
         attentions = full_cache_attentions(model, list(sample.prompt_ids))
-        random_records, _ = run(
-            model, PolicyConfig(name="random", budget_ratio=args.ratio), sample, args.interval, first, pad
-        )
         correlations, mass_lost, question_lost = [], [], []
         for layer, attention in enumerate(attentions):
             prediction = predictions[layer]
@@ -176,10 +179,8 @@ def main() -> None:
             )
         answer = [p for start, end in sample.answer_spans for p in range(start, end)]
         retrieval_heads = answer_heads(attentions, answer, RETRIEVAL_HEADS)
-        for name in ("expected_attention", "random"):
-            records, result = run(
-                model, PolicyConfig(name=name, budget_ratio=args.ratio), sample, args.interval, last, pad
-            )
+        for name, (updates, result) in runs.items():
+            records = updates[last]
             kept_answer, kept_all = {}, []
             for layer, record in records.items():
                 kept = record.positions.masked_fill(~record.keep, -1)  # (H, S) positions kept

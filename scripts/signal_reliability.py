@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from tasks.evaluation.rank_correlation import permutation_p, projections, split_half
+from tasks.evaluation.rank_correlation import RankingReliability
 
 
 def main() -> None:
@@ -40,18 +40,10 @@ def main() -> None:
         by_prompt = record.get("candidates/prompt_scores")
         if not by_prompt:
             continue
-        rows = [[float("nan") if s is None else s for s in scores] for scores in by_prompt.values()]
-        scores = torch.tensor(rows, dtype=torch.float64)
-        scores = scores[:, ~scores.isnan().any(dim=0)]  # failed candidates out
-        r = split_half(scores, seed=record["generation"])
-        projected = projections(r, scores.shape[0])
-        split = "n/a" if math.isnan(r) else f"{r:.2f}"
-        p = "n/a" if math.isnan(r) else f"{permutation_p(scores, r, seed=record['generation']):.3f}"
-        print(
-            f"| {record['generation']} | {scores.shape[0]} | {scores.shape[1]} | {split} | {p} | "
-            + " | ".join("n/a" if math.isnan(value) else f"{value:.2f}" for value in projected)
-            + " |"
-        )
+        rows = [[math.nan if score is None else score for score in scores] for scores in by_prompt.values()]
+        reliability = RankingReliability.of(torch.tensor(rows, dtype=torch.float64), seed=record["generation"])
+        cells = [str(record["generation"]), str(reliability.prompts), str(reliability.candidates), *reliability.cells()]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

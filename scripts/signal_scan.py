@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from omegaconf import OmegaConf, open_dict
 
 from namm.evolution.checkpoint import load_checkpoint
 from namm.evolution.subspace import searched_subspace
-from tasks.evaluation.rank_correlation import permutation_p, projections, split_half
+from tasks.evaluation.rank_correlation import RankingReliability
 from tasks.training.task_scorer import TRAIN_SPLIT, TaskScorer
 
 #: the training draw scored: far past any run's generations, so it is a draw no generation of a run made
@@ -80,19 +79,12 @@ def main() -> None:
         candidates[:, subspace.indices] += steps
         started = time.perf_counter()
         scores = scorer.score(candidates, TRAIN_SPLIT, SCAN_GENERATION, prompts)
-        rows = [[math.nan if s is None else s for s in record.scores] for record in scores.prompts]
-        per_prompt = torch.tensor(rows, dtype=torch.float64)
-        per_prompt = per_prompt[:, ~per_prompt.isnan().any(dim=0)]  # a failed candidate is left out
+        per_prompt = torch.tensor([record.scores for record in scores.prompts], dtype=torch.float64)
         saved[str(sigma)] = {f"{record.task}:{record.index}": record.scores for record in scores.prompts}
-        means = per_prompt.mean(dim=0)
-        r = split_half(per_prompt, seed=args.seed)
-        p = "n/a" if math.isnan(r) else f"{permutation_p(per_prompt, r, seed=args.seed):.3f}"
-        projected = " | ".join("n/a" if math.isnan(value) else f"{value:.2f}" for value in projections(r, len(prompts)))
-        print(
-            f"| {sigma:g} | {means[0]:.2f} | {means.max():.2f} | {means.mean():.2f} | {means.max() - means.min():.2f} | "
-            f"{r:.2f} | {p} | {projected} | {time.perf_counter() - started:.0f} |",
-            flush=True,
-        )
+        means = per_prompt[:, ~per_prompt.isnan().any(dim=0)].mean(dim=0)  # a failed candidate is left out
+        cells = [f"{sigma:g}", f"{means[0]:.2f}", f"{means.max():.2f}", f"{means.mean():.2f}"]
+        cells += [f"{means.max() - means.min():.2f}", *RankingReliability.of(per_prompt, seed=args.seed).cells()]
+        print("| " + " | ".join([*cells, f"{time.perf_counter() - started:.0f}"]) + " |", flush=True)
         if args.out is not None:
             args.out.write_text(json.dumps(saved, indent=1))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 import torch
 
@@ -81,3 +82,31 @@ def permutation_p(scores: torch.Tensor, observed: float, seed: int) -> float:
         if split_half(shuffled, seed=draw, splits=NULL_SPLITS) >= observed:
             at_least += 1
     return (at_least + 1) / (NULL_DRAWS + 1)
+
+
+@dataclass(frozen=True)
+class RankingReliability:
+    """How far a ranking of candidates by mean score repeats on other prompts: the split-half correlation, its
+    permutation p and its projections to whole draws (NaN where undefined)."""
+
+    prompts: int
+    candidates: int  # those with a score on every prompt (a failed candidate's NaN leaves it out)
+    split_half: float
+    p: float
+    projections: list[float]
+
+    @classmethod
+    def of(cls, scores: torch.Tensor, seed: int) -> RankingReliability:
+        """From `scores` (prompts x candidates; NaN where a candidate failed)."""
+        scores = scores[:, ~scores.isnan().any(dim=0)]
+        r = split_half(scores, seed=seed)
+        p = math.nan if math.isnan(r) else permutation_p(scores, r, seed=seed)
+        return cls(scores.shape[0], scores.shape[1], r, p, projections(r, scores.shape[0]))
+
+    def cells(self) -> list[str]:
+        """Markdown cells: split-half, p, then the projections to the same size, 2x and 4x ("n/a" where NaN)."""
+        formats = [".2f", ".3f"] + [".2f"] * len(self.projections)
+        values = [self.split_half, self.p, *self.projections]
+        return [
+            "n/a" if math.isnan(value) else format(value, spec) for value, spec in zip(values, formats, strict=True)
+        ]
